@@ -1,0 +1,26 @@
+# diffvar: `make train` trains the embedded default (digits), `make test` runs the tests.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+WORKDIR ?= runs/digits
+
+.PHONY: install test train clean
+
+install: $(STAMP)
+
+# Re-installs only when pyproject.toml changes; the editable install picks up code edits.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: install
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q tests
+
+train: install
+	JAX_PLATFORMS=cpu $(PY) scripts/train.py --config=configs/digits.py --workdir=$(WORKDIR)
+
+clean:
+	rm -rf $(VENV) runs *.egg-info

@@ -1,0 +1,3 @@
+"""diffvar: diffusion models trained and evaluated as likelihood models."""
+
+__version__ = "0.1.0"
