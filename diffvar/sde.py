@@ -1,0 +1,256 @@
+"""Forward (inference) SDEs with Gaussian marginals, and time proposals.
+
+Every SDE here is linear: dY = f(s) Y ds + g(s) dW with Y_s | x ~ N(alpha(s) x, sigma(s)^2 I).
+Each is a frozen dataclass and a pytree (its hyperparameters are static), with pure jnp methods.
+Shapes: `y` is [B, ...] (batch first, any trailing shape), `t` is [B].
+
+Useful identity used by the importance proposal: with lambda(s) = log(sigma^2 / alpha^2)
+(minus the log signal-to-noise ratio), g(s)^2 / sigma(s)^2 = d lambda / ds for every linear SDE.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def bcast(v, x):
+    """Broadcasts a per-example [B] array against x of shape [B, ...]."""
+    return jnp.reshape(v, v.shape + (1,) * (x.ndim - v.ndim))
+
+
+def _check_positive(name, value):
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+class _LinearSDE:
+    """Shared methods; subclasses define drift_coef, g2, log_alpha, sigma2, lam, lam_inv, prior_std."""
+
+    T: float
+
+    def drift(self, y, t):
+        """f(y, t) = drift_coef(t) y, shape of y."""
+        return bcast(self.drift_coef(t), y) * y
+
+    def div_drift(self, t, d):
+        """div_y f(y, t) = d * drift_coef(t), shape [B] (d = number of dimensions)."""
+        return d * self.drift_coef(t)
+
+    def diffusion(self, t):
+        """g(t), shape [B]."""
+        return jnp.sqrt(self.g2(t))
+
+    def alpha_sigma(self, t):
+        """(alpha(t), sigma(t)), each [B]."""
+        return jnp.exp(self.log_alpha(t)), jnp.sqrt(self.sigma2(t))
+
+    def marginal(self, x, t):
+        """Mean alpha(t) x (shape of x) and std sigma(t) ([B]) of Y_t | Y_0 = x."""
+        alpha, sigma = self.alpha_sigma(t)
+        return bcast(alpha, x) * x, sigma
+
+    def prior_logp(self, z):
+        """log N(z; 0, prior_std^2 I) summed over trailing dims, [B]."""
+        d = math.prod(z.shape[1:])
+        s = self.prior_std
+        sq = jnp.sum(jnp.reshape(z, (z.shape[0], -1)) ** 2, axis=1)
+        return -0.5 * sq / s**2 - d * (0.5 * _LOG_2PI + math.log(s))
+
+    def prior_sample(self, rng, shape):
+        return self.prior_std * jax.random.normal(rng, shape)
+
+    def nll_weight(self, t):
+        """g(t)^2 / sigma(t)^2, [B]: the ELBO weight that turns the eps-loss into likelihood weighting."""
+        return self.g2(t) / self.sigma2(t)
+
+
+@struct.dataclass
+class VPSDE(_LinearSDE):
+    """Variance-preserving SDE, beta(s) = b0 + s (b1 - b0) on s in [0, T]."""
+
+    beta_min: float = struct.field(pytree_node=False, default=0.1)
+    beta_max: float = struct.field(pytree_node=False, default=20.0)
+    T: float = struct.field(pytree_node=False, default=1.0)
+
+    def __post_init__(self):
+        _check_positive("beta_min", self.beta_min)
+        _check_positive("beta_max", self.beta_max)
+        _check_positive("T", self.T)
+        if self.beta_min >= self.beta_max:
+            raise ValueError(f"beta_min must be < beta_max, got beta_min={self.beta_min}, beta_max={self.beta_max}")
+
+    prior_std = 1.0
+
+    def beta(self, t):
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def int_beta(self, t):
+        """B(t) = int_0^t beta."""
+        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
+
+    def drift_coef(self, t):
+        return -0.5 * self.beta(t)
+
+    def g2(self, t):
+        return self.beta(t)
+
+    def log_alpha(self, t):
+        return -0.5 * self.int_beta(t)
+
+    def sigma2(self, t):
+        return -jnp.expm1(-self.int_beta(t))
+
+    def lam(self, t):
+        """log(sigma^2 / alpha^2) = log(exp(B) - 1)."""
+        return jnp.log(jnp.expm1(self.int_beta(t)))
+
+    def lam_inv(self, lam):
+        return self._int_beta_inv(jnp.logaddexp(lam, 0.0))
+
+    def _int_beta_inv(self, b):
+        """Solves B(t) = b for t >= 0."""
+        db = self.beta_max - self.beta_min
+        return 2.0 * b / (self.beta_min + jnp.sqrt(self.beta_min**2 + 2.0 * db * b))
+
+
+@struct.dataclass
+class SubVPSDE(VPSDE):
+    """sub-VP SDE: VP drift, g^2 = beta (1 - exp(-2 B)), sigma = 1 - exp(-B)."""
+
+    def g2(self, t):
+        return self.beta(t) * -jnp.expm1(-2.0 * self.int_beta(t))
+
+    def sigma2(self, t):
+        return jnp.expm1(-self.int_beta(t)) ** 2
+
+    def lam(self, t):
+        """log(sigma^2 / alpha^2) = log(4 sinh(B/2)^2)."""
+        return 2.0 * jnp.log(2.0 * jnp.sinh(0.5 * self.int_beta(t)))
+
+    def lam_inv(self, lam):
+        return self._int_beta_inv(2.0 * jnp.arcsinh(0.5 * jnp.exp(0.5 * lam)))
+
+
+@struct.dataclass
+class VESDE(_LinearSDE):
+    """Variance-exploding SDE: S(s) = smin (smax/smin)^(s/T), g^2 = d S^2/ds, sigma^2 = S^2 - smin^2."""
+
+    sigma_min: float = struct.field(pytree_node=False, default=0.01)
+    sigma_max: float = struct.field(pytree_node=False, default=50.0)
+    T: float = struct.field(pytree_node=False, default=1.0)
+
+    def __post_init__(self):
+        _check_positive("sigma_min", self.sigma_min)
+        _check_positive("sigma_max", self.sigma_max)
+        _check_positive("T", self.T)
+        if self.sigma_min >= self.sigma_max:
+            raise ValueError(f"sigma_min must be < sigma_max, got sigma_min={self.sigma_min}, sigma_max={self.sigma_max}")
+
+    @property
+    def prior_std(self):
+        return self.sigma_max
+
+    @property
+    def _log_ratio(self):
+        return math.log(self.sigma_max / self.sigma_min)
+
+    def _S2(self, t):
+        return self.sigma_min**2 * jnp.exp(2.0 * self._log_ratio * t / self.T)
+
+    def drift_coef(self, t):
+        return jnp.zeros_like(t)
+
+    def g2(self, t):
+        return self._S2(t) * 2.0 * self._log_ratio / self.T
+
+    def log_alpha(self, t):
+        return jnp.zeros_like(t)
+
+    def sigma2(self, t):
+        return self.sigma_min**2 * jnp.expm1(2.0 * self._log_ratio * t / self.T)
+
+    def lam(self, t):
+        return jnp.log(self.sigma2(t))
+
+    def lam_inv(self, lam):
+        return self.T * jnp.log1p(jnp.exp(lam) / self.sigma_min**2) / (2.0 * self._log_ratio)
+
+
+SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
+
+
+# ----------------------------------------------------------------------------------------------
+# Time proposals q(s) on [0, T]: sample(rng, n) -> [n], density(t) -> [n].
+
+TIME_SAMPLINGS = ("uniform", "importance")
+
+
+@struct.dataclass
+class UniformTime:
+    """q(s) = 1 / T on [0, T]."""
+
+    T: float = struct.field(pytree_node=False, default=1.0)
+
+    def sample(self, rng, n):
+        return jax.random.uniform(rng, (n,), minval=0.0, maxval=self.T)
+
+    def density(self, t):
+        return jnp.full_like(t, 1.0 / self.T)
+
+
+@struct.dataclass
+class ImportanceTime:
+    """q(s) proportional to g(s)^2 / sigma(s)^2 = d lambda/ds on [t_eps, T], flat at its t_eps value below.
+
+    Normaliser Z = t_eps w(t_eps) + lambda(T) - lambda(t_eps) with w = g^2 / sigma^2; sampled by inverse CDF
+    (lambda is monotone, so the CDF above t_eps is linear in lambda).
+    """
+
+    sde: object = struct.field(pytree_node=False)
+    t_eps: float = struct.field(pytree_node=False, default=1e-3)
+
+    def __post_init__(self):
+        if not (0.0 < self.t_eps < self.sde.T):
+            raise ValueError(f"t_eps must be in (0, T={self.sde.T}), got {self.t_eps!r}")
+
+    def _parts(self):
+        te = jnp.asarray([self.t_eps], jnp.float32)
+        w_eps = self.sde.nll_weight(te)[0]
+        lam_eps = self.sde.lam(te)[0]
+        lam_T = self.sde.lam(jnp.asarray([self.sde.T], jnp.float32))[0]
+        flat_mass = self.t_eps * w_eps
+        return w_eps, lam_eps, flat_mass, flat_mass + lam_T - lam_eps
+
+    def density(self, t):
+        w_eps, _, _, Z = self._parts()
+        w = self.sde.nll_weight(jnp.maximum(t, self.t_eps))
+        return jnp.where(t < self.t_eps, w_eps, w) / Z
+
+    def sample(self, rng, n):
+        w_eps, lam_eps, flat_mass, Z = self._parts()
+        m = jax.random.uniform(rng, (n,)) * Z
+        t_flat = m / w_eps
+        t_up = self.sde.lam_inv(lam_eps + jnp.maximum(m - flat_mass, 0.0))
+        t = jnp.where(m < flat_mass, t_flat, t_up)
+        return jnp.clip(t, 0.0, self.sde.T)
+
+
+def time_proposal(name, sde, t_eps=1e-3):
+    """The proposal called `name` (one of TIME_SAMPLINGS) for `sde`."""
+    if name == "uniform":
+        return UniformTime(T=sde.T)
+    if name == "importance":
+        return ImportanceTime(sde=sde, t_eps=t_eps)
+    raise ValueError(f"time_sampling must be one of {TIME_SAMPLINGS}, got {name!r}")
+
+
+def make_sde(name, **kwargs):
+    """Builds an SDE by name: 'vp', 'subvp' or 've'."""
+    if name not in SDES:
+        raise ValueError(f"sde name must be one of {tuple(SDES)}, got {name!r}")
+    return SDES[name](**kwargs)
