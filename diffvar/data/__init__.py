@@ -1,0 +1,40 @@
+"""Data: TFDS-backed image pipelines (array_record, no TensorFlow), toy 2-D densities, the digits builder.
+
+    info = get_info(cfg)                       # DataInfo(name, shape, levels, num_train, num_test, exact_logp)
+    it = make_train_iter(cfg, batch_size, seed, shard_index, shard_count)   # infinite; get_state/set_state
+    for x, mask in iterate_split(cfg, "test", batch_size): ...             # one pass, padded last batch
+
+`cfg` is the `data` ConfigDict: name (one of DATASETS), data_dir, random_flip.
+"""
+from diffvar.data import digits, toy
+from diffvar.data.pipeline import (
+    DATASETS,
+    SPLITS,
+    DataInfo,
+    DataNotPreparedError,
+    TrainIterator,
+    data_dir,
+    get_info,
+    iterate_split,
+    load_builder,
+    load_split,
+    make_train_iter,
+    prepare_command,
+)
+
+__all__ = [
+    "DATASETS",
+    "SPLITS",
+    "DataInfo",
+    "DataNotPreparedError",
+    "TrainIterator",
+    "data_dir",
+    "digits",
+    "get_info",
+    "iterate_split",
+    "load_builder",
+    "load_split",
+    "make_train_iter",
+    "prepare_command",
+    "toy",
+]
