@@ -1,0 +1,48 @@
+"""What the network outputs, and how that maps to the score grad_y log p_t(y).
+
+    'drift': out = a = g(t) * score        (the paper's choice; the reference trains this)
+    'score': out = score
+    'eps'  : out = eps = -sigma(t) * score  (score = -eps / sigma)
+
+Shapes: out / score [B, ...], t [B]; `sde` is any diffvar.sde SDE (diffusion(t), alpha_sigma(t)).
+"""
+from __future__ import annotations
+
+from diffvar.sde import bcast
+
+PARAMETERISATIONS = ("drift", "score", "eps")
+
+
+def _check(kind):
+    if kind not in PARAMETERISATIONS:
+        raise ValueError(f"parameterization must be one of {PARAMETERISATIONS}, got {kind!r}")
+
+
+def output_to_score(out, t, sde, kind):
+    """Network output -> score, shape of out."""
+    _check(kind)
+    if kind == "drift":
+        return out / bcast(sde.diffusion(t), out)
+    if kind == "eps":
+        return -out / bcast(sde.alpha_sigma(t)[1], out)
+    return out
+
+
+def score_to_output(score, t, sde, kind):
+    """Score -> network output (the exact inverse of output_to_score), shape of score."""
+    _check(kind)
+    if kind == "drift":
+        return score * bcast(sde.diffusion(t), score)
+    if kind == "eps":
+        return -score * bcast(sde.alpha_sigma(t)[1], score)
+    return score
+
+
+def make_score_fn(apply_fn, sde, kind):
+    """score_fn(params, y, t) -> score, for a network apply_fn(params, y, t) with output `kind`."""
+    _check(kind)
+
+    def score_fn(params, y, t):
+        return output_to_score(apply_fn(params, y, t), t, sde, kind)
+
+    return score_fn
