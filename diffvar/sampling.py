@@ -1,0 +1,142 @@
+"""Samplers of the plug-in reverse SDE family (DESIGN.md section 1).
+
+`score_fn(y, t) -> grad_y log p_t(y)` is any jittable function with y [B, ...] and t [B]; the model's
+drift is a = g * score. In reversed time t' = T - s, starting from the prior at s = T,
+
+    dX = [ (1 - lam/2) g(s)^2 score(X, s) - f(X, s) ] dt' + sqrt(1 - lam) g(s) dW,
+
+lam = 0 is the reverse SDE of Song et al., lam = 1 the probability-flow ODE. Every lam in [0, 1] has the
+same marginals when the score is exact; the samplers stop at s = t_min > 0 (default 1e-3), where the
+score of real data is still well defined, so they sample q_{t_min}, not q_0.
+
+Both functions are pure and jittable (`score_fn`, `sde`, `shape`, `lam`, `steps` and the tolerances are
+static: close over them or mark them static in `jax.jit`).
+"""
+from __future__ import annotations
+
+import math
+import operator
+
+import diffrax
+import jax
+import jax.numpy as jnp
+
+from diffvar.sde import bcast
+
+
+def _check_lam(lam):
+    if isinstance(lam, jax.core.Tracer):  # a traced lam cannot be checked; the caller owns it
+        return lam
+    try:
+        value = float(lam)
+    except (TypeError, ValueError):
+        raise ValueError(f"lam must be a number in [0, 1], got {lam!r}") from None
+    if not 0.0 <= value <= 1.0:  # also rejects NaN
+        raise ValueError(f"lam must be in [0, 1] (0: reverse SDE, 1: probability-flow ODE), got {lam!r}")
+    return value
+
+
+def _check_steps(steps):
+    if isinstance(steps, bool):
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    try:
+        n = operator.index(steps)
+    except TypeError:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}") from None
+    if n < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    return n
+
+
+def _check_t_min(t_min, T):
+    if isinstance(t_min, jax.core.Tracer):
+        return t_min
+    if not (isinstance(t_min, (int, float)) and 0.0 <= t_min < T):
+        raise ValueError(f"t_min must be a number in [0, T={T}), got {t_min!r}")
+    return float(t_min)
+
+
+def _check_shape(shape):
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 2 or any(s < 1 for s in shape):
+        raise ValueError(f"shape must be [B, ...] with at least one data dimension and positive sizes, got {shape}")
+    return shape
+
+
+def sample_lambda(score_fn, sde, rng, shape, lam=0.0, steps=1000, t_min=1e-3):
+    """Samples [shape] from the lam-family plug-in reverse SDE by Euler-Maruyama.
+
+    Uniform grid s_i = T - i (T - t_min) / steps, i = 0..steps, starting from x ~ prior at s_0 = T. Step i:
+
+        mean = x + [ (1 - lam/2) g^2 score(x, s_i) - f(x, s_i) ] dt
+        x    = mean + sqrt(1 - lam) g(s_i) sqrt(dt) z,      z ~ N(0, I)
+
+    The last step returns `mean` without its noise (score_sde's "denoise" convention: the noise it would add
+    at s = t_min is of size g sqrt(dt), far below data resolution, and only blurs the samples). With lam = 1
+    no noise is ever added and this is the Euler method for the probability-flow ODE.
+
+    Args:
+      score_fn: score_fn(y [B, ...], t [B]) -> [B, ...].
+      sde: a forward SDE from diffvar.sde (drift, g2, prior_sample, T).
+      rng: PRNG key.
+      shape: output shape [B, ...] (B the number of samples).
+      lam: float in [0, 1], the family's parameter.
+      steps: int >= 1, the number of Euler-Maruyama steps (score evaluations).
+      t_min: final time s = t_min in [0, T).
+
+    Returns:
+      x, shape `shape`.
+    """
+    lam = _check_lam(lam)
+    steps = _check_steps(steps)
+    t_min = _check_t_min(t_min, sde.T)
+    shape = _check_shape(shape)
+    b = shape[0]
+    k_prior, k_steps = jax.random.split(rng)
+    x = sde.prior_sample(k_prior, shape)
+    dt = (sde.T - t_min) / steps
+    score_coef = 1.0 - 0.5 * lam
+    noise_coef = jnp.sqrt(jnp.maximum(1.0 - lam, 0.0) * dt)
+
+    def step(carry, i):
+        x, _ = carry
+        t = jnp.full((b,), sde.T - i * dt, x.dtype)
+        drift = bcast(score_coef * sde.g2(t), x) * score_fn(x, t) - sde.drift(x, t)
+        mean = x + drift * dt
+        z = jax.random.normal(jax.random.fold_in(k_steps, i), shape, x.dtype)
+        return (mean + bcast(noise_coef * sde.diffusion(t), x) * z, mean), None
+
+    (_, mean), _ = jax.lax.scan(step, (x, x), jnp.arange(steps))
+    return mean
+
+
+def sample_ode(score_fn, sde, rng, shape, rtol=1e-5, atol=1e-5, t_min=1e-3, max_steps=4096):
+    """Samples [shape] by solving the probability-flow ODE dy/ds = f - g^2 score / 2 from s = T down to t_min.
+
+    Starts from y ~ prior at s = T (the same draw as `sample_lambda` makes with the same `rng`, so the two are
+    comparable path by path: `sample_lambda(lam=1)` is the Euler method for this ODE) and integrates backwards in s with Tsit5 and a PID step-size controller
+    (diffrax), the whole batch as one system (the error norm is over all of it, as in `ode_logp`).
+
+    Returns:
+      (x [shape], nfe): nfe counts the drift evaluations of the solver (6 per attempted Tsit5 step plus the
+      first, by FSAL), as in `diffvar.likelihood.ode_logp`; an int32 scalar array.
+    """
+    t_min = _check_t_min(t_min, sde.T)
+    shape = _check_shape(shape)
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {tol!r}")
+    b = shape[0]
+
+    def vector_field(s, y, args):
+        t = jnp.full((b,), s, y.dtype)
+        return sde.drift(y, t) - 0.5 * bcast(sde.g2(t), y) * score_fn(y, t)
+
+    k_prior, _ = jax.random.split(rng)  # the same prior draw as sample_lambda with this rng
+    y_T = sde.prior_sample(k_prior, shape)
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(vector_field), diffrax.Tsit5(), t0=sde.T, t1=t_min, dt0=None, y0=y_T,
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        max_steps=max_steps, saveat=diffrax.SaveAt(t1=True))
+    nfe = 6 * sol.stats["num_steps"] + 1
+    return sol.ys[0], nfe

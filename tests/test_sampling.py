@@ -1,0 +1,266 @@
+"""Samplers against exact answers (Gaussian data, exact score), and the plots as files.
+
+For Gaussian data N(m, C) under the VP SDE the marginal at t_min is N(alpha m, alpha^2 C + sigma^2 I) and
+the score is linear in y, so:
+- every lam-sampler with the exact score must hit those moments up to Monte Carlo error, the O(dt) error of
+  Euler-Maruyama and the prior mismatch (q_T is not exactly N(0, I); the ODE carries that mismatch back,
+  ~0.006 in the mean for this m);
+- the Euler-Maruyama chain itself is linear-Gaussian, so its exact output moments follow from a closed
+  recursion (`_chain_moments`), and the empirical moments must match those up to Monte Carlo error alone.
+"""
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffvar.mixture import GaussianMixture, score_fn_for
+from diffvar.plots import save_image_grid, save_scatter_2d, save_training_curves
+from diffvar.sampling import sample_lambda, sample_ode
+from diffvar.sde import VPSDE
+
+SDE = VPSDE()
+T_MIN = 1e-3
+M = np.array([1.0, -0.5])
+C = np.array([[1.0, 0.4], [0.4, 0.5]])
+N = 20000
+STEPS = 500
+# Monte Carlo tolerance in standard errors, and the stated allowance for discretisation (Euler-Maruyama at
+# 500 steps: <= 0.0013 in the mean, <= 0.0025 in the covariance, from _chain_moments) plus prior mismatch
+# (<= 0.0056 in the mean, lam = 1 / ODE).
+Z = 5.0
+DISC_MEAN, DISC_COV = 0.01, 0.01
+
+
+def _alpha_sigma2(t):
+    b = SDE.int_beta(t)
+    return math.exp(-0.5 * b), -math.expm1(-b)
+
+
+def _target(t=T_MIN):
+    a, s2 = _alpha_sigma2(t)
+    return a * M, a * a * C + s2 * np.eye(2)
+
+
+def gaussian_score(y, t):
+    """Exact score of N(M, C) pushed through the VP SDE, closed-form 2x2 inverse (fast on CPU)."""
+    alpha, sigma = SDE.alpha_sigma(t)
+    a2, s2 = alpha**2, sigma**2
+    p, q, r = a2 * C[0, 0] + s2, a2 * C[0, 1], a2 * C[1, 1] + s2
+    det = p * r - q * q
+    d0, d1 = y[:, 0] - alpha * M[0], y[:, 1] - alpha * M[1]
+    return -jnp.stack([(r * d0 - q * d1) / det, (p * d1 - q * d0) / det], axis=1)
+
+
+def _chain_moments(lam, steps, t_min=T_MIN):
+    """Exact mean and covariance of sample_lambda's output (Euler-Maruyama on the linear-Gaussian problem)."""
+    mu, S = np.zeros(2), np.eye(2)
+    dt = (SDE.T - t_min) / steps
+    for i in range(steps):
+        t = SDE.T - i * dt
+        a, s2 = _alpha_sigma2(t)
+        beta = SDE.beta_min + t * (SDE.beta_max - SDE.beta_min)
+        P = np.linalg.inv(a * a * C + s2 * np.eye(2))
+        A = (1.0 + 0.5 * beta * dt) * np.eye(2) - (1.0 - lam / 2) * beta * dt * P
+        mu = A @ mu + (1.0 - lam / 2) * beta * dt * P @ (a * M)
+        S = A @ S @ A.T + ((1.0 - lam) * beta * dt * np.eye(2) if i < steps - 1 else 0.0)
+    return mu, S
+
+
+def _check_moments(x, mean, cov, extra_mean=0.0, extra_cov=0.0):
+    """|empirical - expected| <= Z standard errors + extra, for the mean and each covariance entry."""
+    x = np.asarray(x, np.float64)
+    n = x.shape[0]
+    assert np.all(np.isfinite(x))
+    emp_mean, emp_cov = x.mean(0), np.cov(x.T)
+    se_mean = np.sqrt(np.diag(cov) / n)
+    se_cov = np.sqrt((np.outer(np.diag(cov), np.diag(cov)) + cov**2) / n)
+    err_mean, err_cov = np.abs(emp_mean - mean), np.abs(emp_cov - cov)
+    assert np.all(err_mean <= Z * se_mean + extra_mean), (emp_mean, mean, se_mean)
+    assert np.all(err_cov <= Z * se_cov + extra_cov), (emp_cov, cov, se_cov)
+    return err_mean.max(), err_cov.max()
+
+
+def test_gaussian_score_matches_mixture_score():
+    mix = GaussianMixture(jnp.ones(1), jnp.asarray(M[None], jnp.float32), jnp.asarray(C[None], jnp.float32))
+    y = jax.random.normal(jax.random.PRNGKey(0), (64, 2)) * 2
+    t = jax.random.uniform(jax.random.PRNGKey(1), (64,), minval=T_MIN, maxval=1.0)
+    np.testing.assert_allclose(gaussian_score(y, t), score_fn_for(mix, SDE)(y, t), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5, 1.0])
+def test_sample_lambda_gaussian_moments(lam):
+    sample = jax.jit(lambda k: sample_lambda(gaussian_score, SDE, k, (N, 2), lam=lam, steps=STEPS, t_min=T_MIN))
+    x = sample(jax.random.PRNGKey(10 + int(10 * lam)))
+    # Against the true marginal at t_min: statistical + discretisation + prior-mismatch tolerance.
+    _check_moments(x, *_target(), extra_mean=DISC_MEAN, extra_cov=DISC_COV)
+    # Against the exact moments of the Euler-Maruyama chain: statistical tolerance only.
+    _check_moments(x, *_chain_moments(lam, STEPS))
+
+
+def test_chain_moments_converge_to_target():
+    """The scheme (not just its implementation) is consistent: the chain's exact moments approach q_{t_min}."""
+    mean, cov = _target()
+    for lam in (0.0, 0.5, 1.0):
+        mu, S = _chain_moments(lam, STEPS)
+        assert np.abs(mu - mean).max() < DISC_MEAN and np.abs(S - cov).max() < DISC_COV
+
+
+def test_sample_ode_gaussian_moments():
+    x, nfe = jax.jit(lambda k: sample_ode(gaussian_score, SDE, k, (N, 2), t_min=T_MIN))(jax.random.PRNGKey(3))
+    assert int(nfe) > 0
+    # The exact flow map for Gaussian data is x = mu_min + K (y_T - mu_T), K = Sigma_min^1/2 Sigma_T^-1/2,
+    # so with y_T ~ N(0, I): mean mu_min - K mu_T, covariance K K^T (the prior mismatch, exactly).
+    mu_min, cov_min = _target()
+    mu_T, cov_T = _target(SDE.T)
+    w, V = np.linalg.eigh(cov_min)
+    wT = np.linalg.eigvalsh(cov_T)  # cov_T = a_T^2 C + s_T^2 I shares C's eigenvectors with cov_min
+    K = V @ np.diag(np.sqrt(w / wT)) @ V.T
+    _check_moments(x, mu_min - K @ mu_T, K @ K.T)
+    _check_moments(x, mu_min, cov_min, extra_mean=DISC_MEAN, extra_cov=DISC_COV)
+
+
+def test_lambda_one_is_euler_for_the_ode_pathwise():
+    """Same rng, same prior draw: sample_lambda(lam=1) (Euler) and sample_ode agree sample by sample."""
+    rng = jax.random.PRNGKey(5)
+    x_euler = sample_lambda(gaussian_score, SDE, rng, (256, 2), lam=1.0, steps=STEPS)
+    x_ode, _ = sample_ode(gaussian_score, SDE, rng, (256, 2))
+    assert np.max(np.abs(np.asarray(x_euler - x_ode))) < 0.02
+
+
+def test_mixture_proportions():
+    weights = jnp.array([0.3, 0.7])
+    means = jnp.array([[-1.5, 1.0], [2.0, -0.5]])
+    covs = jnp.stack([0.2 * jnp.eye(2), jnp.array([[0.3, 0.1], [0.1, 0.25]])])
+    mix = GaussianMixture(weights, means, covs)
+    score_fn = score_fn_for(mix, SDE)
+    comps = [GaussianMixture(jnp.ones(1), means[k:k + 1], covs[k:k + 1]) for k in range(2)]
+    n = 8000
+    samplers = {
+        "lam0": lambda k: sample_lambda(score_fn, SDE, k, (n, 2), lam=0.0, steps=200),
+        "lam1": lambda k: sample_lambda(score_fn, SDE, k, (n, 2), lam=1.0, steps=200),
+        "ode": lambda k: sample_ode(score_fn, SDE, k, (n, 2), rtol=1e-4, atol=1e-4)[0],
+    }
+    se = math.sqrt(0.3 * 0.7 / n)
+    for i, (name, sampler) in enumerate(samplers.items()):
+        x = jax.jit(sampler)(jax.random.PRNGKey(20 + i))
+        assert np.all(np.isfinite(np.asarray(x))), name
+        logits = jnp.stack([jnp.log(weights[k]) + comps[k].logp(x) for k in range(2)], axis=1)
+        frac = float(jnp.mean(jnp.argmax(logits, axis=1) == 0))
+        assert abs(frac - 0.3) <= Z * se + 0.01, (name, frac)
+
+
+def test_image_shaped_samples():
+    """Any trailing shape works; N(0, I) data is stationary under VP (score -y), so samples stay N(0, I)."""
+    score_fn = lambda y, t: -y
+    x = sample_lambda(score_fn, SDE, jax.random.PRNGKey(0), (64, 4, 4, 1), lam=0.5, steps=50)
+    y, nfe = sample_ode(score_fn, SDE, jax.random.PRNGKey(0), (64, 4, 4, 1))
+    for z in (x, y):
+        assert z.shape == (64, 4, 4, 1) and np.all(np.isfinite(np.asarray(z)))
+        assert abs(float(jnp.std(z)) - 1.0) < 0.1
+    assert int(nfe) > 0
+
+
+@pytest.mark.parametrize("lam", [-0.1, 1.5, float("nan"), "0.5x"])
+def test_invalid_lam(lam):
+    with pytest.raises(ValueError, match=r"lam.*\[0, 1\]"):
+        sample_lambda(gaussian_score, SDE, jax.random.PRNGKey(0), (4, 2), lam=lam, steps=10)
+
+
+@pytest.mark.parametrize("steps", [0, -3, 2.5, True])
+def test_invalid_steps(steps):
+    with pytest.raises(ValueError, match=r"steps.*>= 1"):
+        sample_lambda(gaussian_score, SDE, jax.random.PRNGKey(0), (4, 2), lam=0.0, steps=steps)
+
+
+def test_invalid_t_min():
+    with pytest.raises(ValueError, match="t_min"):
+        sample_lambda(gaussian_score, SDE, jax.random.PRNGKey(0), (4, 2), t_min=1.0)
+    with pytest.raises(ValueError, match="t_min"):
+        sample_ode(gaussian_score, SDE, jax.random.PRNGKey(0), (4, 2), t_min=-0.1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Plots.
+
+
+def _png(path):
+    with Image.open(path) as im:
+        im.verify()
+    im = Image.open(path)
+    assert im.format == "PNG"
+    return im
+
+
+def _no_temp_files(directory):
+    assert not [p for p in directory.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_image_grid_gray(tmp_path):
+    images = np.random.default_rng(0).uniform(size=(10, 8, 8, 1))
+    path = tmp_path / "grid.png"
+    save_image_grid(path, images, levels=17)
+    im = _png(path)
+    # 4 columns x 3 rows of 8x8 cells with 1 px padding, upscaled x4.
+    assert im.size == ((4 * 9 + 1) * 4, (3 * 9 + 1) * 4) and im.mode == "L"
+    arr = np.asarray(im)
+    # Quantized to 17 levels: cell pixels take values round(255 k / 16).
+    allowed = set(np.round(255.0 * np.arange(17) / 16).astype(int)) | {128}
+    assert set(np.unique(arr).tolist()) <= allowed
+    _no_temp_files(tmp_path)
+
+
+def test_image_grid_rgb_overwrite(tmp_path):
+    path = tmp_path / "sub" / "rgb.png"
+    save_image_grid(path, np.zeros((4, 32, 32, 3)))
+    save_image_grid(path, np.full((9, 32, 32, 3), 0.5))  # overwrites atomically
+    im = _png(path)
+    assert im.mode == "RGB" and im.size == ((3 * 33 + 1) * 2, (3 * 33 + 1) * 2)
+    with pytest.raises(ValueError, match="images"):
+        save_image_grid(path, np.zeros((4, 8, 8, 2)))
+
+
+def test_scatter_with_density(tmp_path):
+    from diffvar.data.toy import gmm_logp, gmm_sample
+    points = gmm_sample(np.random.default_rng(0), 2000)
+    points[0] = np.nan
+    path = tmp_path / "scatter.png"
+    save_scatter_2d(path, points, logp_fn=gmm_logp, lim=6.0)
+    _png(path)
+    save_scatter_2d(tmp_path / "plain.png", points)
+    _png(tmp_path / "plain.png")
+    _no_temp_files(tmp_path)
+
+
+def test_training_curves(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    lines = []
+    for step in range(0, 1000, 50):
+        rec = {"step": step, "loss": 5.0 / (1 + step / 100), "lr": 2e-4, "steps_per_sec": 12.5}
+        if step % 200 == 0:
+            rec.update(test_bpd=3.0 - step / 1000, test_bpd_stderr=0.02)
+        lines.append(json.dumps(rec))
+    lines.append("not json")
+    lines.append('{"step": 1000, "loss": 0.4, "test_b')  # truncated last line
+    metrics.write_text("\n".join(lines))
+    path = tmp_path / "curves.png"
+    save_training_curves(path, metrics)
+    _png(path)
+
+    toy = tmp_path / "toy.jsonl"
+    toy.write_text("\n".join(json.dumps(r) for r in [
+        {"step": 0, "loss": -1.0},
+        {"step": 100, "loss": -2.0, "test_nats": 2.9, "test_nats_stderr": 0.05},
+        {"step": 200, "loss": -2.5, "test_elbo_nats": 2.8, "test_nats_stderr": 0.04},
+    ]) + '\n{"step": 300, "lo')
+    save_training_curves(tmp_path / "toy.png", toy)
+    _png(tmp_path / "toy.png")
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    save_training_curves(tmp_path / "empty.png", empty)
+    _png(tmp_path / "empty.png")
+    _no_temp_files(tmp_path)
