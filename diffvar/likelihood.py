@@ -54,6 +54,9 @@ def value_and_divergence(fn, y, rng=None, divergence="hutchinson", probe_kind="r
     hutchinson: v . (J v) with one probe v (one JVP); exact: sum_i (J e_i)_i (d JVPs, small d only).
     """
     _check_choice("divergence", divergence, DIVERGENCES)
+    out_shape = jax.eval_shape(fn, y).shape
+    if out_shape != y.shape:
+        raise ValueError(f"score_fn must return an array of the input's shape {y.shape}, got {out_shape}")
     if divergence == "hutchinson":
         v = probe(rng, y.shape, probe_kind)
         out, jv = jax.jvp(fn, (y,), (v,))

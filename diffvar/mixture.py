@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 from flax import struct
 
@@ -16,56 +17,67 @@ from flax import struct
 
 @struct.dataclass
 class GaussianMixture:
-    """weights [K], means [K, d], covs [K, d, d]; data points are [B, d]."""
+    """weights [K], means [K, d], and covariances C_k = U_k diag(evals_k) U_k^T as evecs [K, d, d], evals [K, d].
+
+    Build one with `GaussianMixture.create(weights, means, covs)`. Keeping the eigenbasis makes every marginal
+    alpha^2 C_k + sigma^2 I = U_k diag(alpha^2 evals_k + sigma^2) U_k^T diagonal in it, so nothing factorises a
+    matrix inside a traced loop (jaxlib's batched CPU LAPACK can deadlock inside lax.map / while loops).
+    """
 
     weights: jax.Array
     means: jax.Array
-    covs: jax.Array
+    evecs: jax.Array
+    evals: jax.Array
+
+    @classmethod
+    def create(cls, weights, means, covs):
+        evals, evecs = np.linalg.eigh(np.asarray(covs, np.float64))
+        if np.any(evals <= 0):
+            raise ValueError("covs must be symmetric positive definite")
+        f32 = lambda a: jnp.asarray(a, jnp.float32)
+        return cls(f32(weights), f32(means), f32(evecs), f32(evals))
 
     @property
     def dim(self):
         return self.means.shape[-1]
 
-    def _log_components(self, y, means, covs):
-        """log w_k + log N(y; means_k, covs_k), [B, K]; means [B, K, d], covs [B, K, d, d]."""
-        chol = jnp.linalg.cholesky(covs)
-        diff = y[:, None, :] - means
-        sol = jax.scipy.linalg.solve_triangular(chol, diff[..., None], lower=True)[..., 0]
-        logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
-        return jnp.log(self.weights) - 0.5 * (jnp.sum(sol**2, -1) + logdet + self.dim * math.log(2 * math.pi))
+    @property
+    def covs(self):
+        return jnp.einsum("kij,kj,klj->kil", self.evecs, self.evals, self.evecs)
 
-    def _at(self, sde, t):
-        """Means [B, K, d] and covariances [B, K, d, d] of the mixture's marginal at time t [B]."""
+    def _coeffs(self, sde, t):
+        """alpha(t) [B] and the marginal covariance eigenvalues alpha^2 evals + sigma^2, [B, K, d]."""
         alpha, sigma = sde.alpha_sigma(t)
-        means = alpha[:, None, None] * self.means[None]
-        covs = alpha[:, None, None, None] ** 2 * self.covs[None] + (sigma**2)[:, None, None, None] * jnp.eye(self.dim)
-        return means, covs
+        return alpha, alpha[:, None, None] ** 2 * self.evals[None] + (sigma**2)[:, None, None]
+
+    def _parts(self, y, alpha, var):
+        """Per-component log w_k N(y; alpha m_k, C_k(t)) [B, K] and C_k(t)^{-1} (alpha m_k - y) [B, K, d]."""
+        diff = jnp.einsum("kji,bkj->bki", self.evecs, alpha[:, None, None] * self.means[None] - y[:, None, :])
+        log_comp = jnp.log(self.weights) - 0.5 * (
+            jnp.sum(diff**2 / var + jnp.log(var), axis=-1) + self.dim * math.log(2 * math.pi))
+        return log_comp, jnp.einsum("kij,bkj->bki", self.evecs, diff / var)
 
     def logp(self, x):
         """log p_0(x), [B]."""
-        b = x.shape[0]
-        means = jnp.broadcast_to(self.means, (b,) + self.means.shape)
-        covs = jnp.broadcast_to(self.covs, (b,) + self.covs.shape)
-        return jax.nn.logsumexp(self._log_components(x, means, covs), axis=1)
+        alpha = jnp.ones(x.shape[:1])
+        var = jnp.broadcast_to(self.evals, (x.shape[0],) + self.evals.shape)
+        return jax.nn.logsumexp(self._parts(x, alpha, var)[0], axis=1)
 
     def marginal_logp(self, sde, y, t):
         """log q_t(y), [B]."""
-        return jax.nn.logsumexp(self._log_components(y, *self._at(sde, t)), axis=1)
+        return jax.nn.logsumexp(self._parts(y, *self._coeffs(sde, t))[0], axis=1)
 
     def score(self, sde, y, t):
-        """grad_y log q_t(y), [B, d]: sum_k r_k(y) C_k(t)^{-1} (mu_k(t) - y)."""
-        means, covs = self._at(sde, t)
-        resp = jax.nn.softmax(self._log_components(y, means, covs), axis=1)
-        prec_diff = jnp.linalg.solve(covs, (means - y[:, None, :])[..., None])[..., 0]
-        return jnp.sum(resp[..., None] * prec_diff, axis=1)
+        """grad_y log q_t(y), [B, d]: sum_k r_k(y) C_k(t)^{-1} (alpha m_k - y)."""
+        log_comp, prec_diff = self._parts(y, *self._coeffs(sde, t))
+        return jnp.sum(jax.nn.softmax(log_comp, axis=1)[..., None] * prec_diff, axis=1)
 
     def sample(self, rng, n):
         """n samples, [n, d]."""
         k_c, k_z = jax.random.split(rng)
         comp = jax.random.choice(k_c, self.weights.shape[0], (n,), p=self.weights)
-        z = jax.random.normal(k_z, (n, self.dim))
-        chol = jnp.linalg.cholesky(self.covs)[comp]
-        return self.means[comp] + jnp.einsum("nij,nj->ni", chol, z)
+        z = jax.random.normal(k_z, (n, self.dim)) * jnp.sqrt(self.evals[comp])
+        return self.means[comp] + jnp.einsum("nij,nj->ni", self.evecs[comp], z)
 
 
 def score_fn_for(mixture, sde, shape=None):
@@ -82,6 +94,6 @@ def random_mixture(rng, dim, num_components=3, scale=2.0):
     weights = jax.nn.softmax(jax.random.normal(k_w, (num_components,)))
     means = scale * jax.random.normal(k_m, (num_components, dim))
     a = jax.random.normal(k_c, (num_components, dim, dim)) / math.sqrt(dim)
-    covs = 0.3 * jnp.einsum("kij,klj->kil", a, a) + 0.05 * jnp.eye(dim)
-    return GaussianMixture(weights, means, covs)
+    covs = 0.5 * jnp.einsum("kij,klj->kil", a, a) + 0.2 * jnp.eye(dim)
+    return GaussianMixture.create(weights, means, covs)
 

@@ -85,7 +85,7 @@ def _check_moments(x, mean, cov, extra_mean=0.0, extra_cov=0.0):
 
 
 def test_gaussian_score_matches_mixture_score():
-    mix = GaussianMixture(jnp.ones(1), jnp.asarray(M[None], jnp.float32), jnp.asarray(C[None], jnp.float32))
+    mix = GaussianMixture.create(jnp.ones(1), jnp.asarray(M[None], jnp.float32), jnp.asarray(C[None], jnp.float32))
     y = jax.random.normal(jax.random.PRNGKey(0), (64, 2)) * 2
     t = jax.random.uniform(jax.random.PRNGKey(1), (64,), minval=T_MIN, maxval=1.0)
     np.testing.assert_allclose(gaussian_score(y, t), score_fn_for(mix, SDE)(y, t), rtol=1e-4, atol=1e-4)
@@ -135,9 +135,9 @@ def test_mixture_proportions():
     weights = jnp.array([0.3, 0.7])
     means = jnp.array([[-1.5, 1.0], [2.0, -0.5]])
     covs = jnp.stack([0.2 * jnp.eye(2), jnp.array([[0.3, 0.1], [0.1, 0.25]])])
-    mix = GaussianMixture(weights, means, covs)
+    mix = GaussianMixture.create(weights, means, covs)
     score_fn = score_fn_for(mix, SDE)
-    comps = [GaussianMixture(jnp.ones(1), means[k:k + 1], covs[k:k + 1]) for k in range(2)]
+    comps = [GaussianMixture.create(jnp.ones(1), means[k:k + 1], covs[k:k + 1]) for k in range(2)]
     n = 8000
     samplers = {
         "lam0": lambda k: sample_lambda(score_fn, SDE, k, (n, 2), lam=0.0, steps=200),
