@@ -1,0 +1,168 @@
+"""Training losses: pure functions of (score_fn, x, rng), selectable by name.
+
+    loss_fn = get_objective(config.objective.name, sde, t_eps=1e-3, probe="rademacher")
+    loss = loss_fn(score_fn, x, rng)             # [B]; the trainer minimises its mean
+
+`score_fn(y, t) -> grad_y log p_t(y)` with y [B, ...], t [B]; x [B, ...]; every loss is per example, [B],
+summed (not averaged) over the data dimensions. With Y_t = alpha(t) x + sigma(t) eps, eps ~ N(0, I):
+
+    dsm     t ~ U[t_eps, T]:              |sigma score + eps|^2 / 2                  (DDPM's eps-loss)
+    dsm_is  t ~ q(t) oc g^2/sigma^2 on [t_eps, T]:  dsm_integrand / q(t)             (sdeflow-light "debias")
+    dsm_lw  t ~ U[t_eps, T]:              (T - t_eps) g^2 |score + eps/sigma|^2 / 2  (likelihood weighting)
+    elbo    t ~ U[0, T]:                  -ELBO, ISM form, one Hutchinson probe
+    ssm     t ~ U[t_eps, T]:              sigma^2 (|score|^2 / 2 + v^T J_score v)    (sliced SM, variance-reduced)
+
+Which bound is trained. dsm_is is an unbiased one-sample estimate of -ELBO restricted to [t_eps, T] without the
+prior term, i.e. E[dsm_is] = int_{t_eps}^T E[ism_integrand] dt; dsm_lw has the same theta-gradient in
+expectation (its value differs by a theta-free constant) with more variance. The piece on [0, t_eps] is left out
+because its DSM estimator has infinite variance (the integrand's variance grows like 1/t^2), so the bound these
+two losses train is the one on [t_eps, T]; evaluation (likelihood.elbo) still reports the full ELBO on [0, T].
+`elbo` trains the full bound through the ISM form (finite variance down to t = 0, one JVP per step).
+dsm and ssm are differently weighted (weight sigma^2 instead of g^2): they do not train the ELBO.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from diffvar.likelihood import PROBES, dsm_integrand, elbo, value_and_divergence
+from diffvar.sde import bcast
+
+OBJECTIVES = ("dsm", "dsm_is", "dsm_lw", "elbo", "ssm")
+
+
+def _sum(v):
+    """Sum over all but the batch axis, [B]."""
+    return jnp.sum(jnp.reshape(v, (v.shape[0], -1)), axis=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared pieces: time on [t_eps, T], and the perturbed data.
+
+
+def uniform_time(rng, n, sde, t_eps):
+    """t ~ U[t_eps, T], [n]; its density is 1 / (T - t_eps)."""
+    return jax.random.uniform(rng, (n,), minval=t_eps, maxval=sde.T)
+
+
+@struct.dataclass
+class TruncatedImportanceTime:
+    """q(t) = (g^2 / sigma^2)(t) / Z on [t_eps, T], Z = lambda(T) - lambda(t_eps), lambda = log(sigma^2 / alpha^2).
+
+    Since g^2 / sigma^2 = d lambda / dt, the CDF is linear in lambda: t = lambda^{-1}(lambda(t_eps) + u Z).
+    (diffvar.sde.ImportanceTime is the same proposal extended flat below t_eps, for evaluation on [0, T].)
+    """
+
+    sde: object = struct.field(pytree_node=False)
+    t_eps: float = struct.field(pytree_node=False, default=1e-3)
+
+    def _lam_ends(self):
+        ends = self.sde.lam(jnp.asarray([self.t_eps, self.sde.T], jnp.float32))
+        return ends[0], ends[1]
+
+    @property
+    def Z(self):
+        """Normaliser lambda(T) - lambda(t_eps), a scalar."""
+        lam_eps, lam_T = self._lam_ends()
+        return lam_T - lam_eps
+
+    def sample(self, rng, n):
+        """t ~ q, [n]."""
+        lam_eps, lam_T = self._lam_ends()
+        u = jax.random.uniform(rng, (n,))
+        return jnp.clip(self.sde.lam_inv(lam_eps + u * (lam_T - lam_eps)), self.t_eps, self.sde.T)
+
+    def density(self, t):
+        """q(t) = g^2 / (sigma^2 Z), [n]."""
+        return self.sde.nll_weight(t) / self.Z
+
+
+def perturb(rng, sde, x, t):
+    """(y, eps): y = alpha(t) x + sigma(t) eps with eps ~ N(0, I), both shape of x [B, ...]."""
+    eps = jax.random.normal(rng, x.shape, x.dtype)
+    mean, sigma = sde.marginal(x, t)
+    return mean + bcast(sigma, x) * eps, eps
+
+
+# ----------------------------------------------------------------------------------------------
+# The losses. Each: (score_fn, sde, x [B, ...], rng, ...) -> [B].
+
+
+def dsm_loss(score_fn, sde, x, rng, t_eps=1e-3):
+    """|sigma score(y, t) + eps|^2 / 2, t ~ U[t_eps, T]: the eps-loss (score weighted by sigma^2), [B]."""
+    k_t, k_eps = jax.random.split(rng)
+    t = uniform_time(k_t, x.shape[0], sde, t_eps)
+    y, eps = perturb(k_eps, sde, x, t)
+    _, sigma = sde.alpha_sigma(t)
+    return 0.5 * _sum((bcast(sigma, x) * score_fn(y, t) + eps) ** 2)
+
+
+def dsm_is_loss(score_fn, sde, x, rng, t_eps=1e-3):
+    """dsm_integrand / q(t) = Z (|sigma score + eps|^2 - d) / 2 - Z sigma^2 div f / g^2, t ~ q oc g^2/sigma^2, [B].
+
+    E[loss] = int_{t_eps}^T E[ism_integrand] dt = -(ELBO on [t_eps, T]) + E[log p_prior(Y_T)] (theta-free).
+    """
+    k_t, k_eps = jax.random.split(rng)
+    q = TruncatedImportanceTime(sde=sde, t_eps=t_eps)
+    t = q.sample(k_t, x.shape[0])
+    y, eps = perturb(k_eps, sde, x, t)
+    return dsm_integrand(score_fn, sde, y, eps, t) / q.density(t)
+
+
+def dsm_lw_loss(score_fn, sde, x, rng, t_eps=1e-3):
+    """(T - t_eps) g^2 |score + eps / sigma|^2 / 2, t ~ U[t_eps, T]: likelihood-weighted DSM, [B].
+
+    E[loss] = E[dsm_is] + (d / 2) (lambda(T) - lambda(t_eps)) + d (log alpha(T) - log alpha(t_eps)).
+    """
+    k_t, k_eps = jax.random.split(rng)
+    t = uniform_time(k_t, x.shape[0], sde, t_eps)
+    y, eps = perturb(k_eps, sde, x, t)
+    _, sigma = sde.alpha_sigma(t)
+    resid = score_fn(y, t) + eps / bcast(sigma, x)
+    return (sde.T - t_eps) * 0.5 * sde.g2(t) * _sum(resid**2)
+
+
+def elbo_loss(score_fn, sde, x, rng, probe="rademacher"):
+    """-ELBO = -log p_prior(Y_T) + T (|g score|^2 / 2 + div(g^2 score - f)), t ~ U[0, T], one probe, [B]."""
+    return -elbo(score_fn, sde, x, rng, num_samples=1, form="ism", divergence="hutchinson", probe=probe,
+                 time_sampling="uniform")
+
+
+def ssm_loss(score_fn, sde, x, rng, t_eps=1e-3, probe="rademacher"):
+    """sigma^2 (|score|^2 / 2 + v^T J_score v), t ~ U[t_eps, T], y ~ N(alpha x, sigma^2 I), one probe v, [B]."""
+    k_t, k_eps, k_v = jax.random.split(rng, 3)
+    t = uniform_time(k_t, x.shape[0], sde, t_eps)
+    y, _ = perturb(k_eps, sde, x, t)
+    score, div = value_and_divergence(lambda z: score_fn(z, t), y, k_v, "hutchinson", probe)
+    return sde.sigma2(t) * (0.5 * _sum(score**2) + div)
+
+
+def get_objective(name, sde, t_eps=1e-3, probe="rademacher"):
+    """The loss called `name` (one of OBJECTIVES) for `sde`: loss(score_fn, x [B, ...], rng) -> [B]."""
+    if name not in OBJECTIVES:
+        raise ValueError(f"objective.name must be one of {OBJECTIVES}, got {name!r}")
+    if probe not in PROBES:
+        raise ValueError(f"objective.probe must be one of {PROBES}, got {probe!r}")
+    if not (isinstance(t_eps, (int, float)) and math.isfinite(t_eps) and 0.0 < t_eps < sde.T):
+        raise ValueError(f"objective.t_eps must be in (0, T={sde.T}), got {t_eps!r}")
+    fns = {
+        "dsm": functools.partial(dsm_loss, t_eps=t_eps),
+        "dsm_is": functools.partial(dsm_is_loss, t_eps=t_eps),
+        "dsm_lw": functools.partial(dsm_lw_loss, t_eps=t_eps),
+        "elbo": functools.partial(elbo_loss, probe=probe),
+        "ssm": functools.partial(ssm_loss, t_eps=t_eps, probe=probe),
+    }
+    fn = fns[name]
+
+    def loss(score_fn, x, rng):
+        if x.ndim < 2:
+            raise ValueError(f"x must have shape [B, ...] with at least one data dimension, got shape {x.shape}")
+        return fn(score_fn, sde, x, rng)
+
+    loss.__name__ = f"{name}_loss"
+    loss.__doc__ = fn.func.__doc__
+    return loss
