@@ -183,6 +183,32 @@ def logit_inverse(y, alpha=0.05):
     return jnp.clip((jax.nn.sigmoid(y) - alpha) / (1.0 - 2.0 * alpha), 0.0, 1.0)
 
 
+TRANSFORMS = ("logit", "scale")
+
+
+def to_model_space(rng, x, levels, transform="logit", alpha=0.05):
+    """Data -> the space the diffusion runs in, and log|dy/dz| [B] for exact bpd.
+
+    Discrete x (levels K): z = dequantize(x), then y = logit(alpha + (1 - 2 alpha) z) ("logit") or y = 2 z - 1
+    ("scale", log|dy/dz| = d log 2). Continuous x (levels None): y = x, log|dy/dz| = 0.
+    """
+    if levels is None:
+        return x, jnp.zeros(x.shape[:1], x.dtype)
+    _check_choice("data.transform", transform, TRANSFORMS)
+    z = dequantize(rng, x, levels)
+    if transform == "logit":
+        return logit_transform(z, alpha)
+    return 2.0 * z - 1.0, jnp.full(x.shape[:1], math.prod(x.shape[1:]) * math.log(2.0), x.dtype)
+
+
+def from_model_space(y, transform="logit", alpha=0.05):
+    """The inverse of to_model_space's transform: y -> z in [0, 1] (images to look at)."""
+    _check_choice("data.transform", transform, TRANSFORMS)
+    if transform == "logit":
+        return logit_inverse(y, alpha)
+    return jnp.clip(0.5 * (y + 1.0), 0.0, 1.0)
+
+
 def bpd(logp_y, logdet, d, levels):
     """-(log p(y) + log|dy/dz|) / (d ln 2) + log2 K: an upper bound on the discrete NLL in bits/dim, [B]."""
     return -(logp_y + logdet) / (d * math.log(2.0)) + math.log2(levels)

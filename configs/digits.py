@@ -1,0 +1,21 @@
+"""The embedded default: sklearn digits (8x8, 17 levels, 1500/297), small DDPM U-Net, ~10 minutes on 2 CPU cores.
+
+The U-Net is the PyTorch peer's digits workload (ch 32, ch_mult (1, 2), attention at 4x4, 1.0M parameters).
+"""
+from configs.base import get_base
+
+
+def get_config():
+    c = get_base()
+    c.data.name = "digits"
+    c.model.name = "unet"
+    c.training.batch_size = 64
+    c.training.num_steps = 6000
+    c.training.max_minutes = 9.0
+    c.training.ckpt_every = 500
+    c.training.log_every = 50
+    c.eval.every = 1000
+    c.eval.repeats = 4
+    c.sampling.num = 64
+    c.sampling.steps = 500
+    return c
