@@ -93,6 +93,9 @@ def validate_config(config, num_devices=1):
     if not 0.0 < config.data.logit_alpha < 0.5:
         raise ConfigError(f"data.logit_alpha={config.data.logit_alpha!r} must be in (0, 0.5)")
     t = config.training
+    if config.optim.schedule == "cosine" and config.optim.warmup_steps >= t.num_steps:
+        raise ConfigError(f"optim.warmup_steps={config.optim.warmup_steps} must be < training.num_steps="
+                          f"{t.num_steps} with optim.schedule='cosine'")
     for key in ("training.batch_size", "eval.batch_size"):
         b = config[key.split(".")[0]][key.split(".")[1]]
         if b % num_devices:
@@ -427,7 +430,7 @@ def train(config, workdir):
     """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns the final summary dict."""
     devices = jax.devices()
     exp = build(config, len(devices))
-    mesh = jax.make_mesh((len(devices),), ("data",), devices=devices)
+    mesh = jax.make_mesh((len(devices),), ("data",), devices=devices, axis_types=(jax.sharding.AxisType.Auto,))
     t_cfg = config.training
     chief = jax.process_index() == 0
     os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)

@@ -1,0 +1,191 @@
+"""The trainer end to end on a tiny gmm2d run: outputs, exact resume, SIGTERM/SIGKILL, devices, bad configs."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import gmm2d
+from diffvar import train as train_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**overrides):
+    c = gmm2d.get_config()
+    c.model.hidden = 32
+    c.training.num_steps = 40
+    c.optim.warmup_steps = 10
+    c.optim.schedule = "constant"  # the cosine schedule depends on num_steps, which the resume test changes
+    c.training.steps_per_call = 10
+    c.training.log_every = 10
+    c.training.ckpt_every = 10
+    c.training.keep = 2
+    c.eval.every = 20
+    c.eval.repeats = 1
+    c.eval.batch_size = 1024
+    c.eval.max_examples = 2048
+    c.sampling.num = 100
+    c.sampling.steps = 20
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        c[section][name] = value
+    return c
+
+
+def run_script(workdir, *flags, env=None, wait=True):
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "train.py"), f"--config={ROOT}/configs/gmm2d.py",
+           f"--workdir={workdir}", "--config.model.hidden=32", "--config.training.steps_per_call=10", "--config.optim.warmup_steps=10",
+           "--config.training.log_every=10", "--config.training.ckpt_every=10", "--config.eval.every=0",
+           "--config.eval.repeats=1", "--config.eval.batch_size=1024", "--config.eval.max_examples=1024",
+           "--config.sampling.num=16", "--config.sampling.steps=5", *flags]
+    full_env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
+    if not wait:
+        return subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=600)
+
+
+def restore_params(workdir, step=None):
+    mngr = train_lib.checkpoint_manager(workdir, read_only=True)
+    step = mngr.latest_step() if step is None else step
+    out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return step, jax.tree.map(np.asarray, out["state"]["params"])
+
+
+def losses(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
+
+
+def assert_trees_equal(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_train_writes_outputs_and_resumes(tmp_path):
+    workdir = str(tmp_path / "run")
+    summary = train_lib.train(tiny_config(), workdir)
+    assert summary["step"] == 40 and np.isfinite(summary["test_nats"]) and summary["test_nats_stderr"] > 0
+    assert "test_gap_nats" in summary  # gmm2d has an exact density: the gap to it is reported
+    names = set(os.listdir(workdir))
+    assert {"config.json", "checkpoints", "metrics.jsonl", "tb", "samples", "curves.png"} <= names
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "tb")))
+    assert os.listdir(os.path.join(workdir, "samples")) == ["step_00000040.png"]
+    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [r["step"] for r in records if "loss" in r] == [10, 20, 30, 40]
+    assert all({"loss", "lr", "steps_per_sec"} <= set(r) for r in records if "loss" in r)
+    assert [r["step"] for r in records if "test_nats" in r] == [20, 40]
+    # Keeps the latest 2 plus the best evaluated one.
+    steps = sorted(train_lib.checkpoint_manager(workdir, read_only=True).all_steps())
+    assert steps[-2:] == [30, 40] and set(steps) <= {20, 30, 40}
+    # Resume: a longer run continues from step 40 and is identical to training 60 steps straight away.
+    summary = train_lib.train(tiny_config(**{"training.num_steps": 60}), workdir)
+    assert summary["step"] == 60
+    straight = str(tmp_path / "straight")
+    train_lib.train(tiny_config(**{"training.num_steps": 60}), straight)
+    assert_trees_equal(restore_params(workdir)[1], restore_params(straight)[1])
+    assert losses(workdir) == losses(straight)
+
+
+def test_sigkill_at_any_moment_then_resume_is_bitwise_identical(tmp_path):
+    ref = str(tmp_path / "ref")
+    assert run_script(ref, "--config.training.num_steps=200").returncode == 0
+    killed = str(tmp_path / "killed")
+    proc = run_script(killed, "--config.training.num_steps=200", wait=False)
+    ckpt = os.path.join(killed, "checkpoints")
+    deadline = time.time() + 300
+    while time.time() < deadline and not (os.path.isdir(ckpt) and any(d.isdigit() for d in os.listdir(ckpt))):
+        time.sleep(0.05)
+    time.sleep(0.3)  # somewhere in the middle of training (possibly mid-save)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = run_script(killed, "--config.training.num_steps=200")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert_trees_equal(restore_params(killed, 200)[1], restore_params(ref, 200)[1])
+    assert losses(killed) == losses(ref)
+
+
+def test_sigterm_saves_and_exits_zero(tmp_path):
+    workdir = str(tmp_path / "run")
+    proc = run_script(workdir, "--config.training.num_steps=100000", wait=False)
+    for line in proc.stdout:
+        if "step 20/" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    step, _ = restore_params(workdir)
+    assert step >= 20 and step % 10 == 0
+    assert "SIGTERM" in out
+
+
+def test_same_loss_curve_on_one_and_four_devices(tmp_path):
+    one, four = str(tmp_path / "one"), str(tmp_path / "four")
+    assert run_script(one, "--config.training.num_steps=50").returncode == 0
+    r = run_script(four, "--config.training.num_steps=50",
+                   env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    a, b = losses(one), losses(four)
+    assert a.keys() == b.keys()
+    np.testing.assert_allclose([a[k] for k in sorted(a)], [b[k] for k in sorted(b)], rtol=1e-4)
+    # The final evaluation (EMA params, same eval noise) agrees too.
+    ev = lambda w: [r["test_nats"] for r in map(json.loads, open(os.path.join(w, "metrics.jsonl"))) if "test_nats" in r]
+    np.testing.assert_allclose(ev(one), ev(four), rtol=1e-4)
+
+
+def test_two_processes_on_localhost_agree_with_one(tmp_path):
+    one = str(tmp_path / "one")
+    assert run_script(one, "--config.training.num_steps=30").returncode == 0
+    two = str(tmp_path / "two")
+    import socket
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    procs = [run_script(two, "--config.training.num_steps=30", f"--coordinator_address=localhost:{port}",
+                        "--num_processes=2", f"--process_id={i}", wait=False) for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    a, b = losses(one), losses(two)
+    assert a.keys() == b.keys()
+    np.testing.assert_allclose([a[k] for k in sorted(a)], [b[k] for k in sorted(b)], rtol=1e-4)
+
+
+def test_non_finite_loss_stops_without_a_checkpoint(tmp_path, monkeypatch):
+    real = train_lib.get_objective
+
+    def exploding(name, sde, *args, **kwargs):
+        loss = real(name, sde, *args, **kwargs)
+        return lambda score_fn, x, rng: loss(score_fn, x, rng) * jax.numpy.inf
+    monkeypatch.setattr(train_lib, "get_objective", exploding)
+    workdir = str(tmp_path / "run")
+    with pytest.raises(train_lib.NonFiniteLossError, match="non-finite loss at step 0.*optim.lr"):
+        train_lib.train(tiny_config(), workdir)
+    assert train_lib.checkpoint_manager(workdir, read_only=True).latest_step() is None
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"data.name": "imagenet"}, r"data.name='imagenet'.*digits"),
+    ({"model.name": "transformer"}, r"model.name='transformer'.*unet"),
+    ({"objective.name": "vlb"}, r"objective.name='vlb'.*dsm_is"),
+    ({"optim.lr": -1e-3}, r"optim.lr=-0.001 must be a number > 0"),
+    ({"eval.split": "validation"}, r"eval.split='validation'.*test"),
+    ({"training.batch_size": 513}, r"training.batch_size=513 must be divisible by the number of devices \(2\)"),
+    ({"training.ckpt_every": 15}, r"training.ckpt_every=15 must be a multiple of training.steps_per_call=10"),
+    ({"sampling.lam": 1.5}, r"sampling.lam=1.5 must be in \[0, 1\]"),
+])
+def test_bad_config_values_fail_before_compilation(overrides, match):
+    with pytest.raises(train_lib.ConfigError, match=match):
+        train_lib.validate_config(tiny_config(**overrides), num_devices=2)
+
+
+def test_bad_config_from_the_command_line_gives_one_clear_line(tmp_path):
+    r = run_script(str(tmp_path / "run"), "--config.objective.name=vlb")
+    assert r.returncode == 1
+    assert "error: objective.name='vlb' is not allowed" in r.stderr
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")
