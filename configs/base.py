@@ -72,6 +72,7 @@ def get_base():
     e.split = "test"                  # split evaluated
     e.batch_size = 256                # examples per evaluation batch (global)
     e.repeats = 1                     # ELBO draws per example (time, noise, probe); more = smaller s.e.
+    e.final_repeats = 0               # draws per example at the last evaluation; 0 = eval.repeats
     e.form = "ism"                    # ism | dsm
     e.time_sampling = "uniform"       # uniform | importance
     e.probe = "rademacher"            # rademacher | gaussian

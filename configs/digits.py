@@ -9,6 +9,8 @@ def get_config():
     c = get_base()
     c.data.name = "digits"
     c.model.name = "unet"
+    c.optim.lr = 5e-4                 # measured: reaches a lower bpd in the 9-minute budget than 2e-4
+    c.optim.warmup_steps = 100
     c.training.batch_size = 64
     c.training.num_steps = 6000
     c.training.max_minutes = 9.0
@@ -16,6 +18,7 @@ def get_config():
     c.training.log_every = 50
     c.eval.every = 1000
     c.eval.repeats = 4
+    c.eval.final_repeats = 32
     c.sampling.num = 64
     c.sampling.steps = 500
     return c

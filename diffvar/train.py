@@ -82,7 +82,7 @@ def validate_config(config, num_devices=1):
                 "training.log_every", "training.ckpt_every", "training.keep", "eval.batch_size", "eval.repeats",
                 "sampling.num", "sampling.steps"):
         _positive(config, key, integer=key != "optim.lr")
-    for key in ("optim.warmup_steps", "eval.every", "eval.max_examples", "sampling.every"):
+    for key in ("optim.warmup_steps", "eval.every", "eval.max_examples", "eval.final_repeats", "sampling.every"):
         _positive(config, key, zero_ok=True, integer=True)
     for key in ("optim.grad_clip", "optim.weight_decay", "training.max_minutes"):
         _positive(config, key, zero_ok=True)
@@ -462,9 +462,10 @@ def train(config, workdir):
     last_eval = _last_eval_record(log.path, unit) if chief else None
     t_start = time.time()
 
-    def run_eval(step):
+    def run_eval(step, final=False):
+        repeats = (config.eval.final_repeats or config.eval.repeats) if final else config.eval.repeats
         res = evaluate_elbo(exp, mesh, state.ema_params, jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step),
-                            max_examples=config.eval.max_examples)
+                            repeats=repeats, max_examples=config.eval.max_examples)
         rec = {"step": step, f"test_{unit}": res[unit], f"test_{unit}_stderr": res[f"{unit}_stderr"],
                "eval_examples": res["num_examples"]}
         if "gap_nats" in res:
@@ -509,7 +510,7 @@ def train(config, workdir):
                 break
             rec = None
             if (config.eval.every and step % config.eval.every == 0) or final:
-                rec = last_eval = run_eval(step)
+                rec = last_eval = run_eval(step, final)
                 t_last = time.time()
             if step % t_cfg.ckpt_every == 0 or final:
                 checkpoint(step, rec)
