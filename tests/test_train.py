@@ -189,3 +189,13 @@ def test_bad_config_from_the_command_line_gives_one_clear_line(tmp_path):
     assert r.returncode == 1
     assert "error: objective.name='vlb' is not allowed" in r.stderr
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_gmm2d_config_reaches_the_exact_log_density(tmp_path):
+    """Acceptance: configs/gmm2d.py as shipped trains (~1.5 min on 2 CPU cores) to a test ELBO within
+    0.05 nats/example of the exact log density (the gap log p - ELBO is >= 0 in expectation)."""
+    summary = train_lib.train(gmm2d.get_config(), str(tmp_path / "gmm2d"))
+    gap, se = summary["test_gap_nats"], summary["test_gap_nats_stderr"]
+    assert se < 0.03
+    assert abs(gap) < 0.05, (gap, se)
+    assert gap > -4 * se
