@@ -512,8 +512,9 @@ def run_eval(workdir, step="latest", *, split=None, forms=("ism", "dsm"), repeat
     repeats = e.repeats if repeats is None else repeats
     probe, divergence = probe or e.probe, divergence or e.divergence
     forms = tuple(dict.fromkeys(FORMS if "both" in forms else forms))
-    if batch_size is None:
-        batch_size = -(-e.batch_size // ndev) * ndev  # the run's eval batch, rounded up to this device count
+    if batch_size is None:  # the run's eval batch (no larger than needed), rounded up to this device count
+        batch_size = min(e.batch_size, max_examples) if max_examples else e.batch_size
+        batch_size = -(-batch_size // ndev) * ndev
     check_options(split=split, forms=forms, repeats=repeats, probe=probe, divergence=divergence,
                   batch_size=batch_size, **options)  # the values taken from the run's config
     unit = unit_of(exp)
