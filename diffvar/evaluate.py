@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime
 import gc
 import json
+import logging
 import math
 import os
 import sys
@@ -210,12 +211,16 @@ def _root_message(e):
 
 
 def _collect_quietly():
-    """Garbage-collects with unraisable-exception reports silenced (failed async reads left behind by orbax)."""
+    """Garbage-collects with the reports of orbax's abandoned reads silenced: failed coroutines (unraisable
+    exceptions) and failed asyncio tasks (logged as "Task exception was never retrieved")."""
     hook, sys.unraisablehook = sys.unraisablehook, lambda unraisable: None
+    log = logging.getLogger("asyncio")
+    level, log.level = log.level, logging.CRITICAL + 1
     try:
         gc.collect()
     finally:
         sys.unraisablehook = hook
+        log.setLevel(level)
 
 
 MAX_PARAM_MAGNITUDE = 1e8  # no trained network has weights this large; random bytes read as float32 do

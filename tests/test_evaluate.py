@@ -172,8 +172,8 @@ def test_errors_are_one_line_and_leave_the_workdir_unchanged(run, tmp_path):
     with open(biggest, "r+b") as f:
         f.seek(size // 4)
         f.write(rng.bytes(size // 2))
-    with pytest.raises(ev.EvalError, match=f"checkpoint at step {STEPS} .*corrupt"):
-        ev.restore(corrupt, STEPS)
+    assert_one_error_line(script("evaluate", f"--workdir={corrupt}", f"--checkpoint_step={STEPS}"),
+                          f"checkpoint at step {STEPS}", "corrupt")
     # The other, intact checkpoint still evaluates.
     assert ev.restore(corrupt, 100)[2] == 100
 
