@@ -17,6 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from absl import app, flags, logging
 
+from diffvar.cli import fail
+
 flags.DEFINE_string("workdir", None, "Training workdir (holds config.json and checkpoints/).")
 flags.DEFINE_string("checkpoint_step", "latest", "Checkpoint to evaluate: a step number, 'latest' or 'best'.")
 flags.DEFINE_string("split", None, "Split to evaluate: train | test (default: the run's eval.split).")
@@ -43,15 +45,6 @@ flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", 0, "Multi-host: this process's index.")
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
-
-
-def fail(message):
-    """One line on stderr and exit status 1. os._exit: a failed orbax read leaves coroutines behind that
-    would print tracebacks while the interpreter shuts down."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(1)
 
 
 def main(argv):

@@ -15,6 +15,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from absl import app, flags, logging
 
+from diffvar.cli import fail
+
 flags.DEFINE_string("workdir", None, "Training workdir (holds config.json and checkpoints/).")
 flags.DEFINE_string("checkpoint_step", "latest", "Checkpoint to sample from: a step number, 'latest' or 'best'.")
 flags.DEFINE_float("lam", 0.0, "Sampler family parameter in [0, 1]: 0 reverse SDE ... 1 probability-flow ODE.")
@@ -28,15 +30,6 @@ flags.DEFINE_string("out", None, "Output path without extension (default: workdi
                     "writes <out>.png and <out>.npz.")
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
-
-
-def fail(message):
-    """One line on stderr and exit status 1. os._exit: a failed orbax read leaves coroutines behind that
-    would print tracebacks while the interpreter shuts down."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(1)
 
 
 def main(argv):
