@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import datetime
 import gc
-import json
 import logging
 import math
 import os
@@ -45,6 +44,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from diffvar import data as data_lib
 from diffvar import likelihood, plots, sampling
 from diffvar import train as train_lib
+from diffvar.files import atomic_path, write_json_atomic
 
 FORMS = ("ism", "dsm")
 TIME_SAMPLINGS = ("uniform", "importance")
@@ -581,21 +581,9 @@ def run_eval(workdir, step="latest", *, split=None, forms=("ism", "dsm"), repeat
     if write and jax.process_index() == 0:
         os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
         path = os.path.join(workdir, "eval", f"{step}.json")
-        _write_json_atomic(path, res)
+        write_json_atomic(path, res)
         res["path"] = path
     return res
-
-
-def _write_json_atomic(path, obj):
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, default=float)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def format_table(res):
@@ -671,10 +659,5 @@ def save_samples(exp, samples, png_path, npz_path, title=None, **meta):
     else:
         plots.save_image_grid(png_path, samples, levels=exp.info.levels)
     os.makedirs(os.path.dirname(os.path.abspath(npz_path)), exist_ok=True)
-    tmp = f"{npz_path}.{os.getpid()}.tmp.npz"
-    try:
-        np.savez(tmp, samples=samples, **{k: np.asarray(v) for k, v in meta.items() if v is not None})
-        os.replace(tmp, npz_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(npz_path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, samples=samples, **{k: np.asarray(v) for k, v in meta.items() if v is not None})

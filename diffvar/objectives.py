@@ -29,15 +29,10 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from diffvar.likelihood import PROBES, dsm_integrand, elbo, value_and_divergence
+from diffvar.likelihood import PROBES, _sum, dsm_integrand, elbo, value_and_divergence
 from diffvar.sde import bcast
 
 OBJECTIVES = ("dsm", "dsm_is", "dsm_lw", "elbo", "ssm")
-
-
-def _sum(v):
-    """Sum over all but the batch axis, [B]."""
-    return jnp.sum(jnp.reshape(v, (v.shape[0], -1)), axis=1)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,39 +7,20 @@ reader (TensorBoard, a notebook, a file watcher) never sees a half-written PNG.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import uuid
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-
-@contextlib.contextmanager
-def _atomic_path(path):
-    """Yields a temporary path next to `path`; moves it onto `path` if the block succeeds, else removes it."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    # Not tempfile.mkstemp: its files are mode 0600; os.open with 0o666 honours the umask like a plain open.
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+from diffvar.files import atomic_path
 
 
 def _save_figure(fig, path, dpi=100):
     FigureCanvasAgg(fig)
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
 
 
@@ -94,7 +75,7 @@ def save_image_grid(path, images, levels=None, scale=None, pad=1):
     if scale > 1:
         grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
     img = Image.fromarray(np.ascontiguousarray(grid[..., 0] if c == 1 else grid))  # L or RGB
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
 
 

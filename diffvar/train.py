@@ -25,6 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from diffvar import data as data_lib
 from diffvar import likelihood, plots, sampling
+from diffvar.files import atomic_path, write_json_atomic
 from diffvar.models import MODELS, make_model
 from diffvar.models.param import PARAMETERISATIONS, make_score_fn
 from diffvar.objectives import OBJECTIVES, get_objective
@@ -374,10 +375,8 @@ class MetricsLog:
         # Lines past the checkpoint we resume from describe steps that will be re-run: drop them.
         if os.path.exists(self.path):
             kept = [line for line in plots.read_metrics(self.path) if line.get("step", 0) <= resume_step]
-            tmp = self.path + ".tmp"
-            with open(tmp, "w") as f:
+            with atomic_path(self.path) as tmp, open(tmp, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in kept)
-            os.replace(tmp, self.path)
         from tensorboardX import SummaryWriter
         self.tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=resume_step + 1 if resume_step else None)
 
@@ -406,13 +405,6 @@ def _fmt_time(seconds):
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def _write_json_atomic(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def load_config(workdir):
     """The resolved config a run saved in workdir/config.json."""
     path = os.path.join(workdir, "config.json")
@@ -435,7 +427,7 @@ def train(config, workdir):
     chief = jax.process_index() == 0
     os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
     if chief:
-        _write_json_atomic(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+        write_json_atomic(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
 
     replicated = NamedSharding(mesh, P())
     state = jax.device_put(init_state(exp, config.seed), replicated)
