@@ -23,3 +23,15 @@ def get_config():
     c.eval.repeats = 50
     c.sampling.num = 2000
     return c
+
+
+def get_hyper(h, name=None):
+    """Sweeps for scripts/sweep.py (--sweep=NAME picks one):
+    default: the two unbiased ELBO objectives (importance-sampled and likelihood-weighted DSM) x seeds 0, 1;
+    "lr": peak learning rate 3e-4, 1e-3, 3e-3 with the default objective.
+    """
+    return h.named(name, {
+        None: h.product([h.sweep("config.objective.name", ["dsm_is", "dsm_lw"]),
+                         h.sweep("config.seed", [0, 1])]),
+        "lr": h.sweep("config.optim.lr", [3e-4, 1e-3, 3e-3]),
+    })
