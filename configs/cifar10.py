@@ -1,9 +1,9 @@
 """CIFAR-10 32x32x3 (256 levels), DDPM U-Net ch 128 (35.7M params), score_sde settings. Accelerator only."""
-from configs.base import get_base
+from diffvar.config import defaults
 
 
 def get_config():
-    c = get_base()
+    c = defaults()
     c.data.name = "cifar10"
     c.data.random_flip = True
     c.model.ch = 128

@@ -1,9 +1,9 @@
 """8-component 2-D Gaussian mixture with an exact log density: the ELBO's gap to it is reported in nats."""
-from configs.base import get_base
+from diffvar.config import defaults
 
 
 def get_config():
-    c = get_base()
+    c = defaults()
     c.data.name = "gmm2d"
     c.model.name = "mlp"
     c.model.hidden = 128

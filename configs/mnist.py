@@ -1,9 +1,9 @@
 """MNIST 28x28 (256 levels) with the sdeflow-light / score_sde settings. Needs the TFDS data prepared offline."""
-from configs.base import get_base
+from diffvar.config import defaults
 
 
 def get_config():
-    c = get_base()
+    c = defaults()
     c.data.name = "mnist"
     c.model.ch = 32
     c.model.ch_mult = (1, 2, 2)

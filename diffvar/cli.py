@@ -1,12 +1,51 @@
-"""Helpers shared by the absl entry points in scripts/."""
+"""What every entry point in scripts/ shares: the multi-host flags, and one way out for errors a user can fix.
+
+    cli.define_multihost_flags()
+    cli.run(main)          # absl app.run; any DiffvarError -> one `error: ...` line on stderr, exit status 1
+"""
+from __future__ import annotations
+
 import os
 import sys
+
+from absl import app, flags, logging
+
+from diffvar import distributed
+from diffvar.errors import DiffvarError, OptionError
+
+
+def define_multihost_flags():
+    """--coordinator_address, --num_processes, --process_id: one process per host (jax.distributed)."""
+    flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0 (jax.distributed).")
+    flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")
+    flags.DEFINE_integer("process_id", 0, "Multi-host: this process's index.")
+
+
+def initialize():
+    """Joins the multi-host run the flags describe (nothing to do without --coordinator_address)."""
+    f = flags.FLAGS
+    distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
 
 
 def fail(message):
     """One line on stderr and exit status 1. os._exit: a failed orbax read leaves coroutines behind that
     would print tracebacks while the interpreter shuts down."""
-    print(f"error: {message}", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
+    os.write(2, f"error: {message}\n".encode())  # one write: no other thread's output inside the line
     os._exit(1)
+
+
+def run(main):
+    """absl's app.run(main) with INFO logs off, positional arguments refused, and every DiffvarError turned
+    into one `error: ...` line and exit status 1 (other exceptions keep their traceback: they are bugs)."""
+    def wrapped(argv):
+        try:
+            if len(argv) > 1:
+                raise OptionError(f"unexpected arguments {argv[1:]}")
+            main()
+        except DiffvarError as e:
+            fail(e)
+
+    logging.set_verbosity(logging.ERROR)  # orbax's and absl's INFO/WARNING lines are not news
+    app.run(wrapped)

@@ -52,3 +52,35 @@ class SolverError(DiffvarError, RuntimeError):
     """An adaptive solver that needed more steps than allowed at the requested tolerance."""
 
     kind = "solver"
+
+
+# ----------------------------------------------------------------------------------------------
+# The two checks every door uses: `name` is a config key ("optim.lr") or a flag ("--repeats").
+
+
+def check_choice(name, value, allowed, error=ConfigError):
+    """Raises `error` unless value is one of `allowed`: "<name>=<value> is not allowed; choose one of ..."."""
+    if value not in allowed:
+        raise error(f"{name}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
+    return value
+
+
+def check_number(name, value, minimum=None, maximum=None, integer=False, strict=False, error=ConfigError):
+    """Raises `error` unless value is a finite number (an integer if asked) with minimum <= value <= maximum
+    (minimum < value when strict). Booleans are not numbers."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
+    ok = ok and (not integer or float(value).is_integer())
+    if ok and minimum is not None:
+        ok = value > minimum if strict else value >= minimum
+    if ok and maximum is not None:
+        ok = value <= maximum
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        if minimum is not None and maximum is not None:
+            bounds = f" in {'(' if strict else '['}{minimum:g}, {maximum:g}]"
+        elif minimum is not None:
+            bounds = f" {'>' if strict else '>='} {minimum:g}"
+        else:
+            bounds = f" <= {maximum:g}" if maximum is not None else ""
+        raise error(f"{name}={value!r} must be {kind}{bounds}")
+    return value

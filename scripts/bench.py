@@ -2,25 +2,20 @@
 
     python scripts/bench.py --workload=digits --seconds=20 [--peer=/path/to/python-with-torch]
 
-Workloads are those of ../shared/bench/torch_peer.py (same model sizes and batch sizes): the train step is
+Workloads are those of the PyTorch peer script given by --peer_script (same model sizes and batch sizes): the train step is
 the eps-loss DSM step with Adam, the evaluation is the one-probe ISM ELBO (Rademacher, one JVP). With --peer,
 the peer runs right after diffvar on the same machine and the ratios diffvar / peer are reported.
 """
 import json
-import os
 import subprocess
-import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags
 
 flags.DEFINE_enum("workload", "digits", ["toy2d", "digits", "mnist", "cifar"], "Peer workload to run.")
 flags.DEFINE_float("seconds", 20.0, "Seconds of timing per measurement.")
 flags.DEFINE_string("peer", "", "Python interpreter with torch installed: also run the PyTorch peer, report ratios.")
-flags.DEFINE_string("peer_script", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
-                                                "bench", "torch_peer.py"), "Path of torch_peer.py.")
+flags.DEFINE_string("peer_script", "", "Path of the PyTorch peer script (torch_peer.py), needed with --peer.")
 FLAGS = flags.FLAGS
 
 WORKLOADS = {  # data name, model overrides, batch
@@ -53,7 +48,7 @@ def bench_diffvar(workload, seconds):
     from diffvar.models.param import make_score_fn
     from diffvar.objectives import get_objective
     from diffvar.sde import VPSDE
-    from diffvar.train import make_optimizer
+    from diffvar.experiment import make_optimizer
     import ml_collections
 
     data, model_cfg, batch = WORKLOADS[workload]

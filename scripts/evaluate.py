@@ -7,17 +7,13 @@
 Restores the run's config.json and the checkpoint's EMA parameters (read-only), evaluates the whole split
 sharded over all devices, prints a table and writes workdir/eval/<step>.json. Values are bits/dim for
 images and nats per example for the 2-D toys, each with its standard error over examples and repeats.
-Options left unset take the run's eval config. Errors print one line `error: ...` and exit with status 1.
+Options left unset take the run's eval config; with them (and --max_examples=eval.max_examples) the ISM
+ELBO equals the test metric the trainer logged at that step. Errors: one line `error: ...`, exit status 1.
 Multi-host: one process per host with --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
 """
-import os
-import sys
+from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/ and diffvar/
-
-from absl import app, flags, logging
-
-from diffvar.cli import fail
+from diffvar import cli
 
 flags.DEFINE_string("workdir", None, "Training workdir (holds config.json and checkpoints/).")
 flags.DEFINE_string("checkpoint_step", "latest", "Checkpoint to evaluate: a step number, 'latest' or 'best'.")
@@ -38,37 +34,27 @@ flags.DEFINE_float("target_stderr", 0.0, "Keep adding ELBO repeats until the sta
 flags.DEFINE_integer("max_repeats", 1000, "Upper limit on ELBO repeats with --target_stderr.")
 flags.DEFINE_integer("max_examples", 0, "Evaluate only the first N examples of the split (0: all).")
 flags.DEFINE_integer("batch_size", None, "Global batch size (default: the run's eval.batch_size).")
-flags.DEFINE_integer("seed", 0, "Seed of the evaluation's random draws.")
+flags.DEFINE_integer("seed", None, "Seed of the evaluation's random draws (default: the run's, config.seed + 1, "
+                     "as in the trainer's periodic evaluation).")
 flags.DEFINE_bool("quiet", False, "No progress lines.")
-flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0 (jax.distributed).")
-flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")
-flags.DEFINE_integer("process_id", 0, "Multi-host: this process's index.")
+cli.define_multihost_flags()
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    if len(argv) > 1:
-        fail(f"unexpected arguments {argv[1:]}")
-    import jax
-    if FLAGS.coordinator_address:
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    from diffvar import evaluate
-    try:
-        res = evaluate.run_eval(
-            FLAGS.workdir, FLAGS.checkpoint_step, split=FLAGS.split, forms=(FLAGS.form,), repeats=FLAGS.repeats,
-            time_sampling=FLAGS.time_sampling, probe=FLAGS.probe, divergence=FLAGS.divergence, ode=FLAGS.ode,
-            ode_rtol=FLAGS.ode_rtol, ode_atol=FLAGS.ode_atol, ode_divergence=FLAGS.ode_divergence,
-            target_stderr=FLAGS.target_stderr, max_repeats=FLAGS.max_repeats, max_examples=FLAGS.max_examples,
-            batch_size=FLAGS.batch_size, seed=FLAGS.seed, progress=not FLAGS.quiet)
-    except evaluate.EvalError as e:
-        fail(e)
-    if jax.process_index() == 0:
+def main():
+    cli.initialize()
+    from diffvar import distributed, evaluate
+    res = evaluate.run_eval(
+        FLAGS.workdir, FLAGS.checkpoint_step, split=FLAGS.split, forms=(FLAGS.form,), repeats=FLAGS.repeats,
+        time_sampling=FLAGS.time_sampling, probe=FLAGS.probe, divergence=FLAGS.divergence, ode=FLAGS.ode,
+        ode_rtol=FLAGS.ode_rtol, ode_atol=FLAGS.ode_atol, ode_divergence=FLAGS.ode_divergence,
+        target_stderr=FLAGS.target_stderr, max_repeats=FLAGS.max_repeats, max_examples=FLAGS.max_examples,
+        batch_size=FLAGS.batch_size, seed=FLAGS.seed, progress=not FLAGS.quiet)
+    if distributed.is_chief():
         print(evaluate.format_table(res), flush=True)
         print(f"wrote {res['path']}", flush=True)
 
 
 if __name__ == "__main__":
-    logging.set_verbosity(logging.ERROR)  # orbax's read-only-manager warnings are not news
-    app.run(main)
+    cli.run(main)

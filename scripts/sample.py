@@ -9,13 +9,12 @@ grid (images) or a scatter over the data density (2-D toys) and an .npz (samples
 [0, 1]; plus lam, steps, step, nfe) to workdir/samples/ unless --out is given. Errors: one line, exit 1.
 """
 import os
-import sys
+import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/ and diffvar/
+from absl import flags
 
-from absl import app, flags, logging
-
-from diffvar.cli import fail
+from diffvar import cli
+from diffvar.errors import OptionError, check_number
 
 flags.DEFINE_string("workdir", None, "Training workdir (holds config.json and checkpoints/).")
 flags.DEFINE_string("checkpoint_step", "latest", "Checkpoint to sample from: a step number, 'latest' or 'best'.")
@@ -32,47 +31,39 @@ flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    from diffvar import evaluate
-    try:
-        if len(argv) > 1:
-            raise evaluate.EvalError(f"unexpected arguments {argv[1:]}")
-        if FLAGS.ode and (FLAGS["lam"].present or FLAGS["steps"].present):
-            raise evaluate.EvalError("--ode uses an adaptive solver: --lam and --steps do not apply to it")
-        if FLAGS.ode:
-            for flag in ("rtol", "atol"):
-                if not FLAGS[flag].value > 0:
-                    raise evaluate.EvalError(f"--{flag}={FLAGS[flag].value!r} must be a number > 0")
-            if not FLAGS.num >= 1:
-                raise evaluate.EvalError(f"--num={FLAGS.num!r} must be an integer >= 1")
-        else:
-            evaluate.check_sampling(FLAGS.lam, FLAGS.steps, FLAGS.num)
-        evaluate.parse_step(FLAGS.checkpoint_step)
-        exp, params, step = evaluate.restore(FLAGS.workdir, FLAGS.checkpoint_step)
-    except evaluate.EvalError as e:
-        fail(e)
-
-    import time
+def main():
+    check_number("--num", FLAGS.num, 1, integer=True, error=OptionError)
+    if FLAGS.ode:
+        if FLAGS["lam"].present or FLAGS["steps"].present:
+            raise OptionError("--ode uses an adaptive solver: --lam and --steps do not apply to it")
+        for flag in ("rtol", "atol"):
+            check_number(f"--{flag}", FLAGS[flag].value, 0, strict=True, error=OptionError)
+    else:
+        check_number("--lam", FLAGS.lam, 0, 1, error=OptionError)
+        check_number("--steps", FLAGS.steps, 1, integer=True, error=OptionError)
     import jax
+    import numpy as np
+    from diffvar import checkpoints, logs, samples
+    exp, params, step, _ = checkpoints.restore_params(FLAGS.workdir, FLAGS.checkpoint_step)
     sampler = "ode" if FLAGS.ode else f"lam{FLAGS.lam:g}_steps{FLAGS.steps}"
     out = FLAGS.out or os.path.join(FLAGS.workdir, "samples", f"sample_{step:08d}_{sampler}")
     what = (f"adaptive ODE (rtol {FLAGS.rtol:g}, atol {FLAGS.atol:g})" if FLAGS.ode
             else f"lambda={FLAGS.lam:g}, {FLAGS.steps} Euler-Maruyama steps")
-    evaluate.say("sampling %d from %s step %d: %s", FLAGS.num, FLAGS.workdir, step, what)
+    logs.say("sampling %d from %s step %d: %s", FLAGS.num, FLAGS.workdir, step, what)
     start = time.time()
-    samples, nfe = evaluate.draw_samples(exp, params, jax.random.PRNGKey(FLAGS.seed), FLAGS.num, lam=FLAGS.lam,
-                                         steps=FLAGS.steps, ode=FLAGS.ode, rtol=FLAGS.rtol, atol=FLAGS.atol)
+    draw = samples.make_sampler(exp, FLAGS.num, FLAGS.lam, FLAGS.steps, ode=FLAGS.ode, rtol=FLAGS.rtol,
+                                atol=FLAGS.atol)
+    x, nfe = draw(params, jax.random.PRNGKey(FLAGS.seed))
+    x, nfe = np.asarray(x), (int(nfe) if FLAGS.ode else None)
     seconds = time.time() - start
-    title = f"{exp.info.name}, step {step}: " + ("adaptive ODE" if FLAGS.ode else f"lambda={FLAGS.lam:g}, {FLAGS.steps} steps")
-    evaluate.save_samples(exp, samples, out + ".png", out + ".npz", title=title, step=step,
-                          lam=None if FLAGS.ode else FLAGS.lam, steps=None if FLAGS.ode else FLAGS.steps,
-                          ode=FLAGS.ode, nfe=nfe, seed=FLAGS.seed)
-    import numpy as np
-    bad = int((~np.isfinite(samples)).reshape(len(samples), -1).any(axis=1).sum())
+    title = f"{exp.info.name}, step {step}: " + ("adaptive ODE" if FLAGS.ode else f"lambda={FLAGS.lam:g}, "
+                                                 f"{FLAGS.steps} steps")
+    samples.write(exp, x, out + ".png", out + ".npz", title=title, step=step, lam=None if FLAGS.ode else FLAGS.lam,
+                  steps=None if FLAGS.ode else FLAGS.steps, ode=FLAGS.ode, nfe=nfe, seed=FLAGS.seed)
+    bad = int((~np.isfinite(x)).reshape(len(x), -1).any(axis=1).sum())
     print(f"wrote {out}.png and {out}.npz: {FLAGS.num} samples in {seconds:.1f} s"
           + (f", NFE {nfe}" if nfe is not None else "") + (f"; {bad} non-finite" if bad else ""), flush=True)
 
 
 if __name__ == "__main__":
-    logging.set_verbosity(logging.ERROR)
-    app.run(main)
+    cli.run(main)

@@ -6,50 +6,36 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
-from configs import gmm2d
+from diffvar import checkpoints, distributed, estimate, experiment
+from diffvar import config as config_lib
 from diffvar import evaluate as ev
 from diffvar import train as train_lib
 from diffvar.data import toy
+from diffvar.errors import OptionError
 from diffvar.mixture import GaussianMixture, score_fn_for
+from tests.helpers import assert_one_error_line, run_script, tiny_config, within
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 200
-
-
-def tiny_config():
-    c = gmm2d.get_config()
-    c.model.hidden = 32
-    c.optim.warmup_steps = 20
-    c.training.num_steps = STEPS
-    c.training.steps_per_call = 50
-    c.training.log_every = 50
-    c.training.ckpt_every = 100
-    c.eval.every = 100
-    c.eval.repeats = 1
-    c.eval.batch_size = 1024
-    c.eval.max_examples = 1024
-    c.sampling.num = 16
-    c.sampling.steps = 5
-    return c
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("evaluate") / "run")
-    train_lib.train(tiny_config(), workdir)
+    config = tiny_config(**{"training.num_steps": STEPS, "training.steps_per_call": 50, "training.log_every": 50,
+                            "training.ckpt_every": 100, "training.keep": 3, "eval.every": 100,
+                            "eval.max_examples": 1024, "sampling.num": 16, "sampling.steps": 5,
+                            "optim.warmup_steps": 20, "optim.schedule": "cosine"})
+    train_lib.train(config, workdir)
     return workdir
 
 
 def script(name, *flags):
-    cmd = [sys.executable, os.path.join(ROOT, "scripts", f"{name}.py"), *flags]
-    return subprocess.run(cmd, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=300)
+    return run_script(name, *flags, timeout=300)
 
 
 def listing(path):
@@ -64,19 +50,6 @@ def listing(path):
                 out[os.path.relpath(p, path)] = (hashlib.sha256(fh.read()).hexdigest(), os.path.getsize(p),
                                                  os.stat(p).st_mtime_ns)
     return out
-
-
-def assert_one_error_line(r, *fragments):
-    assert r.returncode == 1, r.stdout + r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    assert "Traceback" not in r.stdout + r.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
-def within(diff, k=4.0, slack=0.0):
-    return abs(diff["mean"]) <= k * diff["stderr"] + slack
 
 
 def test_evaluate_reports_three_estimates_that_agree_and_leaves_checkpoints_alone(run):
@@ -105,14 +78,31 @@ def test_evaluate_reports_three_estimates_that_agree_and_leaves_checkpoints_alon
         assert diffs[f"{name}-exact"]["mean"] > -4 * diffs[f"{name}-exact"]["stderr"], (name, diffs)
 
 
+@pytest.mark.parametrize("step", [100, STEPS])
+def test_trainer_logged_metric_is_what_evaluate_reports(run, step):
+    """One code path: the test nats the trainer logged at a step and evaluate's ISM ELBO of that checkpoint,
+    with the run's options and seed, are the same number."""
+    logged = [r for r in map(json.loads, open(os.path.join(run, "metrics.jsonl"))) if r.get("step") == step
+              and "test_nats" in r]
+    assert len(logged) == 1
+    res = ev.run_eval(run, step, forms=("ism",), ode=False, max_examples=1024, write=False, progress=False)
+    assert res["bpd_elbo"] == logged[0]["test_nats"] and res["bpd_elbo_stderr"] == logged[0]["test_nats_stderr"]
+    # ... and a different seed gives a different draw (the equality above is not vacuous).
+    other = ev.run_eval(run, step, forms=("ism",), ode=False, max_examples=1024, seed=12345, write=False,
+                        progress=False)
+    assert other["bpd_elbo"] != res["bpd_elbo"]
+
+
 def test_exact_score_through_the_evaluation_path_gives_the_exact_density(run):
     mix = GaussianMixture.create(toy.GMM2D_WEIGHTS, toy.GMM2D_MEANS, toy.GMM2D_COVS)
-    exp, params, step = ev.restore(run)
+    exp, params, step, _ = checkpoints.restore_params(run)
     assert step == STEPS
     score = lambda p: score_fn_for(mix, exp.sde)
-    batches = ev.split_batches(exp, ev.make_mesh(), "test", 1024, 2048)
-    exact = ev.exact_nll(exp, batches)
-    ode = ev.estimate_ode(exp, params, jax.random.PRNGKey(0), batches, rtol=1e-5, atol=1e-5, score=score)
+    batches = estimate.split_batches(exp, distributed.make_mesh(), "test", 1024, 2048)
+    exact = estimate.exact_nll(exp, batches)
+    fn = experiment.make_ode_fn(exp, rtol=1e-5, atol=1e-5, score=score)
+    key = jax.random.PRNGKey(0)
+    ode = estimate.ode(estimate.compile(fn, params, batches[0][0], key)[0], params, key, batches)
     err = ode["values"] - exact["values"]
     assert np.max(np.abs(err)) < 0.01 and abs(err.mean()) < 1e-3, (np.max(np.abs(err)), err.mean())
     before = listing(run)
@@ -175,7 +165,7 @@ def test_errors_are_one_line_and_leave_the_workdir_unchanged(run, tmp_path):
     assert_one_error_line(script("evaluate", f"--workdir={corrupt}", f"--checkpoint_step={STEPS}"),
                           f"checkpoint at step {STEPS}", "corrupt")
     # The other, intact checkpoint still evaluates.
-    assert ev.restore(corrupt, 100)[2] == 100
+    assert checkpoints.restore_params(corrupt, 100)[2] == 100
 
 
 def test_old_configs_get_new_keys_from_the_defaults(run, tmp_path):
@@ -186,8 +176,10 @@ def test_old_configs_get_new_keys_from_the_defaults(run, tmp_path):
     del config["sampling"]["every"]
     with open(old / "config.json", "w") as f:
         json.dump(config, f)
-    cfg, exp, filled = ev.load_experiment(str(old))
+    exp, filled = checkpoints.load_experiment(str(old))
+    cfg = exp.config
     assert filled == ["sampling.every"] and cfg.sampling.every == 0 and cfg.model.hidden == 32
+    assert config_lib.from_workdir(str(old))[1] == filled
 
 
 def test_sample_writes_a_scatter_and_npz_and_rejects_bad_flags(run, tmp_path):
@@ -217,13 +209,13 @@ def test_plot_script(run, tmp_path):
 
 
 def test_option_checks_name_the_flag():
-    with pytest.raises(ev.EvalError, match=r"--time_sampling='log' is not allowed; choose one of uniform, importance"):
+    with pytest.raises(OptionError, match=r"--time_sampling='log' is not allowed; choose one of uniform, importance"):
         ev.check_options(time_sampling="log")
-    with pytest.raises(ev.EvalError, match=r"--target_stderr=-1 must be a number >= 0"):
+    with pytest.raises(OptionError, match=r"--target_stderr=-1 must be a number >= 0"):
         ev.check_options(target_stderr=-1)
-    with pytest.raises(ev.EvalError, match=r"--batch_size=6 must be divisible by the number of devices \(4\)"):
+    with pytest.raises(OptionError, match=r"--batch_size=6 must be divisible by the number of devices \(4\)"):
         ev.check_options(batch_size=6, num_devices=4)
-    with pytest.raises(ev.EvalError, match=r"--checkpoint_step='first'"):
-        ev.parse_step("first")
-    assert ev.parse_step("Best") == "best" and ev.parse_step("300") == 300
-    assert math.isfinite(ev.MAX_PARAM_MAGNITUDE)
+    with pytest.raises(OptionError, match=r"--checkpoint_step='first'"):
+        checkpoints.parse_step("first")
+    assert checkpoints.parse_step("Best") == "best" and checkpoints.parse_step("300") == 300
+    assert math.isfinite(checkpoints.MAX_PARAM_MAGNITUDE)

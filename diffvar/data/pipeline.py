@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from diffvar.data import digits, toy
+from diffvar.errors import DataNotPreparedError
 
 DATASETS = ("digits", "mnist", "cifar10", "gmm2d", "swissroll", "moons", "checkerboard")
 SPLITS = ("train", "test")
@@ -39,10 +40,6 @@ _IMAGE_DATASETS = {"digits": (digits.TFDS_NAME, digits.LEVELS), "mnist": ("mnist
 _DEFAULT_DATA_DIR = "~/tensorflow_datasets"
 _READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
 _READ_CHUNK = 1024  # records per data-source read when loading a split
-
-
-class DataNotPreparedError(ValueError):
-    """A TFDS dataset is not prepared (as array_record) in the data_dir; says how to prepare it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,9 +127,9 @@ def load_builder(name: str, directory: str) -> tfds.core.DatasetBuilder:
         if not builder.is_prepared():
             raise DataNotPreparedError(
                 f"TFDS dataset {tfds_name!r} is not prepared in data_dir={directory!r} (looked for "
-                f"{builder.data_dir}), and it cannot be downloaded from here. On a machine with internet "
-                f"access run\n    {prepare_command(name, directory)}\nthen copy that directory to "
-                f"{directory!r} here (or point data.data_dir / $DIFFVAR_DATA_DIR at the copy)."
+                f"{builder.data_dir}) and is not downloaded at run time: on a machine with internet access run "
+                f"`{prepare_command(name, directory)}`, then copy that directory here (or point "
+                f"data.data_dir / $DIFFVAR_DATA_DIR at the copy)"
             )
     random_access = set(tfds.core.FileFormat.with_random_access())
     if not set(builder.info.available_file_formats()) & random_access:
@@ -140,9 +137,9 @@ def load_builder(name: str, directory: str) -> tfds.core.DatasetBuilder:
         raise DataNotPreparedError(
             f"TFDS dataset {tfds_name!r} in data_dir={directory!r} is stored as "
             f"{builder.info.file_format.value}, which cannot be read without TensorFlow; it must be "
-            f"array_record. Convert it in place with\n    tfds convert_format "
-            f"--dataset_dir={shlex.quote(dataset_dir)} --out_file_format=array_record\nor delete "
-            f"{dataset_dir!r} and prepare it again with\n    {prepare_command(name, directory)}"
+            f"array_record: convert it in place with `tfds convert_format "
+            f"--dataset_dir={shlex.quote(dataset_dir)} --out_file_format=array_record`, or delete "
+            f"{dataset_dir!r} and prepare it again with `{prepare_command(name, directory)}`"
         )
     return builder
 

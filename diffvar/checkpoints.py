@@ -1,0 +1,217 @@
+"""The only module that touches orbax: open, save, restore, resolve 'latest' | 'best' | N, plausibility checks.
+
+A checkpoint at step N is workdir/checkpoints/N with three items: state (the TrainState), data (the training
+iterator's state, JSON) and meta (JSON: step, test_metric, best_metric, unit). Saves are synchronous and
+atomic (orbax writes a temporary directory and renames it). The trainer opens the manager read-write;
+evaluation and sampling open it read-only and never write under checkpoints/.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import sys
+import threading
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from diffvar import config as config_lib
+from diffvar import distributed, experiment
+from diffvar.errors import CheckpointError, ConfigError, DataNotPreparedError, OptionError, WorkdirError
+
+ITEMS = ("state", "data", "meta")
+MAX_PARAM_MAGNITUDE = 1e8   # no trained network has weights this large; random bytes read as float32 do
+MAX_STATE_MAGNITUDE = 1e12  # optimizer moments (of clipped or finite-loss gradients)
+
+
+def directory(workdir):
+    return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def manager(workdir, keep=3, read_only=False):
+    """orbax CheckpointManager over workdir/checkpoints: keeps the latest `keep` plus the best by meta's test
+    metric (lower is better)."""
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+        ocp.checkpoint_managers.LatestN(n=keep),
+        ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m["test_metric"], reverse=True, n=1,
+                                      keep_checkpoints_without_metrics=False),
+    ])
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=not read_only,
+                                           enable_async_checkpointing=False, read_only=read_only)
+    return ocp.CheckpointManager(directory(workdir), item_names=ITEMS, options=options)
+
+
+def save(mngr, state, data_state, meta):
+    """Writes (state, data iterator state, meta) at step state.step; returns when it is on disk."""
+    metrics = {"test_metric": meta["test_metric"]} if meta.get("test_metric") is not None else None
+    mngr.save(int(state.step), args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)),
+        metrics=metrics, force=True)
+    mngr.wait_until_finished()
+
+
+def restore(mngr, step, abstract_state=None, items=ITEMS):
+    """{item: value} of the checkpoint at `step`; the state takes the shapes and shardings of abstract_state
+    (None: as saved, on the default device)."""
+    args = {"state": ocp.args.StandardRestore(abstract_state), "data": ocp.args.JsonRestore(),
+            "meta": ocp.args.JsonRestore()}
+    return dict(mngr.restore(step, args=ocp.args.Composite(**{k: args[k] for k in items})))
+
+
+def best_step(mngr):
+    """The kept step with the lowest test metric, or None when no kept checkpoint has one."""
+    best = None
+    for step in mngr.all_steps():
+        meta = restore(mngr, step, items=("meta",))["meta"]
+        if meta.get("test_metric") is not None and (best is None or meta["test_metric"] < best[1]):
+            best = (step, meta["test_metric"])
+    return None if best is None else best[0]
+
+
+def parse_step(spec):
+    """'latest' | 'best' | an integer step (int or decimal string) -> 'latest' | 'best' | int; else OptionError."""
+    if isinstance(spec, str) and spec.strip().lower() in ("latest", "best"):
+        return spec.strip().lower()
+    try:
+        step = int(spec)
+    except (TypeError, ValueError):
+        raise OptionError(f"--checkpoint_step={spec!r} must be a step number, 'latest' or 'best'") from None
+    if step < 0:
+        raise OptionError(f"--checkpoint_step={spec!r} must be a step number >= 0, 'latest' or 'best'")
+    return step
+
+
+def resolve_step(mngr, spec, ckpt_dir):
+    """The step `spec` ('latest' | 'best' | int) names among the checkpoints, or CheckpointError."""
+    steps = sorted(mngr.all_steps())
+    if not steps:
+        raise CheckpointError(f"no checkpoint in {ckpt_dir}: nothing to evaluate (train first, or check --workdir)")
+    spec = parse_step(spec)
+    if spec == "latest":
+        return steps[-1]
+    if spec == "best":
+        try:
+            best = best_step(mngr)
+        except Exception as e:  # noqa: BLE001 - an unreadable meta item
+            raise CheckpointError(f"cannot read the checkpoints' metadata in {ckpt_dir} to find the best step: "
+                                  f"{_first_line(e)}") from None
+        if best is None:
+            raise CheckpointError(f"no checkpoint in {ckpt_dir} has a test metric, so there is no 'best' one; "
+                                  f"use --checkpoint_step=latest or one of: {_steps_list(steps)}")
+        return best
+    if spec not in steps:
+        raise CheckpointError(f"no checkpoint at step {spec} in {ckpt_dir}; available steps: {_steps_list(steps)}")
+    return spec
+
+
+def load_experiment(workdir):
+    """(Experiment, config keys filled with defaults) of a training workdir, built for one device (the run's
+    batch sizes need not divide this machine's device count). WorkdirError when it cannot be built."""
+    config, filled = config_lib.from_workdir(workdir)
+    try:
+        exp = experiment.build(config, 1)
+    except (ConfigError, DataNotPreparedError) as e:
+        raise WorkdirError(f"the config in {os.path.join(workdir, 'config.json')} cannot be built: {e}") from None
+    return exp, filled
+
+
+def restore_params(workdir, step="latest", mesh=None):
+    """(exp, EMA params replicated on `mesh`, step, filled keys) of a training workdir, opened read-only.
+
+    Raises WorkdirError / CheckpointError (one line) for a workdir without config.json or checkpoints, a
+    missing step (listing the available ones), and a checkpoint that cannot be read or holds implausible
+    values (see implausible()).
+    """
+    parse_step(step)
+    exp, filled = load_experiment(workdir)
+    ckpt_dir = directory(workdir)
+    if not os.path.isdir(ckpt_dir):
+        raise CheckpointError(f"no checkpoint in {ckpt_dir}: the directory does not exist (train first, or check "
+                              f"--workdir)")
+    sharding = distributed.replicated(mesh or distributed.make_mesh())
+    _silence_abandoned_reads()
+    mngr = manager(workdir, read_only=True)
+    failure = None
+    try:
+        step = resolve_step(mngr, step, ckpt_dir)
+        try:
+            state = restore(mngr, step, experiment.abstract_state(exp, sharding), items=("state",))["state"]
+        except Exception as e:  # noqa: BLE001 - any failure to read is reported the same way
+            failure = _root_message(e)
+    finally:
+        mngr.close()
+    if failure is not None:
+        gc.collect()  # orbax's abandoned read coroutines, silenced above
+        raise CheckpointError(f"the checkpoint at step {step} in {ckpt_dir} cannot be read (corrupt, incomplete, "
+                              f"or written for another model config): {failure}")
+    problem = implausible(state)
+    if problem:
+        raise CheckpointError(f"the checkpoint at step {step} in {ckpt_dir} is corrupt: {problem}")
+    return exp, state.ema_params, int(step), filled
+
+
+def implausible(state):
+    """A description of non-finite values in a restored state, or of parameters too large to be trained
+    weights (what overwritten bytes look like: orbax stores no checksums); None when it looks sound."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+        a = np.asarray(leaf)
+        if not np.issubdtype(a.dtype, np.floating):
+            continue
+        name = jax.tree_util.keystr(path)
+        if not np.all(np.isfinite(a)):
+            return f"{name} holds non-finite values"
+        limit = MAX_PARAM_MAGNITUDE if "params" in name else MAX_STATE_MAGNITUDE
+        if a.size and np.max(np.abs(a)) > limit:
+            return f"{name} holds values as large as {np.max(np.abs(a)):.3g} (> {limit:g}: not what training writes)"
+    return None
+
+
+def _steps_list(steps, limit=20):
+    if len(steps) <= limit:
+        return ", ".join(map(str, steps))
+    return ", ".join(map(str, steps[:limit // 2])) + ", ..., " + ", ".join(map(str, steps[-limit // 2:]))
+
+
+def _first_line(e):
+    text = (str(e).strip().splitlines() or [""])[0] or type(e).__name__
+    text = text.split(" See full TensorStore details")[0]
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+def _root_message(e):
+    """The most specific line of an exception chain (TensorStore's reason rather than orbax's wrapper)."""
+    chain = [e]
+    while (chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 20:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    return _first_line(chain[-1]) if str(chain[-1]).strip() else _first_line(e)
+
+
+def _from_orbax(tb):
+    while tb is not None:
+        if "/orbax/" in tb.tb_frame.f_code.co_filename or "/asyncio/" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _silence_abandoned_reads():
+    """Silences, for the rest of the process, the reports of orbax's abandoned reads after a failed one
+    (coroutines garbage-collected with an exception, asyncio tasks and threads failing on a closed event
+    loop): the failure itself is reported as one CheckpointError. Other exceptions are reported as before."""
+    if getattr(sys.unraisablehook, "diffvar_quiet", False):
+        return
+    unraisable_hook, thread_hook = sys.unraisablehook, threading.excepthook
+
+    def quiet_unraisable(u):
+        if not _from_orbax(u.exc_traceback):
+            unraisable_hook(u)
+
+    def quiet_thread(args):
+        if not _from_orbax(args.exc_traceback):
+            thread_hook(args)
+
+    quiet_unraisable.diffvar_quiet = True
+    sys.unraisablehook, threading.excepthook = quiet_unraisable, quiet_thread
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)

@@ -1,0 +1,228 @@
+"""The experiment config: documented defaults, one validate(), and a workdir's saved config.
+
+Every configs/<name>.py starts from defaults() and overrides a few values; every value is documented where
+it is defined, below. Override any of them on the command line:
+    python scripts/train.py --config=configs/digits.py --workdir=runs/x --config.optim.lr=1e-3
+
+validate(config) checks every key before anything is compiled or written and raises ConfigError naming the
+key, the value and what is allowed. from_workdir(workdir) reads the config a run saved, with keys added to
+the defaults since then filled in (their defaults keep the old behaviour).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+
+from diffvar import likelihood
+from diffvar.data import DATASETS, SPLITS
+from diffvar.errors import ConfigError, WorkdirError, check_choice, check_number
+from diffvar.models import MODELS
+from diffvar.models.mlp import ACTIVATIONS, TIME_EMBEDDINGS
+from diffvar.models.param import PARAMETERISATIONS
+from diffvar.objectives import OBJECTIVES
+from diffvar.sde import SDES, TIME_SAMPLINGS
+
+
+def defaults():
+    """The documented defaults shared by every experiment (a fresh ConfigDict)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0                        # seeds init, data order, noise; a run is a pure function of config + seed
+
+    c.data = d = ml_collections.ConfigDict()
+    d.name = "digits"                 # digits | mnist | cifar10 | gmm2d | swissroll | moons | checkerboard
+    d.data_dir = ""                   # TFDS data_dir; "" = $DIFFVAR_DATA_DIR or ~/tensorflow_datasets
+    d.random_flip = False             # random horizontal flips of training images
+    d.transform = "logit"             # images: logit (y = logit(a + (1-2a) z)) | scale (y = 2z - 1)
+    d.logit_alpha = 0.05              # a in the logit transform (sdeflow-light: 0.05)
+
+    c.sde = s = ml_collections.ConfigDict()
+    s.name = "vp"                     # vp | subvp | ve
+    s.beta_min = 0.1                  # vp/subvp: beta(0)
+    s.beta_max = 20.0                 # vp/subvp: beta(T)
+    s.sigma_min = 0.01                # ve: S(0)
+    s.sigma_max = 50.0                # ve: S(T), also the prior's std
+    s.T = 1.0                         # time horizon
+
+    c.model = m = ml_collections.ConfigDict()
+    m.name = "unet"                   # unet | mlp
+    m.parameterization = "drift"      # network outputs: drift (a = g * score, the paper) | score | eps
+    m.ch = 32                         # unet: base channels
+    m.ch_mult = (1, 2)                # unet: channel multiplier per resolution
+    m.num_res_blocks = 2              # unet: residual blocks per resolution
+    m.attn_resolutions = (4,)         # unet: resolutions with self-attention
+    m.dropout = 0.0                   # unet: dropout rate inside residual blocks
+    m.hidden = 128                    # mlp: width
+    m.depth = 3                       # mlp: hidden layers
+    m.activation = "softplus"         # mlp: softplus | silu | relu | tanh
+    m.time_embedding = "concat"       # mlp: concat (raw t) | sinusoidal
+    m.time_scale = 1000.0             # t is embedded as t * time_scale
+
+    c.objective = o = ml_collections.ConfigDict()
+    o.name = "dsm_is"                 # dsm (eps-loss) | dsm_is (ELBO, importance time) | dsm_lw | elbo | ssm
+    o.t_eps = 1e-3                    # training times are drawn from [t_eps, T] (elbo: [0, T])
+    o.probe = "rademacher"            # Hutchinson probe for elbo / ssm: rademacher | gaussian
+
+    c.optim = p = ml_collections.ConfigDict()
+    p.name = "adam"                   # adam | adamw
+    p.lr = 2e-4                       # peak learning rate
+    p.b1 = 0.9
+    p.b2 = 0.999
+    p.eps = 1e-8
+    p.weight_decay = 0.0              # adamw only
+    p.warmup_steps = 0                # linear warm-up from 0 to lr
+    p.schedule = "constant"           # constant | cosine (decay to 0 at training.num_steps)
+    p.grad_clip = 1.0                 # global-norm clipping; 0 disables
+
+    c.training = t = ml_collections.ConfigDict()
+    t.batch_size = 64                 # global batch, split over all devices of all processes
+    t.num_steps = 10000               # optimizer steps
+    t.max_minutes = 0.0               # stop (and checkpoint) after this wall time; 0 = no limit
+    t.steps_per_call = 1              # optimizer steps per compiled call (lax.scan); >1 amortizes dispatch on
+                                      # accelerators. Keep 1 for U-Nets on CPU: XLA:CPU runs convolution
+                                      # gradients inside loops ~10x slower (measured, jax 0.10.2)
+    t.ema_decay = 0.999               # EMA of parameters, used for eval and samples; 0 disables
+    t.log_every = 100                 # steps between metrics.jsonl lines / progress lines
+    t.ckpt_every = 1000               # steps between checkpoints (also at the end and on SIGTERM)
+    t.keep = 3                        # latest checkpoints kept (the best by test metric is kept too)
+
+    c.eval = e = ml_collections.ConfigDict()
+    e.every = 1000                    # steps between evaluations (also at the end); 0 = only at the end
+    e.split = "test"                  # split evaluated
+    e.batch_size = 256                # examples per evaluation batch (global)
+    e.repeats = 1                     # ELBO draws per example (time, noise, probe); more = smaller s.e.
+    e.final_repeats = 0               # draws per example at the last evaluation; 0 = eval.repeats
+    e.form = "ism"                    # ism | dsm
+    e.time_sampling = "uniform"       # uniform | importance
+    e.probe = "rademacher"            # rademacher | gaussian
+    e.divergence = "hutchinson"       # hutchinson | exact
+    e.max_examples = 0                # evaluate only the first N examples while training; 0 = all
+
+    c.sampling = sm = ml_collections.ConfigDict()
+    sm.every = 0                      # steps between sample grids; 0 = only at the end
+    sm.num = 64                       # samples per grid
+    sm.steps = 500                    # Euler-Maruyama steps
+    sm.lam = 0.0                      # 0 = reverse SDE ... 1 = probability-flow ODE
+    return c
+
+
+# ----------------------------------------------------------------------------------------------
+# validate(): every key, before anything is compiled or written.
+
+CHOICES = {
+    "data.name": DATASETS, "data.transform": likelihood.TRANSFORMS, "sde.name": tuple(SDES),
+    "model.name": MODELS, "model.parameterization": PARAMETERISATIONS, "model.activation": tuple(ACTIVATIONS),
+    "model.time_embedding": TIME_EMBEDDINGS, "objective.name": OBJECTIVES, "objective.probe": likelihood.PROBES,
+    "optim.name": ("adam", "adamw"), "optim.schedule": ("constant", "cosine"), "eval.split": SPLITS,
+    "eval.form": likelihood.FORMS, "eval.time_sampling": TIME_SAMPLINGS, "eval.probe": likelihood.PROBES,
+    "eval.divergence": likelihood.DIVERGENCES,
+}
+# key -> keyword arguments of check_number
+NUMBERS = {
+    "seed": dict(minimum=0, integer=True),
+    "data.logit_alpha": dict(minimum=0, maximum=0.4999, strict=True),
+    "sde.beta_min": dict(minimum=0, strict=True), "sde.beta_max": dict(minimum=0, strict=True),
+    "sde.sigma_min": dict(minimum=0, strict=True), "sde.sigma_max": dict(minimum=0, strict=True),
+    "sde.T": dict(minimum=0, strict=True),
+    "model.ch": dict(minimum=2, integer=True), "model.num_res_blocks": dict(minimum=1, integer=True),
+    "model.dropout": dict(minimum=0, maximum=0.999), "model.hidden": dict(minimum=1, integer=True),
+    "model.depth": dict(minimum=1, integer=True), "model.time_scale": dict(minimum=0, strict=True),
+    "objective.t_eps": dict(minimum=0, strict=True),
+    "optim.lr": dict(minimum=0, strict=True), "optim.b1": dict(minimum=0, maximum=0.999999),
+    "optim.b2": dict(minimum=0, maximum=0.999999), "optim.eps": dict(minimum=0),
+    "optim.weight_decay": dict(minimum=0), "optim.warmup_steps": dict(minimum=0, integer=True),
+    "optim.grad_clip": dict(minimum=0),
+    "training.batch_size": dict(minimum=1, integer=True), "training.num_steps": dict(minimum=1, integer=True),
+    "training.max_minutes": dict(minimum=0), "training.steps_per_call": dict(minimum=1, integer=True),
+    "training.ema_decay": dict(minimum=0, maximum=0.999999), "training.log_every": dict(minimum=1, integer=True),
+    "training.ckpt_every": dict(minimum=1, integer=True), "training.keep": dict(minimum=1, integer=True),
+    "eval.every": dict(minimum=0, integer=True), "eval.batch_size": dict(minimum=1, integer=True),
+    "eval.repeats": dict(minimum=1, integer=True), "eval.final_repeats": dict(minimum=0, integer=True),
+    "eval.max_examples": dict(minimum=0, integer=True),
+    "sampling.every": dict(minimum=0, integer=True), "sampling.num": dict(minimum=1, integer=True),
+    "sampling.steps": dict(minimum=1, integer=True), "sampling.lam": dict(minimum=0, maximum=1),
+}
+SEQUENCES = ("model.ch_mult", "model.attn_resolutions")  # of positive integers (ch_mult non-empty)
+
+
+def get(config, key):
+    """config["a.b"] for a dotted key."""
+    value = config
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
+def validate(config, num_devices=1):
+    """Checks every value the engine relies on; raises ConfigError naming the key and what is allowed."""
+    for key, allowed in CHOICES.items():
+        check_choice(key, get(config, key), allowed)
+    for key, kw in NUMBERS.items():
+        check_number(key, get(config, key), **kw)
+    for key in SEQUENCES:
+        value = get(config, key)
+        ok = isinstance(value, (tuple, list)) and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+        if not ok or (key == "model.ch_mult" and not value):
+            raise ConfigError(f"{key}={value!r} must be a {'non-empty ' if key == 'model.ch_mult' else ''}"
+                              f"sequence of integers >= 1")
+    s, t, o = config.sde, config.training, config.objective
+    if s.name == "ve" and s.sigma_min >= s.sigma_max:
+        raise ConfigError(f"sde.sigma_min={s.sigma_min!r} must be < sde.sigma_max={s.sigma_max!r}")
+    if s.name != "ve" and s.beta_min >= s.beta_max:
+        raise ConfigError(f"sde.beta_min={s.beta_min!r} must be < sde.beta_max={s.beta_max!r}")
+    if o.t_eps >= s.T:
+        raise ConfigError(f"objective.t_eps={o.t_eps!r} must be in (0, sde.T={s.T!r})")
+    if config.optim.schedule == "cosine" and config.optim.warmup_steps >= t.num_steps:
+        raise ConfigError(f"optim.warmup_steps={config.optim.warmup_steps} must be < training.num_steps="
+                          f"{t.num_steps} with optim.schedule='cosine'")
+    for key in ("training.batch_size", "eval.batch_size"):
+        if get(config, key) % num_devices:
+            raise ConfigError(f"{key}={get(config, key)} must be divisible by the number of devices ({num_devices})")
+    k = t.steps_per_call
+    for key in ("training.num_steps", "training.log_every", "training.ckpt_every", "eval.every", "sampling.every"):
+        if get(config, key) % k:
+            raise ConfigError(f"{key}={get(config, key)} must be a multiple of training.steps_per_call={k}")
+
+
+# ----------------------------------------------------------------------------------------------
+# A workdir's config.
+
+
+def to_json(config):
+    """The resolved config as a JSON-ready dict (what a run saves as workdir/config.json)."""
+    return json.loads(config.to_json_best_effort())
+
+
+def from_workdir(workdir):
+    """(config, keys filled with defaults) from workdir/config.json; WorkdirError when missing or unreadable.
+
+    A run's config.json holds the keys of the code that trained it; a key introduced later takes its current
+    default (which, for a new feature, means the old behaviour). Saved-only keys are kept.
+    """
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isdir(workdir):
+        raise WorkdirError(f"workdir {workdir!r} does not exist")
+    if not os.path.exists(path):
+        raise WorkdirError(f"no config.json in workdir {workdir!r}: is it a diffvar training workdir?")
+    try:
+        with open(path) as f:
+            saved = ml_collections.ConfigDict(json.load(f))
+    except ValueError as e:
+        raise WorkdirError(f"{path} is not valid JSON: {e}") from None
+    merged, filled = defaults(), []
+
+    def walk(base, old, prefix):
+        for key in base.keys():
+            if key not in old:
+                filled.append(prefix + key)
+            elif isinstance(base[key], ml_collections.ConfigDict) and isinstance(old[key], ml_collections.ConfigDict):
+                walk(base[key], old[key], prefix + key + ".")
+
+    walk(merged, saved, "")
+    merged.update(saved)  # recursive: every saved value wins
+    for key in SEQUENCES:  # JSON turns tuples into lists
+        section, name = key.split(".")
+        merged[section][name] = tuple(merged[section][name])
+    return merged, filled

@@ -1,0 +1,46 @@
+"""Devices and processes: multi-host start-up, the data mesh, global arrays from local rows, gathering.
+
+One process per host; each loads only its rows of every batch. Arrays are sharded over a 1-D mesh axis
+'data' (batch) or replicated (parameters); the compiled functions take their shardings from the arguments.
+"""
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+
+def initialize(coordinator_address=None, num_processes=1, process_id=0):
+    """Joins a multi-process run (CPU collectives over gloo) when a coordinator address is given."""
+    if coordinator_address:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+def is_chief():
+    """True on process 0, the one that writes logs, samples and reports."""
+    return jax.process_index() == 0
+
+
+def make_mesh():
+    """A 1-D 'data' mesh over all devices of all processes, with an Auto axis (shardings follow the arguments)."""
+    devices = jax.devices()
+    return jax.make_mesh((len(devices),), ("data",), devices=devices, axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def replicated(mesh):
+    """The sharding of a value every device holds whole (parameters, optimizer state)."""
+    return NamedSharding(mesh, P())
+
+
+def global_array(mesh, local, spec=P("data")):
+    """A global jax.Array from this process's rows `local` (np, batch axis sharded as `spec`)."""
+    return jax.make_array_from_process_local_data(NamedSharding(mesh, spec), np.asarray(local))
+
+
+def gather(x):
+    """A (possibly multi-process) sharded array as one numpy array on every process."""
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))

@@ -1,0 +1,136 @@
+"""What a run tells the user and leaves behind: progress lines with rate and ETA, metrics.jsonl + TensorBoard,
+and status.json (why the run stopped, for people and for the sweep runner).
+
+Only process 0 prints and writes; every function here is a no-op elsewhere.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import math
+import os
+import socket
+import time
+
+from diffvar import distributed, plots
+from diffvar.files import atomic_path, write_json_atomic
+
+
+def say(fmt, *args):
+    """One timestamped progress line on stdout, from process 0 (absl/orbax INFO logs stay at WARNING)."""
+    if distributed.is_chief():
+        print(time.strftime("%H:%M:%S ") + (fmt % args if args else fmt), flush=True)
+
+
+def fmt_time(seconds):
+    """H:MM:SS."""
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    """Rate and ETA of work counted in units (steps, batches) towards `total`, and rate-limited lines.
+
+    rate() counts the units and seconds since the last mark(), less the time spent inside `with paused():`
+    (an evaluation inside a training loop does not lower the training rate).
+    """
+
+    def __init__(self, total, done=0, every=0.0, enabled=True):
+        self.total, self.enabled, self.every = total, enabled, every
+        self.start = time.time()
+        self.done = done
+        self.last_line = -math.inf
+        self.mark()
+
+    def update(self, done):
+        self.done = done
+
+    def mark(self):
+        self.t_mark, self.done_mark, self.excluded = time.time(), self.done, 0.0
+
+    @contextlib.contextmanager
+    def paused(self):
+        start = time.time()
+        try:
+            yield
+        finally:
+            self.excluded += time.time() - start
+
+    def rate(self):
+        """Units per second since the last mark(), paused time left out."""
+        return (self.done - self.done_mark) / max(time.time() - self.t_mark - self.excluded, 1e-9)
+
+    def eta(self, deadline=None):
+        """Seconds left at the current rate (no later than `deadline`, a time.time() value)."""
+        rate = self.rate()
+        left = (self.total - self.done) / rate if rate > 0 else math.inf
+        return min(left, deadline - time.time()) if deadline is not None else left
+
+    def elapsed(self):
+        return time.time() - self.start
+
+    def say(self, fmt, *args, force=False):
+        """say() at most every `every` seconds, unless forced."""
+        if self.enabled and (force or time.time() - self.last_line >= self.every):
+            say(fmt, *args)
+            self.last_line = time.time()
+
+
+class MetricsLog:
+    """workdir/metrics.jsonl (one JSON object per line) + TensorBoard events in workdir/tb."""
+
+    def __init__(self, workdir, resume_step):
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.enabled = distributed.is_chief()
+        self.tb = None
+        if not self.enabled:
+            return
+        # Lines past the checkpoint we resume from describe steps that will be re-run: drop them.
+        if os.path.exists(self.path):
+            kept = [line for line in plots.read_metrics(self.path) if line.get("step", 0) <= resume_step]
+            with atomic_path(self.path) as tmp, open(tmp, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in kept)
+        from tensorboardX import SummaryWriter
+        self.tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=resume_step + 1 if resume_step else None)
+
+    def write(self, record):
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for k, v in record.items():
+            if k != "step" and isinstance(v, (int, float)):
+                self.tb.add_scalar(k, v, record["step"])
+        self.tb.flush()
+
+    def last(self, key):
+        """The last record holding `key` (e.g. after a resume), or None."""
+        if not self.enabled or not os.path.exists(self.path):
+            return None
+        found = [r for r in plots.read_metrics(self.path) if key in r]
+        return found[-1] if found else None
+
+    def close(self):
+        if self.tb is not None:
+            self.tb.close()
+
+
+STATUSES = ("running", "finished", "interrupted", "failed")
+
+
+def write_status(workdir, status, step, num_steps, error=None, kind=None, result=None):
+    """workdir/status.json, atomically: {status, step, num_steps, pid, host, error, kind, result, updated}.
+
+    running: written at the start and at each checkpoint (a killed process leaves it with a dead pid);
+    finished: result holds the final test metric; interrupted: SIGTERM, a checkpoint was saved;
+    failed: error is the message and kind the DiffvarError kind ("non_finite", "data", ...) or "crash".
+    """
+    if not distributed.is_chief():
+        return
+    write_json_atomic(os.path.join(workdir, "status.json"), {
+        "status": status, "step": int(step), "num_steps": int(num_steps), "pid": os.getpid(),
+        "host": socket.gethostname(), "error": error, "kind": kind, "result": result,
+        "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})

@@ -1,0 +1,79 @@
+"""Shared test helpers: tiny configs, running a script as a user would, and the one statistical assertion."""
+import os
+import subprocess
+import sys
+
+from diffvar import config as config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name):
+    """configs/<name>.py's get_config(), loaded by path as scripts/train.py's --config does."""
+    import runpy
+    return runpy.run_path(os.path.join(ROOT, "configs", f"{name}.py"))["get_config"]()
+
+
+def tiny_config(**overrides):
+    """configs/gmm2d.py shrunk to a run of seconds (40 steps, 10 per call, a 2048-example evaluation);
+    overrides are {"section.key": value}."""
+    c = load_config("gmm2d")
+    c.model.hidden = 32
+    c.training.num_steps = 40
+    c.optim.warmup_steps = 10
+    c.optim.schedule = "constant"  # the cosine schedule depends on num_steps, which resume tests change
+    c.training.steps_per_call = 10
+    c.training.log_every = 10
+    c.training.ckpt_every = 10
+    c.training.keep = 2
+    c.eval.every = 20
+    c.eval.repeats = 1
+    c.eval.batch_size = 1024
+    c.eval.max_examples = 2048
+    c.sampling.num = 100
+    c.sampling.steps = 20
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        c[section][name] = value
+    config_lib.validate(c)
+    return c
+
+
+# The command-line twin of tiny_config (eval only at the end, on 1024 examples).
+TINY_FLAGS = ("--config.model.hidden=32", "--config.training.steps_per_call=10", "--config.optim.warmup_steps=10",
+              "--config.training.log_every=10", "--config.training.ckpt_every=10", "--config.eval.every=0",
+              "--config.eval.repeats=1", "--config.eval.batch_size=1024", "--config.eval.max_examples=1024",
+              "--config.sampling.num=16", "--config.sampling.steps=5")
+
+
+def run_script(name, *flags, env=None, wait=True, timeout=600):
+    """Runs scripts/<name>.py with `flags` in a fresh process (JAX on the CPU); a CompletedProcess, or a
+    Popen with stdout piped (text, stderr merged) when wait=False."""
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", f"{name}.py"), *flags]
+    full_env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
+    if not wait:
+        return subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def train_script(workdir, *flags, config="gmm2d", env=None, wait=True):
+    """scripts/train.py on configs/<config>.py with TINY_FLAGS (gmm2d) and `flags` after them."""
+    tiny = TINY_FLAGS if config == "gmm2d" else ()
+    return run_script("train", f"--config={ROOT}/configs/{config}.py", f"--workdir={workdir}", *tiny, *flags,
+                      env=env, wait=wait)
+
+
+def assert_one_error_line(r, *fragments):
+    """A script that failed as a user error should: exit 1, one `error: ...` line on stderr, no traceback."""
+    assert r.returncode == 1, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def within(diff, k=4.0, slack=0.0):
+    """|mean| <= k standard errors + slack, for a {"mean", "stderr"} estimate of a difference that is 0 in
+    expectation (slack: a stated bias bound, such as the prior mismatch)."""
+    return abs(diff["mean"]) <= k * diff["stderr"] + slack
