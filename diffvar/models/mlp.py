@@ -6,7 +6,7 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
-from diffvar.models.unet import timestep_embedding
+from diffvar.models.layers import timestep_embedding
 
 ACTIVATIONS = {"softplus": nn.softplus, "silu": nn.silu, "relu": nn.relu, "tanh": jnp.tanh}
 TIME_EMBEDDINGS = ("concat", "sinusoidal")

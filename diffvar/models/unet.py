@@ -15,26 +15,12 @@ flax's defaults (LeCun-normal kernels, zero biases), not torch's, apart from the
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-
-def timestep_embedding(t, dim):
-    """Sinusoidal embedding [sin(t w_k), cos(t w_k)], w_k = 10000^(-k / (half - 1)); t [B] -> [B, dim]."""
-    half = dim // 2
-    freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / max(half - 1, 1))
-    args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None]
-    emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=1)
-    if dim % 2:
-        emb = jnp.pad(emb, ((0, 0), (0, 1)))
-    return emb
-
-
-def group_norm(ch):
-    return nn.GroupNorm(num_groups=min(32, ch), epsilon=1e-6)
+from diffvar.models.layers import group_norm, timestep_embedding
 
 
 def norm_channels(ch, ch_mult, num_res_blocks):
