@@ -1,4 +1,4 @@
-"""Gaussian mixtures: the closed-form ground truth for diffusion likelihoods (DESIGN.md section 4).
+"""Gaussian mixtures: the closed-form ground truth for diffusion likelihoods.
 
 A mixture sum_k w_k N(m_k, C_k) pushed through a linear SDE stays a mixture:
     q_t = sum_k w_k N(alpha(t) m_k, alpha(t)^2 C_k + sigma(t)^2 I),
@@ -12,7 +12,6 @@ import jax
 import numpy as np
 import jax.numpy as jnp
 from flax import struct
-
 
 
 @struct.dataclass
@@ -30,12 +29,13 @@ class GaussianMixture:
     evals: jax.Array
 
     @classmethod
-    def create(cls, weights, means, covs):
+    def create(cls, weights, means, covs, dtype=jnp.float32):
+        """From weights [K], means [K, d], covs [K, d, d] (eigendecomposed here, in float64 numpy), stored as dtype."""
         evals, evecs = np.linalg.eigh(np.asarray(covs, np.float64))
         if np.any(evals <= 0):
-            raise ValueError("covs must be symmetric positive definite")
-        f32 = lambda a: jnp.asarray(a, jnp.float32)
-        return cls(f32(weights), f32(means), f32(evecs), f32(evals))
+            raise ValueError(f"covs must be symmetric positive definite, got eigenvalues down to {evals.min()!r}")
+        cast = lambda a: jnp.asarray(a, dtype)
+        return cls(cast(weights), cast(means), cast(evecs), cast(evals))
 
     @property
     def dim(self):
@@ -59,7 +59,7 @@ class GaussianMixture:
 
     def logp(self, x):
         """log p_0(x), [B]."""
-        alpha = jnp.ones(x.shape[:1])
+        alpha = jnp.ones(x.shape[:1], self.evals.dtype)
         var = jnp.broadcast_to(self.evals, (x.shape[0],) + self.evals.shape)
         return jax.nn.logsumexp(self._parts(x, alpha, var)[0], axis=1)
 

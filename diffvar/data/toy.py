@@ -1,7 +1,7 @@
-"""Toy 2-D densities, sampled deterministically from a seed (numpy only; float32 points [n, 2]).
+"""Toy 2-D densities, sampled deterministically from a seed (numpy; float32 points [n, 2]).
 
-- gmm2d:        8 equally weighted isotropic Gaussians (std 0.5) on a circle of radius 4; its
-                exact log density is `gmm_logp` (numpy) / `gmm_logp_jax` (jnp, traceable).
+- gmm2d:        8 equally weighted isotropic Gaussians (std 0.5) on a circle of radius 4; its exact log
+                density is diffvar.mixture's, as `gmm_logp_jax` (jnp, traceable) / `gmm_logp` (float64 numpy).
 - swissroll:    (t cos t, t sin t) + N(0, 1) noise, t ~ U[1.5 pi, 4.5 pi], all divided by 5.
 - moons:        scikit-learn's two moons with N(0, 0.1^2) noise, scaled by 2, shifted by (-1, -0.2).
 - checkerboard: uniform on the 8 black squares of a 4x4 board covering [-4, 4]^2.
@@ -16,6 +16,8 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from diffvar.mixture import GaussianMixture
 
 TOY_DATASETS = ("gmm2d", "swissroll", "moons", "checkerboard")
 NUM_TRAIN = 65536
@@ -35,34 +37,22 @@ GMM2D_MEANS = _readonly(4.0 * np.stack([np.cos(_ANGLES), np.sin(_ANGLES)], axis=
 GMM2D_COVS = _readonly(np.broadcast_to(0.25 * np.eye(2), (8, 2, 2)))  # [K, 2, 2], std 0.5
 
 
-def gmm_logp(x, weights=GMM2D_WEIGHTS, means=GMM2D_MEANS, covs=GMM2D_COVS):
-    """log sum_k w_k N(x; m_k, C_k) in float64 numpy; x [B, d] -> [B] nats."""
-    x = np.asarray(x, dtype=np.float64)
-    chol = np.linalg.cholesky(covs)  # [K, d, d]
-    diff = x[:, None, :] - means[None]  # [B, K, d]
-    sol = np.linalg.solve(chol[None], diff[..., None])[..., 0]  # L^{-1} (x - m), [B, K, d]
-    logdet = 2.0 * np.sum(np.log(np.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)  # [K]
-    d = x.shape[-1]
-    comp = np.log(weights) - 0.5 * (np.sum(sol**2, -1) + logdet + d * math.log(2 * math.pi))
-    top = comp.max(axis=1, keepdims=True)
-    return (top + np.log(np.sum(np.exp(comp - top), axis=1, keepdims=True)))[:, 0]
+def gmm2d_mixture(dtype=jnp.float32):
+    """The gmm2d density as a diffvar.mixture.GaussianMixture stored in `dtype` (built per call, cheap)."""
+    return GaussianMixture.create(GMM2D_WEIGHTS, GMM2D_MEANS, GMM2D_COVS, dtype=dtype)
 
 
-def gmm_logp_jax(x, weights=GMM2D_WEIGHTS, means=GMM2D_MEANS, covs=GMM2D_COVS):
-    """Same as `gmm_logp` in jnp (jit/grad-traceable, computed in x's float dtype); x [B, d] -> [B]."""
+def gmm_logp_jax(x):
+    """log p(x) of gmm2d, jnp (jit/grad-traceable, in x's float dtype, float32 for integer x); x [B, 2] -> [B] nats."""
     x = jnp.asarray(x)
     dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
-    x = x.astype(dtype)
-    weights, means, covs = (jnp.asarray(a, dtype) for a in (weights, means, covs))
-    chol = jnp.linalg.cholesky(covs)
-    diff = x[:, None, :] - means[None]
-    sol = jax.scipy.linalg.solve_triangular(
-        jnp.broadcast_to(chol, diff.shape[:2] + chol.shape[-2:]), diff[..., None], lower=True
-    )[..., 0]
-    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
-    d = x.shape[-1]
-    comp = jnp.log(weights) - 0.5 * (jnp.sum(sol**2, -1) + logdet + d * math.log(2 * math.pi))
-    return jax.nn.logsumexp(comp, axis=1)
+    return gmm2d_mixture(dtype).logp(x.astype(dtype))
+
+
+def gmm_logp(x):
+    """The same log density in float64, as numpy (for plots and quadrature); x [B, 2] -> [B] nats."""
+    with jax.enable_x64(True):
+        return np.asarray(gmm_logp_jax(jnp.asarray(x, jnp.float64)))
 
 
 def gmm_sample(rng: np.random.Generator, n, weights=GMM2D_WEIGHTS, means=GMM2D_MEANS, covs=GMM2D_COVS):
