@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import math
 
-import diffrax
 import jax
 import jax.numpy as jnp
 
-from diffvar.sde import bcast, time_proposal
+from diffvar.sampling import probability_flow_drift, solve_adaptive
+from diffvar.sde import TIME_SAMPLINGS, bcast, time_proposal
 
 FORMS = ("ism", "dsm")
 DIVERGENCES = ("hutchinson", "exact")
@@ -35,32 +35,38 @@ def _check_x(x, t=None):
         raise ValueError(f"t must have shape [B]={x.shape[:1]}, got {t.shape}")
 
 
-def _sum(v):
+def per_example_sum(v):
     """Sum over all but the batch axis, [B]."""
     return jnp.sum(jnp.reshape(v, (v.shape[0], -1)), axis=1)
 
 
-def probe(rng, shape, kind="rademacher"):
-    """Hutchinson probe v with E[v v^T] = I."""
+def draw_probe(rng, shape, kind="rademacher"):
+    """Hutchinson probe v of `shape` with E[v v^T] = I: Rademacher (+-1) or standard normal entries."""
     _check_choice("probe", kind, PROBES)
     if kind == "rademacher":
         return jax.random.rademacher(rng, shape, dtype=jnp.float32)
     return jax.random.normal(rng, shape)
 
 
-def value_and_divergence(fn, y, rng=None, divergence="hutchinson", probe_kind="rademacher"):
+def value_and_divergence(fn, y, rng=None, divergence="hutchinson", probe_kind="rademacher", v=None):
     """(fn(y), div_y fn(y)) for a per-example map fn: [B, ...] -> [B, ...]; divergence [B].
 
-    hutchinson: v . (J v) with one probe v (one JVP); exact: sum_i (J e_i)_i (d JVPs, small d only).
+    hutchinson: v . (J v) with one probe v (one JVP), drawn from `rng` or, if given, the fixed probe `v`
+    (shape of y); exact: sum_i (J e_i)_i (d JVPs, small d only).
     """
     _check_choice("divergence", divergence, DIVERGENCES)
     out_shape = jax.eval_shape(fn, y).shape
     if out_shape != y.shape:
         raise ValueError(f"score_fn must return an array of the input's shape {y.shape}, got {out_shape}")
     if divergence == "hutchinson":
-        v = probe(rng, y.shape, probe_kind)
+        if v is None:
+            if rng is None:
+                raise ValueError("divergence='hutchinson' needs rng or a fixed probe v, got neither")
+            v = draw_probe(rng, y.shape, probe_kind)
+        elif v.shape != y.shape:
+            raise ValueError(f"v must have y's shape {y.shape}, got {v.shape}")
         out, jv = jax.jvp(fn, (y,), (v,))
-        return out, _sum(v * jv)
+        return out, per_example_sum(v * jv)
     d = math.prod(y.shape[1:])
     basis = jnp.reshape(jnp.eye(d, dtype=y.dtype), (d, 1) + y.shape[1:])
     out, jvp_fn = jax.linearize(fn, y)
@@ -74,7 +80,7 @@ def ism_integrand(score_fn, sde, y, t, rng=None, divergence="hutchinson", probe_
     g2 = sde.g2(t)
     d = math.prod(y.shape[1:])
     score, div = value_and_divergence(lambda z: score_fn(z, t), y, rng, divergence, probe_kind)
-    return 0.5 * g2 * _sum(score**2) + g2 * div - sde.div_drift(t, d)
+    return 0.5 * g2 * per_example_sum(score**2) + g2 * div - sde.div_drift(t, d)
 
 
 def dsm_integrand(score_fn, sde, y, eps, t):
@@ -83,7 +89,7 @@ def dsm_integrand(score_fn, sde, y, eps, t):
     d = math.prod(y.shape[1:])
     _, sigma = sde.alpha_sigma(t)
     resid = score_fn(y, t) + eps / bcast(sigma, eps)
-    return 0.5 * g2 * _sum(resid**2) - 0.5 * g2 * d / sigma**2 - sde.div_drift(t, d)
+    return 0.5 * g2 * per_example_sum(resid**2) - 0.5 * g2 * d / sigma**2 - sde.div_drift(t, d)
 
 
 def _elbo_once(score_fn, sde, x, rng, form, divergence, probe_kind, time_sampling, t_eps):
@@ -116,7 +122,7 @@ def elbo(score_fn, sde, x, rng, num_samples=1, form="ism", divergence="hutchinso
     _check_choice("form", form, FORMS)
     _check_choice("divergence", divergence, DIVERGENCES)
     _check_choice("probe", probe, PROBES)
-    _check_choice("time_sampling", time_sampling, ("uniform", "importance"))
+    _check_choice("time_sampling", time_sampling, TIME_SAMPLINGS)
     _check_x(x)
     if not (isinstance(num_samples, int) and num_samples >= 1):
         raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
@@ -128,36 +134,26 @@ def ode_logp(score_fn, sde, x, rng, rtol=1e-5, atol=1e-5, divergence="exact", pr
              t_min=0.0, max_steps=4096, prior_logp=None):
     """log p(x) [B] under the probability-flow ODE dy/ds = f - g^2 score / 2, and the number of evaluations.
 
-    log p(x) = log p_prior(y_T) + int_{t_min}^T div(f - g^2 score / 2)(y_s, s) ds, solved with Tsit5 and a
-    PID step-size controller (diffrax) for the whole batch at once. With divergence="hutchinson" one probe is
-    drawn per example and held fixed along the path (FFJORD). NFE counts the drift evaluations of the solver
-    (6 per attempted Tsit5 step plus the first, by FSAL). `prior_logp(y_T) -> [B]` replaces the SDE's prior,
-    e.g. by the exact p_T of a test mixture, which removes the (tiny) prior mismatch from the comparison.
+    log p(x) = log p_prior(y_T) + int_{t_min}^T div(f - g^2 score / 2)(y_s, s) ds, solved by
+    sampling.solve_adaptive (Tsit5, PID step-size control) for the whole batch at once. With
+    divergence="hutchinson" one probe per example is drawn and held fixed along the path (FFJORD). NFE counts
+    the drift evaluations of the solver (6 per attempted Tsit5 step plus the first, by FSAL).
+    `prior_logp(y_T) -> [B]` replaces the SDE's prior, e.g. by the exact p_T of a test mixture, which removes
+    the (tiny) prior mismatch from the comparison.
     """
     _check_choice("divergence", divergence, DIVERGENCES)
     _check_choice("probe", probe, PROBES)
     _check_x(x)
     b = x.shape[0]
-    v = jax.random.rademacher(rng, x.shape, dtype=jnp.float32) if probe == "rademacher" else jax.random.normal(rng, x.shape)
+    v = draw_probe(rng, x.shape, probe) if divergence == "hutchinson" else None
 
-    def drift(y, t):
-        return sde.drift(y, t) - 0.5 * bcast(sde.g2(t), y) * score_fn(y, t)
-
-    def vector_field(s, state, args):
-        y, _ = state
+    def vector_field(s, state):
         t = jnp.full((b,), s)
-        if divergence == "hutchinson":
-            dy, jv = jax.jvp(lambda z: drift(z, t), (y,), (v,))
-            return dy, _sum(v * jv)
-        return value_and_divergence(lambda z: drift(z, t), y, divergence="exact")
+        return value_and_divergence(lambda z: probability_flow_drift(score_fn, sde, z, t), state[0],
+                                    divergence=divergence, v=v)
 
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(vector_field), diffrax.Tsit5(), t0=t_min, t1=sde.T, dt0=None,
-        y0=(x, jnp.zeros((b,), x.dtype)),
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-        max_steps=max_steps, saveat=diffrax.SaveAt(t1=True))
-    y_T, delta = sol.ys[0][0], sol.ys[1][0]
-    nfe = 6 * sol.stats["num_steps"] + 1
+    (y_T, delta), nfe = solve_adaptive(vector_field, (x, jnp.zeros((b,), x.dtype)), t_min, sde.T, rtol, atol,
+                                       max_steps)
     return (sde.prior_logp if prior_logp is None else prior_logp)(y_T) + delta, nfe
 
 
@@ -174,7 +170,7 @@ def logit_transform(z, alpha=0.05):
     """y = logit(alpha + (1 - 2 alpha) z) and log|dy/dz| summed per example ([B])."""
     p = alpha + (1.0 - 2.0 * alpha) * z
     y = jnp.log(p) - jnp.log1p(-p)
-    logdet = _sum(math.log(1.0 - 2.0 * alpha) - jnp.log(p) - jnp.log1p(-p))
+    logdet = per_example_sum(math.log(1.0 - 2.0 * alpha) - jnp.log(p) - jnp.log1p(-p))
     return y, logdet
 
 
@@ -213,10 +209,3 @@ def bpd(logp_y, logdet, d, levels):
     """-(log p(y) + log|dy/dz|) / (d ln 2) + log2 K: an upper bound on the discrete NLL in bits/dim, [B]."""
     return -(logp_y + logdet) / (d * math.log(2.0)) + math.log2(levels)
 
-
-def mean_and_stderr(values):
-    """(mean, standard error of the mean) of a 1-D array of per-example estimates."""
-    values = jnp.ravel(jnp.asarray(values, jnp.float64 if jax.config.jax_enable_x64 else jnp.float32))
-    n = values.shape[0]
-    se = jnp.std(values, ddof=1) / math.sqrt(n) if n > 1 else jnp.asarray(jnp.nan)
-    return float(jnp.mean(values)), float(se)

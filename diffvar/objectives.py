@@ -26,54 +26,15 @@ import functools
 import math
 
 import jax
-import jax.numpy as jnp
-from flax import struct
 
-from diffvar.likelihood import PROBES, _sum, dsm_integrand, elbo, value_and_divergence
-from diffvar.sde import bcast
+from diffvar.likelihood import PROBES, dsm_integrand, elbo, per_example_sum, value_and_divergence
+from diffvar.sde import ImportanceTime, UniformTime, bcast
 
 OBJECTIVES = ("dsm", "dsm_is", "dsm_lw", "elbo", "ssm")
 
 
 # ----------------------------------------------------------------------------------------------
-# Shared pieces: time on [t_eps, T], and the perturbed data.
-
-
-def uniform_time(rng, n, sde, t_eps):
-    """t ~ U[t_eps, T], [n]; its density is 1 / (T - t_eps)."""
-    return jax.random.uniform(rng, (n,), minval=t_eps, maxval=sde.T)
-
-
-@struct.dataclass
-class TruncatedImportanceTime:
-    """q(t) = (g^2 / sigma^2)(t) / Z on [t_eps, T], Z = lambda(T) - lambda(t_eps), lambda = log(sigma^2 / alpha^2).
-
-    Since g^2 / sigma^2 = d lambda / dt, the CDF is linear in lambda: t = lambda^{-1}(lambda(t_eps) + u Z).
-    (diffvar.sde.ImportanceTime is the same proposal extended flat below t_eps, for evaluation on [0, T].)
-    """
-
-    sde: object = struct.field(pytree_node=False)
-    t_eps: float = struct.field(pytree_node=False, default=1e-3)
-
-    def _lam_ends(self):
-        ends = self.sde.lam(jnp.asarray([self.t_eps, self.sde.T], jnp.float32))
-        return ends[0], ends[1]
-
-    @property
-    def Z(self):
-        """Normaliser lambda(T) - lambda(t_eps), a scalar."""
-        lam_eps, lam_T = self._lam_ends()
-        return lam_T - lam_eps
-
-    def sample(self, rng, n):
-        """t ~ q, [n]."""
-        lam_eps, lam_T = self._lam_ends()
-        u = jax.random.uniform(rng, (n,))
-        return jnp.clip(self.sde.lam_inv(lam_eps + u * (lam_T - lam_eps)), self.t_eps, self.sde.T)
-
-    def density(self, t):
-        """q(t) = g^2 / (sigma^2 Z), [n]."""
-        return self.sde.nll_weight(t) / self.Z
+# The perturbed data (times on [t_eps, T] come from diffvar.sde's UniformTime / ImportanceTime).
 
 
 def perturb(rng, sde, x, t):
@@ -90,10 +51,10 @@ def perturb(rng, sde, x, t):
 def dsm_loss(score_fn, sde, x, rng, t_eps=1e-3):
     """|sigma score(y, t) + eps|^2 / 2, t ~ U[t_eps, T]: the eps-loss (score weighted by sigma^2), [B]."""
     k_t, k_eps = jax.random.split(rng)
-    t = uniform_time(k_t, x.shape[0], sde, t_eps)
+    t = UniformTime(T=sde.T, t_min=t_eps).sample(k_t, x.shape[0])
     y, eps = perturb(k_eps, sde, x, t)
     _, sigma = sde.alpha_sigma(t)
-    return 0.5 * _sum((bcast(sigma, x) * score_fn(y, t) + eps) ** 2)
+    return 0.5 * per_example_sum((bcast(sigma, x) * score_fn(y, t) + eps) ** 2)
 
 
 def dsm_is_loss(score_fn, sde, x, rng, t_eps=1e-3):
@@ -102,7 +63,7 @@ def dsm_is_loss(score_fn, sde, x, rng, t_eps=1e-3):
     E[loss] = int_{t_eps}^T E[ism_integrand] dt = -(ELBO on [t_eps, T]) + E[log p_prior(Y_T)] (theta-free).
     """
     k_t, k_eps = jax.random.split(rng)
-    q = TruncatedImportanceTime(sde=sde, t_eps=t_eps)
+    q = ImportanceTime(sde=sde, t_eps=t_eps, truncated=True)
     t = q.sample(k_t, x.shape[0])
     y, eps = perturb(k_eps, sde, x, t)
     return dsm_integrand(score_fn, sde, y, eps, t) / q.density(t)
@@ -114,11 +75,11 @@ def dsm_lw_loss(score_fn, sde, x, rng, t_eps=1e-3):
     E[loss] = E[dsm_is] + (d / 2) (lambda(T) - lambda(t_eps)) + d (log alpha(T) - log alpha(t_eps)).
     """
     k_t, k_eps = jax.random.split(rng)
-    t = uniform_time(k_t, x.shape[0], sde, t_eps)
+    t = UniformTime(T=sde.T, t_min=t_eps).sample(k_t, x.shape[0])
     y, eps = perturb(k_eps, sde, x, t)
     _, sigma = sde.alpha_sigma(t)
     resid = score_fn(y, t) + eps / bcast(sigma, x)
-    return (sde.T - t_eps) * 0.5 * sde.g2(t) * _sum(resid**2)
+    return (sde.T - t_eps) * 0.5 * sde.g2(t) * per_example_sum(resid**2)
 
 
 def elbo_loss(score_fn, sde, x, rng, probe="rademacher"):
@@ -130,10 +91,10 @@ def elbo_loss(score_fn, sde, x, rng, probe="rademacher"):
 def ssm_loss(score_fn, sde, x, rng, t_eps=1e-3, probe="rademacher"):
     """sigma^2 (|score|^2 / 2 + v^T J_score v), t ~ U[t_eps, T], y ~ N(alpha x, sigma^2 I), one probe v, [B]."""
     k_t, k_eps, k_v = jax.random.split(rng, 3)
-    t = uniform_time(k_t, x.shape[0], sde, t_eps)
+    t = UniformTime(T=sde.T, t_min=t_eps).sample(k_t, x.shape[0])
     y, _ = perturb(k_eps, sde, x, t)
     score, div = value_and_divergence(lambda z: score_fn(z, t), y, k_v, "hutchinson", probe)
-    return sde.sigma2(t) * (0.5 * _sum(score**2) + div)
+    return sde.sigma2(t) * (0.5 * per_example_sum(score**2) + div)
 
 
 def get_objective(name, sde, t_eps=1e-3, probe="rademacher"):

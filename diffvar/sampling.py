@@ -1,4 +1,4 @@
-"""Samplers of the plug-in reverse SDE family (DESIGN.md section 1).
+"""Samplers of the plug-in reverse SDE family.
 
 `score_fn(y, t) -> grad_y log p_t(y)` is any jittable function with y [B, ...] and t [B]; the model's
 drift is a = g * score. In reversed time t' = T - s, starting from the prior at s = T,
@@ -9,12 +9,14 @@ lam = 0 is the reverse SDE of Song et al., lam = 1 the probability-flow ODE. Eve
 same marginals when the score is exact; the samplers stop at s = t_min > 0 (default 1e-3), where the
 score of real data is still well defined, so they sample q_{t_min}, not q_0.
 
-Both functions are pure and jittable (`score_fn`, `sde`, `shape`, `lam`, `steps` and the tolerances are
-static: close over them or mark them static in `jax.jit`).
+All functions are pure and jittable (`score_fn`, `sde`, `shape`, `lam`, `steps` and the tolerances are
+static: close over them or mark them static in `jax.jit`). The drift and `solve_adaptive` are shared with
+diffvar.likelihood.ode_logp.
 """
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 
 import diffrax
@@ -63,6 +65,50 @@ def _check_shape(shape):
     return shape
 
 
+def _check_tol(name, tol):
+    if isinstance(tol, jax.core.Tracer):  # a traced tolerance cannot be checked; the caller owns it
+        return tol
+    if isinstance(tol, bool) or not (isinstance(tol, numbers.Real) and math.isfinite(tol) and tol > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {tol!r}")
+    return float(tol)
+
+
+# ----------------------------------------------------------------------------------------------
+# The family's drift and the adaptive ODE solve (shared with diffvar.likelihood.ode_logp).
+
+
+def lambda_drift(score_fn, sde, y, t, lam):
+    """f(y, t) - (1 - lam/2) g(t)^2 score(y, t): the lam-family's drift dy/ds in forward time s, shape of y.
+
+    The samplers move along its negative in reversed time t' = T - s; y [B, ...], t [B].
+    """
+    return sde.drift(y, t) - bcast((1.0 - 0.5 * lam) * sde.g2(t), y) * score_fn(y, t)
+
+
+def probability_flow_drift(score_fn, sde, y, t):
+    """dy/ds = f(y, t) - g(t)^2 score(y, t) / 2 (lam = 1), the probability-flow ODE, shape of y."""
+    return lambda_drift(score_fn, sde, y, t, 1.0)
+
+
+def solve_adaptive(vector_field, y0, t0, t1, rtol, atol, max_steps=4096):
+    """Solves dy/ds = vector_field(s, y) from s = t0 to t1 (either direction), y any pytree of arrays.
+
+    Tsit5 with a PID step-size controller (diffrax), the whole pytree as one system (one error norm over all
+    of it). Returns (y(t1), nfe): nfe counts the vector-field evaluations, 6 per attempted step plus the
+    first (FSAL), an int32 scalar array. Raises (inside the solve) after `max_steps` steps.
+    """
+    rtol, atol = _check_tol("rtol", rtol), _check_tol("atol", atol)
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(lambda s, y, args: vector_field(s, y)), diffrax.Tsit5(), t0=t0, t1=t1, dt0=None, y0=y0,
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        max_steps=max_steps, saveat=diffrax.SaveAt(t1=True))
+    return jax.tree_util.tree_map(lambda a: a[0], sol.ys), 6 * sol.stats["num_steps"] + 1
+
+
+# ----------------------------------------------------------------------------------------------
+# The samplers.
+
+
 def sample_lambda(score_fn, sde, rng, shape, lam=0.0, steps=1000, t_min=1e-3):
     """Samples [shape] from the lam-family plug-in reverse SDE by Euler-Maruyama.
 
@@ -95,14 +141,12 @@ def sample_lambda(score_fn, sde, rng, shape, lam=0.0, steps=1000, t_min=1e-3):
     k_prior, k_steps = jax.random.split(rng)
     x = sde.prior_sample(k_prior, shape)
     dt = (sde.T - t_min) / steps
-    score_coef = 1.0 - 0.5 * lam
     noise_coef = jnp.sqrt(jnp.maximum(1.0 - lam, 0.0) * dt)
 
     def step(carry, i):
         x, _ = carry
         t = jnp.full((b,), sde.T - i * dt, x.dtype)
-        drift = bcast(score_coef * sde.g2(t), x) * score_fn(x, t) - sde.drift(x, t)
-        mean = x + drift * dt
+        mean = x - lambda_drift(score_fn, sde, x, t, lam) * dt
         z = jax.random.normal(jax.random.fold_in(k_steps, i), shape, x.dtype)
         return (mean + bcast(noise_coef * sde.diffusion(t), x) * z, mean), None
 
@@ -114,8 +158,8 @@ def sample_ode(score_fn, sde, rng, shape, rtol=1e-5, atol=1e-5, t_min=1e-3, max_
     """Samples [shape] by solving the probability-flow ODE dy/ds = f - g^2 score / 2 from s = T down to t_min.
 
     Starts from y ~ prior at s = T (the same draw as `sample_lambda` makes with the same `rng`, so the two are
-    comparable path by path: `sample_lambda(lam=1)` is the Euler method for this ODE) and integrates backwards in s with Tsit5 and a PID step-size controller
-    (diffrax), the whole batch as one system (the error norm is over all of it, as in `ode_logp`).
+    comparable path by path: `sample_lambda(lam=1)` is the Euler method for this ODE) and integrates backwards
+    in s by `solve_adaptive`, the whole batch as one system (one error norm over all of it, as in `ode_logp`).
 
     Returns:
       (x [shape], nfe): nfe counts the drift evaluations of the solver (6 per attempted Tsit5 step plus the
@@ -123,20 +167,10 @@ def sample_ode(score_fn, sde, rng, shape, rtol=1e-5, atol=1e-5, t_min=1e-3, max_
     """
     t_min = _check_t_min(t_min, sde.T)
     shape = _check_shape(shape)
-    for name, tol in (("rtol", rtol), ("atol", atol)):
-        if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {tol!r}")
     b = shape[0]
 
-    def vector_field(s, y, args):
-        t = jnp.full((b,), s, y.dtype)
-        return sde.drift(y, t) - 0.5 * bcast(sde.g2(t), y) * score_fn(y, t)
+    def vector_field(s, y):
+        return probability_flow_drift(score_fn, sde, y, jnp.full((b,), s, y.dtype))
 
     k_prior, _ = jax.random.split(rng)  # the same prior draw as sample_lambda with this rng
-    y_T = sde.prior_sample(k_prior, shape)
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(vector_field), diffrax.Tsit5(), t0=sde.T, t1=t_min, dt0=None, y0=y_T,
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-        max_steps=max_steps, saveat=diffrax.SaveAt(t1=True))
-    nfe = 6 * sol.stats["num_steps"] + 1
-    return sol.ys[0], nfe
+    return solve_adaptive(vector_field, sde.prior_sample(k_prior, shape), sde.T, t_min, rtol, atol, max_steps)

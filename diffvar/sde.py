@@ -185,63 +185,80 @@ SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 
 
 # ----------------------------------------------------------------------------------------------
-# Time proposals q(s) on [0, T]: sample(rng, n) -> [n], density(t) -> [n].
+# Time proposals q(s) on [0, T] or a sub-interval [t_min, T]: sample(rng, n) -> [n], density(t) -> [n].
 
 TIME_SAMPLINGS = ("uniform", "importance")
 
 
 @struct.dataclass
 class UniformTime:
-    """q(s) = 1 / T on [0, T]."""
+    """q(s) = 1 / (T - t_min) on [t_min, T] (t_min = 0: the whole interval)."""
 
     T: float = struct.field(pytree_node=False, default=1.0)
+    t_min: float = struct.field(pytree_node=False, default=0.0)
+
+    def __post_init__(self):
+        if not (isinstance(self.t_min, (int, float)) and 0.0 <= self.t_min < self.T):
+            raise ValueError(f"t_min must be a number in [0, T={self.T}), got {self.t_min!r}")
 
     def sample(self, rng, n):
-        return jax.random.uniform(rng, (n,), minval=0.0, maxval=self.T)
+        return jax.random.uniform(rng, (n,), minval=self.t_min, maxval=self.T)
 
     def density(self, t):
-        return jnp.full_like(t, 1.0 / self.T)
+        return jnp.full_like(t, 1.0 / (self.T - self.t_min))
 
 
 @struct.dataclass
 class ImportanceTime:
-    """q(s) proportional to g(s)^2 / sigma(s)^2 = d lambda/ds on [t_eps, T], flat at its t_eps value below.
+    """q(s) proportional to w(s) = g(s)^2 / sigma(s)^2 = d lambda/ds on [t_eps, T]; below t_eps it is flat at
+    w(t_eps) (truncated=False, for evaluation on [0, T]) or zero (truncated=True, for losses on [t_eps, T]).
 
-    Normaliser Z = t_eps w(t_eps) + lambda(T) - lambda(t_eps) with w = g^2 / sigma^2; sampled by inverse CDF
-    (lambda is monotone, so the CDF above t_eps is linear in lambda).
+    Normaliser Z = m + lambda(T) - lambda(t_eps), with mass m = t_eps w(t_eps) below t_eps (0 if truncated).
+    Sampled by the exact inverse CDF: lambda is monotone, the CDF above t_eps is (m + lambda(s) - lambda(t_eps)) / Z.
     """
 
     sde: object = struct.field(pytree_node=False)
     t_eps: float = struct.field(pytree_node=False, default=1e-3)
+    truncated: bool = struct.field(pytree_node=False, default=False)
 
     def __post_init__(self):
         if not (0.0 < self.t_eps < self.sde.T):
             raise ValueError(f"t_eps must be in (0, T={self.sde.T}), got {self.t_eps!r}")
+        if not isinstance(self.truncated, bool):
+            raise ValueError(f"truncated must be a bool, got {self.truncated!r}")
 
     def _parts(self):
-        te = jnp.asarray([self.t_eps], jnp.float32)
-        w_eps = self.sde.nll_weight(te)[0]
-        lam_eps = self.sde.lam(te)[0]
-        lam_T = self.sde.lam(jnp.asarray([self.sde.T], jnp.float32))[0]
-        flat_mass = self.t_eps * w_eps
-        return w_eps, lam_eps, flat_mass, flat_mass + lam_T - lam_eps
+        """(w(t_eps), lambda(t_eps), mass below t_eps, Z), scalars."""
+        ends = jnp.asarray([self.t_eps, self.sde.T], jnp.float32)
+        lam = self.sde.lam(ends)
+        w_eps = self.sde.nll_weight(ends[:1])[0]
+        flat_mass = 0.0 if self.truncated else self.t_eps * w_eps
+        return w_eps, lam[0], flat_mass, flat_mass + lam[1] - lam[0]
+
+    @property
+    def Z(self):
+        """The normaliser, a scalar."""
+        return self._parts()[3]
 
     def density(self, t):
+        """q(t), [n]."""
         w_eps, _, _, Z = self._parts()
         w = self.sde.nll_weight(jnp.maximum(t, self.t_eps))
-        return jnp.where(t < self.t_eps, w_eps, w) / Z
+        return jnp.where(t < self.t_eps, 0.0 if self.truncated else w_eps, w) / Z
 
     def sample(self, rng, n):
+        """t ~ q, [n]."""
         w_eps, lam_eps, flat_mass, Z = self._parts()
-        m = jax.random.uniform(rng, (n,)) * Z
-        t_flat = m / w_eps
+        u = jax.random.uniform(rng, (n,))
+        if self.truncated:
+            return jnp.clip(self.sde.lam_inv(lam_eps + u * Z), self.t_eps, self.sde.T)
+        m = u * Z
         t_up = self.sde.lam_inv(lam_eps + jnp.maximum(m - flat_mass, 0.0))
-        t = jnp.where(m < flat_mass, t_flat, t_up)
-        return jnp.clip(t, 0.0, self.sde.T)
+        return jnp.clip(jnp.where(m < flat_mass, m / w_eps, t_up), 0.0, self.sde.T)
 
 
 def time_proposal(name, sde, t_eps=1e-3):
-    """The proposal called `name` (one of TIME_SAMPLINGS) for `sde`."""
+    """The proposal called `name` (one of TIME_SAMPLINGS) for `sde`, on [0, T]."""
     if name == "uniform":
         return UniformTime(T=sde.T)
     if name == "importance":

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffvar.likelihood import (bpd, dequantize, elbo, logit_inverse, logit_transform, ode_logp,
+from diffvar.likelihood import (bpd, dequantize, draw_probe, elbo, logit_inverse, logit_transform, ode_logp,
                                 value_and_divergence)
 from diffvar.mixture import random_mixture, score_fn_for
 from diffvar.sde import SubVPSDE, VESDE, VPSDE
@@ -121,6 +121,23 @@ def test_hutchinson_divergence_is_unbiased(probe):
     se = est.std(0) / math.sqrt(len(keys))
     assert np.all(np.abs(est.mean(0) - exact) < 4 * se + 1e-4)
     assert float(jnp.max(se)) < 0.1
+
+
+def test_value_and_divergence_with_a_fixed_probe():
+    """A given probe v is used as is (v . J v), and equals the estimate that draws the same v from rng."""
+    w = jax.random.normal(jax.random.PRNGKey(0), (6, 6))
+    fn = lambda y: jnp.tanh(y @ w) * y
+    y = jax.random.normal(jax.random.PRNGKey(1), (4, 6))
+    v = draw_probe(jax.random.PRNGKey(3), y.shape, "gaussian")
+    out, div = value_and_divergence(fn, y, v=v)
+    jac = jax.vmap(jax.jacfwd(lambda u: fn(u[None])[0]))(y)  # [B, d, d]
+    np.testing.assert_allclose(out, fn(y), rtol=1e-6)
+    np.testing.assert_allclose(div, jnp.einsum("bi,bij,bj->b", v, jac, v), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(div, value_and_divergence(fn, y, jax.random.PRNGKey(3), "hutchinson", "gaussian")[1])
+    with pytest.raises(ValueError, match="needs rng or a fixed probe v"):
+        value_and_divergence(fn, y)
+    with pytest.raises(ValueError, match=r"v must have y's shape \(4, 6\)"):
+        value_and_divergence(fn, y, v=v[:, :3])
 
 
 @pytest.mark.parametrize("dim, divergence", [(2, "exact"), (16, "exact")])

@@ -15,8 +15,8 @@ from jax.flatten_util import ravel_pytree
 from diffvar.likelihood import ism_integrand
 from diffvar.mixture import random_mixture, score_fn_for
 from diffvar.models import MLP
-from diffvar.objectives import OBJECTIVES, TruncatedImportanceTime, get_objective, perturb, uniform_time
-from diffvar.sde import SubVPSDE, VESDE, VPSDE, bcast
+from diffvar.objectives import OBJECTIVES, get_objective, perturb
+from diffvar.sde import SubVPSDE, VESDE, VPSDE, UniformTime, bcast
 
 T_EPS = 1e-3
 MIX = random_mixture(jax.random.PRNGKey(0), 2, scale=1.0)
@@ -35,7 +35,7 @@ def neg_ism_elbo_on(sde, t_eps=T_EPS):
     up to the theta-free prior term; built from likelihood.ism_integrand, not from objectives' DSM losses."""
     def loss(score_fn, x, rng):
         k_t, k_y = jax.random.split(rng)
-        t = uniform_time(k_t, x.shape[0], sde, t_eps)
+        t = UniformTime(T=sde.T, t_min=t_eps).sample(k_t, x.shape[0])
         y, _ = perturb(k_y, sde, x, t)
         return (sde.T - t_eps) * ism_integrand(score_fn, sde, y, t, divergence="exact")
     return loss
@@ -196,25 +196,6 @@ def test_elbo_loss_is_negative_log_likelihood_for_exact_score(exact_values):
     """With the exact score the ELBO is tight (prior gap < 1e-3 nats for VP): E[elbo loss] = -log p(x)."""
     _, x, v = exact_values
     _check_mean(v["elbo"] + np.asarray(MIX.logp(x), np.float64), 0.0, "elbo loss + log p(x)", tol=2e-3)
-
-
-# ------------------------------------------------------------------------------------------ the time proposal
-
-
-@pytest.mark.parametrize("sde", [VPSDE(), SubVPSDE(), VESDE(sigma_min=0.01, sigma_max=5.0)], ids=["vp", "subvp", "ve"])
-def test_truncated_importance_time(sde):
-    """q(t) = g^2 / (sigma^2 Z) on [t_eps, T] integrates to 1, and samples follow its CDF (lambda(t) - lambda(t_eps)) / Z."""
-    q = TruncatedImportanceTime(sde=sde, t_eps=T_EPS)
-    grid = jnp.exp(jnp.linspace(math.log(T_EPS), math.log(sde.T), 20001))
-    dens = np.asarray(q.density(grid), np.float64)
-    g = np.asarray(grid, np.float64)
-    assert abs(np.sum(0.5 * (dens[1:] + dens[:-1]) * np.diff(g)) - 1.0) < 2e-3
-    n = 50_000
-    t = np.sort(np.asarray(q.sample(jax.random.PRNGKey(0), n)))
-    assert t.min() >= T_EPS and t.max() <= sde.T
-    cdf = np.asarray((sde.lam(jnp.asarray(t)) - sde.lam(jnp.array([T_EPS]))) / q.Z, np.float64)
-    ks = np.max(np.abs(cdf - np.arange(1, n + 1) / n))
-    assert ks < 1.95 / math.sqrt(n)  # Kolmogorov-Smirnov at the 0.1% level
 
 
 # ------------------------------------------------------------------------------------------ shapes, errors

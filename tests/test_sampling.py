@@ -19,7 +19,7 @@ from PIL import Image
 
 from diffvar.mixture import GaussianMixture, score_fn_for
 from diffvar.plots import save_image_grid, save_scatter_2d, save_training_curves
-from diffvar.sampling import sample_lambda, sample_ode
+from diffvar.sampling import lambda_drift, probability_flow_drift, sample_lambda, sample_ode, solve_adaptive
 from diffvar.sde import VPSDE
 
 SDE = VPSDE()
@@ -181,6 +181,36 @@ def test_invalid_t_min():
         sample_lambda(gaussian_score, SDE, jax.random.PRNGKey(0), (4, 2), t_min=1.0)
     with pytest.raises(ValueError, match="t_min"):
         sample_ode(gaussian_score, SDE, jax.random.PRNGKey(0), (4, 2), t_min=-0.1)
+
+
+def test_drifts():
+    """lambda_drift = f - (1 - lam/2) g^2 score; probability_flow_drift is lam = 1."""
+    y = jax.random.normal(jax.random.PRNGKey(0), (8, 2))
+    t = jnp.linspace(0.1, 1.0, 8)
+    f, g2, score = SDE.drift(y, t), SDE.g2(t)[:, None], gaussian_score(y, t)
+    for lam in (0.0, 0.5, 1.0):
+        np.testing.assert_allclose(lambda_drift(gaussian_score, SDE, y, t, lam), f - (1 - lam / 2) * g2 * score,
+                                   rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(probability_flow_drift(gaussian_score, SDE, y, t),
+                                  lambda_drift(gaussian_score, SDE, y, t, 1.0))
+
+
+def test_solve_adaptive_exact_solution_and_nfe():
+    """dy/ds = -y, dz/ds = s on a pytree state, forwards and backwards in s; nfe = 6 * steps + 1 (Tsit5, FSAL)."""
+    field = lambda s, state: (-state[0], jnp.full_like(state[1], s))
+    (y, z), nfe = solve_adaptive(field, (jnp.ones(3), jnp.zeros(())), 0.0, 1.0, 1e-8, 1e-8)
+    np.testing.assert_allclose(y, math.exp(-1.0), rtol=1e-6)
+    np.testing.assert_allclose(z, 0.5, rtol=1e-6)
+    assert int(nfe) > 7 and (int(nfe) - 1) % 6 == 0
+    (y0, _), _ = solve_adaptive(field, (y, z), 1.0, 0.0, 1e-8, 1e-8)
+    np.testing.assert_allclose(y0, 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("tols, match", [(dict(rtol=0.0), "rtol"), (dict(atol=float("nan")), "atol"),
+                                         (dict(rtol="1e-5"), "rtol")])
+def test_invalid_tolerances(tols, match):
+    with pytest.raises(ValueError, match=match + ".*finite number > 0"):
+        sample_ode(gaussian_score, SDE, jax.random.PRNGKey(0), (4, 2), **tols)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,10 +1,12 @@
 """Forward SDEs and time proposals against exact answers."""
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffvar.sde import ImportanceTime, SubVPSDE, VESDE, VPSDE, time_proposal
+from diffvar.sde import ImportanceTime, SubVPSDE, UniformTime, VESDE, VPSDE, time_proposal
 
 SDES = [VPSDE(), SubVPSDE(), VESDE(sigma_min=0.01, sigma_max=5.0)]
 
@@ -78,11 +80,38 @@ def test_importance_density_normalised_and_sampler_matches(sde):
         assert abs(emp - p) < 4 * np.sqrt(p * (1 - p) / n) + 1e-4, (grid[i], emp, p)
 
 
+@pytest.mark.parametrize("sde", SDES, ids=lambda s: type(s).__name__)
+def test_truncated_importance_time(sde):
+    """q(t) = g^2 / (sigma^2 Z) on [t_eps, T] integrates to 1, and samples follow its CDF (lambda(t) - lambda(t_eps)) / Z."""
+    t_eps = 1e-3
+    q = ImportanceTime(sde=sde, t_eps=t_eps, truncated=True)
+    grid = jnp.exp(jnp.linspace(math.log(t_eps), math.log(sde.T), 20001))
+    dens = np.asarray(q.density(grid), np.float64)
+    g = np.asarray(grid, np.float64)
+    assert abs(np.sum(0.5 * (dens[1:] + dens[:-1]) * np.diff(g)) - 1.0) < 2e-3
+    n = 50_000
+    t = np.sort(np.asarray(q.sample(jax.random.PRNGKey(0), n)))
+    assert t.min() >= t_eps and t.max() <= sde.T
+    cdf = np.asarray((sde.lam(jnp.asarray(t)) - sde.lam(jnp.array([t_eps]))) / q.Z, np.float64)
+    ks = np.max(np.abs(cdf - np.arange(1, n + 1) / n))
+    assert ks < 1.95 / math.sqrt(n)  # Kolmogorov-Smirnov at the 0.1% level
+    # Zero below t_eps; above it the same shape as the untruncated proposal, renormalised.
+    np.testing.assert_array_equal(q.density(jnp.array([0.0, 0.5e-3])), 0.0)
+    full = ImportanceTime(sde=sde, t_eps=t_eps)
+    above = jnp.maximum(grid, t_eps)  # float32 exp(log(t_eps)) can land just below t_eps
+    np.testing.assert_allclose(q.density(above) * q.Z, full.density(above) * full.Z, rtol=1e-5)
+
+
 def test_uniform_density_and_sampler():
     q = time_proposal("uniform", VPSDE(T=2.0))
     t = q.sample(jax.random.PRNGKey(0), 10000)
     assert 0 <= float(t.min()) and float(t.max()) <= 2.0
     np.testing.assert_allclose(q.density(t), 0.5)
+    q = UniformTime(T=2.0, t_min=0.4)
+    t = q.sample(jax.random.PRNGKey(0), 10000)
+    assert 0.4 <= float(t.min()) and float(t.max()) <= 2.0
+    np.testing.assert_allclose(q.density(t), 1.0 / 1.6)
+    assert abs(float(t.mean()) - 1.2) < 4 * 1.6 / math.sqrt(12 * 10000)
 
 
 def test_sde_is_jittable_argument():
@@ -105,6 +134,9 @@ def test_sde_is_jittable_argument():
     (lambda: VESDE(T=0.0), "T"),
     (lambda: time_proposal("lognormal", VPSDE()), "time_sampling.*uniform.*importance"),
     (lambda: ImportanceTime(sde=VPSDE(), t_eps=2.0), "t_eps"),
+    (lambda: ImportanceTime(sde=VPSDE(), t_eps=1e-3, truncated="yes"), "truncated.*bool"),
+    (lambda: UniformTime(T=1.0, t_min=1.0), r"t_min.*\[0, T=1.0\)"),
+    (lambda: UniformTime(T=1.0, t_min=-0.1), "t_min"),
 ])
 def test_invalid_arguments(make, match):
     with pytest.raises(ValueError, match=match):
