@@ -26,6 +26,7 @@ Every error is a ConfigError naming the key, the value and what is allowed.
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import itertools
@@ -192,6 +193,18 @@ def check_value(config, key, value):
     if not ok(value):
         raise ConfigError(f"{key}={value!r} ({type(value).__name__}) has the wrong type: {key} takes {allowed} "
                           f"(default {node!r})")
+
+
+def apply(config, overrides):
+    """A copy of the ConfigDict with the overrides ({dotted key: value}) set."""
+    config = copy.deepcopy(config)
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return config
 
 
 def check(config, trials):
