@@ -39,7 +39,8 @@ def manager(workdir, keep=3, read_only=False):
                                       keep_checkpoints_without_metrics=False),
     ])
     options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=not read_only,
-                                           enable_async_checkpointing=False, read_only=read_only)
+                                           enable_async_checkpointing=False, read_only=read_only,
+                                           cleanup_tmp_directories=not read_only)  # a save cut short by a kill
     return ocp.CheckpointManager(directory(workdir), item_names=ITEMS, options=options)
 
 
@@ -117,39 +118,67 @@ def load_experiment(workdir):
     return exp, filled
 
 
-def restore_params(workdir, step="latest", mesh=None):
+def read(mngr, step, abstract_state, items=ITEMS):
+    """({item: value}, None) of the checkpoint at `step`, or (None, why it cannot be used): unreadable (a
+    truncated or missing file, another model's shapes) or implausible values (overwritten bytes)."""
+    _silence_abandoned_reads()
+    try:
+        out = restore(mngr, step, abstract_state, items)
+    except Exception as e:  # noqa: BLE001 - any failure to read is reported the same way
+        gc.collect()  # orbax's abandoned read coroutines, silenced above
+        return None, (f"cannot be read (corrupt, incomplete, or written for another model config): "
+                      f"{_root_message(e)}")
+    problem = implausible(out["state"]) if "state" in out else None
+    return (None, f"is corrupt: {problem}") if problem else (out, None)
+
+
+def restore_latest(mngr, abstract_state, warn):
+    """The newest usable checkpoint as {item: value}, or None when there is none. A checkpoint that cannot be
+    used is moved aside to checkpoints/<step>.unusable (never deleted) with warn(message) naming it, and the
+    one before it is tried."""
+    for step in sorted(mngr.all_steps(), reverse=True):
+        out, problem = read(mngr, step, abstract_state)
+        if out is not None:
+            return out
+        path = os.path.join(str(mngr.directory), str(step))
+        if jax.process_index() == 0 and os.path.isdir(path):
+            os.replace(path, f"{path}.unusable")
+        warn(f"warning: the checkpoint at step {step} in {mngr.directory} {problem}; moved it to "
+             f"{path}.unusable and trying the one before it")
+        mngr.reload()
+    return None
+
+
+def restore_params(workdir, step="latest", mesh=None, warn=None):
     """(exp, EMA params replicated on `mesh`, step, filled keys) of a training workdir, opened read-only.
 
-    Raises WorkdirError / CheckpointError (one line) for a workdir without config.json or checkpoints, a
-    missing step (listing the available ones), and a checkpoint that cannot be read or holds implausible
-    values (see implausible()).
+    'latest' is the newest usable checkpoint: one that cannot be read or holds implausible values (see
+    implausible()) is skipped with warn(message). Raises WorkdirError / CheckpointError (one line) for a
+    workdir without config.json or checkpoints, a missing step (listing the available ones), and a named
+    step ('best' or N) that cannot be used.
     """
-    parse_step(step)
+    spec = parse_step(step)
     exp, filled = load_experiment(workdir)
     ckpt_dir = directory(workdir)
     if not os.path.isdir(ckpt_dir):
         raise CheckpointError(f"no checkpoint in {ckpt_dir}: the directory does not exist (train first, or check "
                               f"--workdir)")
-    sharding = distributed.replicated(mesh or distributed.make_mesh())
-    _silence_abandoned_reads()
+    abstract = experiment.abstract_state(exp, distributed.replicated(mesh or distributed.make_mesh()))
     mngr = manager(workdir, read_only=True)
-    failure = None
     try:
-        step = resolve_step(mngr, step, ckpt_dir)
-        try:
-            state = restore(mngr, step, experiment.abstract_state(exp, sharding), items=("state",))["state"]
-        except Exception as e:  # noqa: BLE001 - any failure to read is reported the same way
-            failure = _root_message(e)
+        step = resolve_step(mngr, spec, ckpt_dir)
+        candidates = [s for s in sorted(mngr.all_steps(), reverse=True)] if spec == "latest" else [step]
+        for step in candidates:
+            out, problem = read(mngr, step, abstract, items=("state",))
+            if out is not None:
+                return exp, out["state"].ema_params, int(step), filled
+            if spec != "latest":
+                raise CheckpointError(f"the checkpoint at step {step} in {ckpt_dir} {problem}")
+            (warn or print)(f"warning: the checkpoint at step {step} in {ckpt_dir} {problem}; skipping it")
+        raise CheckpointError(f"no usable checkpoint in {ckpt_dir}: every one of steps "
+                              f"{_steps_list(sorted(candidates))} is corrupt or unreadable")
     finally:
         mngr.close()
-    if failure is not None:
-        gc.collect()  # orbax's abandoned read coroutines, silenced above
-        raise CheckpointError(f"the checkpoint at step {step} in {ckpt_dir} cannot be read (corrupt, incomplete, "
-                              f"or written for another model config): {failure}")
-    problem = implausible(state)
-    if problem:
-        raise CheckpointError(f"the checkpoint at step {step} in {ckpt_dir} is corrupt: {problem}")
-    return exp, state.ema_params, int(step), filled
 
 
 def implausible(state):

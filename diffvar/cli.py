@@ -36,6 +36,25 @@ def fail(message):
     os._exit(1)
 
 
+def _parse_flags(argv):
+    """absl's flag parsing, with every error as one `error:` line: the --config file and the keys of its
+    --config.* overrides are checked first (diffvar.config), then absl parses (wrong value types)."""
+    from diffvar import config as config_lib
+    try:
+        paths = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
+        if paths and "config" in flags.FLAGS:
+            base = config_lib.load_file(paths[-1])
+            for arg in argv[1:]:
+                if arg.startswith("--config.") or arg.startswith("--noconfig."):
+                    key = arg.split("=", 1)[0].removeprefix("--no").removeprefix("--").removeprefix("config.")
+                    config_lib.check_key(base, key, arg)
+        return flags.FLAGS(argv)
+    except DiffvarError as e:
+        fail(e)
+    except flags.Error as e:
+        fail(" ".join(str(e).split()))
+
+
 def run(main):
     """absl's app.run(main) with INFO logs off, positional arguments refused, and every DiffvarError turned
     into one `error: ...` line and exit status 1 (other exceptions keep their traceback: they are bugs)."""
@@ -48,4 +67,4 @@ def run(main):
             fail(e)
 
     logging.set_verbosity(logging.ERROR)  # orbax's and absl's INFO/WARNING lines are not news
-    app.run(wrapped)
+    app.run(wrapped, flags_parser=_parse_flags)

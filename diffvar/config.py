@@ -190,6 +190,25 @@ def validate(config, num_devices=1):
 # A workdir's config.
 
 
+# What a checkpoint's meaning depends on: resuming a workdir with other values of these is refused. (The
+# schedule, evaluation, sampling, logging and training length may change between runs of a workdir.)
+IDENTITY = ("seed", "data.name", "data.transform", "data.logit_alpha", "sde", "model", "training.batch_size")
+
+
+def identity_changes(saved, config):
+    """["key: saved -> new", ...] for the IDENTITY keys (and the keys under them) that differ."""
+    def flat(c, prefix=""):
+        out = {}
+        for k, v in c.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, ml_collections.ConfigDict) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(saved), flat(config)
+    keys = [k for k in sorted(set(a) | set(b)) if any(k == i or k.startswith(i + ".") for i in IDENTITY)]
+    norm = lambda v: list(v) if isinstance(v, (tuple, list)) else v
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if norm(a.get(k)) != norm(b.get(k))]
+
+
 def to_json(config):
     """The resolved config as a JSON-ready dict (what a run saves as workdir/config.json)."""
     return json.loads(config.to_json_best_effort())
@@ -226,3 +245,47 @@ def from_workdir(workdir):
         section, name = key.split(".")
         merged[section][name] = tuple(merged[section][name])
     return merged, filled
+
+
+# ----------------------------------------------------------------------------------------------
+# A config file and --config.* overrides, checked before absl's config_flags loads them (so that a broken
+# file or a misspelt key is one clear line, not a traceback from inside the flag parser).
+
+
+def load_file(path):
+    """get_config() of the config file at `path`; ConfigError (one line) when the file is missing, does not
+    import, has no get_config, or returns something other than a ConfigDict."""
+    import runpy
+    path = path.split(":")[0]  # config_flags' "file.py:arg" form passes arg to get_config
+    if not os.path.isfile(path):
+        raise ConfigError(f"--config={path}: no such file")
+    try:
+        module = runpy.run_path(path)
+    except SyntaxError as e:
+        raise ConfigError(f"--config={path}: syntax error at line {e.lineno}: {e.msg}") from None
+    except Exception as e:  # noqa: BLE001 - whatever the file raises while importing
+        raise ConfigError(f"--config={path} does not import: {type(e).__name__}: {e}") from None
+    if not callable(module.get("get_config")):
+        raise ConfigError(f"--config={path} defines no get_config() (a config file is a get_config() returning "
+                          f"an ml_collections.ConfigDict, e.g. built on diffvar.config.defaults())")
+    try:
+        config = module["get_config"]()
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"--config={path}: get_config() raised {type(e).__name__}: {e}") from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"--config={path}: get_config() returned {type(config).__name__}, not an "
+                          f"ml_collections.ConfigDict")
+    return config
+
+
+def check_key(config, key, where):
+    """Raises ConfigError unless the dotted `key` exists in config (suggesting the closest key)."""
+    import difflib
+    node, done = config, []
+    for part in key.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            keys = [".".join(done + [k]) for k in node.keys()] if isinstance(node, ml_collections.ConfigDict) else []
+            close = difflib.get_close_matches(".".join(done + [part]), keys, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{where}: {key} is not a config key{hint}")
+        node, done = node[part], done + [part]

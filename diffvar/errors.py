@@ -42,6 +42,12 @@ class CheckpointError(DiffvarError):
     kind = "checkpoint"
 
 
+class StorageError(DiffvarError, OSError):
+    """A file that cannot be written (disk full, permissions): the previous checkpoint is left intact."""
+
+    kind = "storage"
+
+
 class NonFiniteLossError(DiffvarError, RuntimeError):
     """Training produced a non-finite loss; no checkpoint of that state is written."""
 

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import socket
 import uuid
+
+from diffvar.errors import WorkdirError
 
 
 @contextlib.contextmanager
@@ -30,3 +34,27 @@ def write_json_atomic(path, obj):
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True, default=float)
         f.write("\n")
+
+
+@contextlib.contextmanager
+def exclusive(directory):
+    """Holds directory/.lock for the block, or raises WorkdirError naming the process that holds it.
+
+    fcntl.flock: the kernel releases the lock when its process dies (SIGKILL included), so a lock left by a
+    dead process never blocks the next start. The file holds the holder's pid and host, for the message.
+    """
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, ".lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            raise WorkdirError(f"workdir {directory} is in use by {holder}: wait for it to finish, stop it, or use "
+                               f"another --workdir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} on {socket.gethostname()}".encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock

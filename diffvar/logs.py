@@ -130,7 +130,8 @@ def write_status(workdir, status, step, num_steps, error=None, kind=None, result
     """
     if not distributed.is_chief():
         return
-    write_json_atomic(os.path.join(workdir, "status.json"), {
-        "status": status, "step": int(step), "num_steps": int(num_steps), "pid": os.getpid(),
-        "host": socket.gethostname(), "error": error, "kind": kind, "result": result,
-        "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+    with contextlib.suppress(OSError):  # advisory: a full disk must not hide the error being recorded
+        write_json_atomic(os.path.join(workdir, "status.json"), {
+            "status": status, "step": int(step), "num_steps": int(num_steps), "pid": os.getpid(),
+            "host": socket.gethostname(), "error": error, "kind": kind, "result": result,
+            "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})

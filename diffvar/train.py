@@ -9,6 +9,7 @@ scripts/evaluate.py reports with, built and compiled once per run.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -18,9 +19,8 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from diffvar import checkpoints, config as config_lib, data as data_lib, distributed, estimate, experiment, logs
-from diffvar import plots, samples
-from diffvar.errors import DiffvarError, NonFiniteLossError
-from diffvar.files import write_json_atomic
+from diffvar import files, plots, samples
+from diffvar.errors import ConfigError, DiffvarError, NonFiniteLossError, StorageError
 
 
 def due(step, every, final=False):
@@ -29,24 +29,41 @@ def due(step, every, final=False):
 
 
 def train(config, workdir):
-    """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns the final summary dict."""
-    # ---------------------------------------------------------------- setup: nothing is written before build()
+    """Trains `config` in `workdir` (resuming from its latest usable checkpoint); returns the summary dict.
+
+    Raises a DiffvarError before anything is written for a bad config value, data that is not prepared, a
+    workdir in use by another trainer, or a workdir whose checkpoints were trained with another model,
+    dataset or SDE (naming the keys that differ).
+    """
     exp = experiment.build(config, len(jax.devices()))
+    with files.exclusive(workdir) if distributed.is_chief() else contextlib.nullcontext():
+        return run(exp, workdir)
+
+
+def run(exp, workdir):
+    """The run itself, in a workdir this process holds: setup, the loop, finish."""
+    # ---------------------------------------------------------------- setup
+    config = exp.config
     mesh = distributed.make_mesh()
     t_cfg, e_cfg, s_cfg = config.training, config.eval, config.sampling
     chief = distributed.is_chief()
+    mngr = checkpoints.manager(workdir, t_cfg.keep)
+    if mngr.latest_step() is not None and os.path.exists(os.path.join(workdir, "config.json")):
+        changes = config_lib.identity_changes(config_lib.from_workdir(workdir)[0], config)
+        if changes:
+            raise ConfigError(f"workdir {workdir} holds checkpoints of another experiment ({'; '.join(changes)}): "
+                              f"use a new --workdir, or the values it was trained with")
     os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
     if chief:
-        write_json_atomic(os.path.join(workdir, "config.json"), config_lib.to_json(config))
+        files.write_json_atomic(os.path.join(workdir, "config.json"), config_lib.to_json(config))
 
     state = jax.device_put(experiment.init_state(exp, config.seed), distributed.replicated(mesh))
     train_iter = data_lib.make_train_iter(config.data, t_cfg.batch_size, config.seed,
                                           jax.process_index(), jax.process_count())
-    mngr = checkpoints.manager(workdir, t_cfg.keep)
     best_metric = None
-    if mngr.latest_step() is not None:
-        restored = checkpoints.restore(mngr, mngr.latest_step(), experiment.abstract_state(
-            exp, distributed.replicated(mesh)))
+    restored = checkpoints.restore_latest(mngr, experiment.abstract_state(exp, distributed.replicated(mesh)),
+                                          warn=logs.say)
+    if restored is not None:
         state, meta = restored["state"], restored["meta"]
         train_iter.set_state(restored["data"])
         best_metric = meta.get("best_metric")
@@ -153,6 +170,12 @@ def train(config, workdir):
     except DiffvarError as e:
         logs.write_status(workdir, "failed", step, t_cfg.num_steps, error=str(e), kind=e.kind)
         raise
+    except OSError as e:  # disk full, permissions: orbax writes into a temporary directory, so no step is torn
+        latest = mngr.latest_step()
+        error = StorageError(f"cannot write to {workdir} at step {step}: {e}; the checkpoint at step {latest} is "
+                             f"intact: free space (or fix permissions) and re-run to resume from it")
+        logs.write_status(workdir, "failed", step, t_cfg.num_steps, error=str(error), kind=error.kind)
+        raise error from None
     except Exception as e:
         logs.write_status(workdir, "failed", step, t_cfg.num_steps, error=f"{type(e).__name__}: {e}", kind="crash")
         raise

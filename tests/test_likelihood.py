@@ -1,4 +1,4 @@
-"""ELBO, ODE likelihood and bpd accounting against the exact Gaussian-mixture answers (DESIGN.md section 4)."""
+"""ELBO, ODE likelihood and bpd accounting against the exact Gaussian-mixture answers."""
 import math
 
 import jax

@@ -1,4 +1,4 @@
-"""Training objectives: gradients and values against the ELBO they claim to estimate (DESIGN.md sections 1, 4).
+"""Training objectives: gradients and values against the ELBO they claim to estimate.
 
 All comparisons are statistical: a Monte-Carlo mean must land within 4 standard errors of its target (plus a
 small stated tolerance for float32 round-off), and the standard errors come from the spread of independent

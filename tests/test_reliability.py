@@ -1,0 +1,183 @@
+"""Faults injected for real, and bad input at every door: nothing is lost, nothing wrong is reported, and a
+user error is one line that says what to fix."""
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from diffvar import checkpoints
+from diffvar import train as train_lib
+from diffvar.errors import StorageError
+from tests.helpers import ROOT, TINY_FLAGS, assert_one_error_line, run_script, tiny_config, train_script
+
+
+def params_at(workdir, step):
+    out = checkpoints.restore(checkpoints.manager(workdir, read_only=True), step, items=("state",))
+    return jax.tree.map(np.asarray, out["state"]["params"])
+
+
+def assert_same_params(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+
+
+def losses(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
+
+
+def listing(path):
+    return sorted((os.path.relpath(os.path.join(r, f), path), os.path.getsize(os.path.join(r, f)))
+                  for r, _, fs in os.walk(path) for f in fs)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """A straight 60-step tiny run: what every interrupted run must reach."""
+    workdir = str(tmp_path_factory.mktemp("reference") / "run")
+    train_lib.train(tiny_config(**{"training.num_steps": 60}), workdir)
+    return workdir
+
+
+def test_sigkill_while_a_checkpoint_is_committed_then_resume_is_exact(tmp_path, reference):
+    workdir = str(tmp_path / "run")
+    flags = ["--config.training.num_steps=60", "--config.eval.every=20", "--config.eval.max_examples=2048",
+             "--config.sampling.num=100", "--config.sampling.steps=20", "--config.training.keep=2",
+             "--config.optim.schedule=constant"]
+    cmd = [sys.executable, os.path.join(ROOT, "tests", "fault_train.py"), "kill_at_commit:30",
+           f"--config={ROOT}/configs/gmm2d.py", f"--workdir={workdir}", *TINY_FLAGS, *flags]
+    r = subprocess.run(cmd, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=300)
+    assert r.returncode == -signal.SIGKILL, r.stdout + r.stderr
+    ckpt = os.path.join(workdir, "checkpoints")
+    assert "30" not in os.listdir(ckpt) and any("tmp" in d for d in os.listdir(ckpt))  # killed mid-save
+    done = train_script(workdir, *flags)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "resumed from step 20" in done.stdout
+    assert not any("tmp" in d for d in os.listdir(ckpt))  # the torn save was cleaned up
+    assert_same_params(params_at(workdir, 60), params_at(reference, 60))
+    assert losses(workdir) == losses(reference)
+
+
+def test_truncated_latest_checkpoint_is_set_aside_and_the_previous_one_used(tmp_path, reference):
+    workdir = str(tmp_path / "run")
+    train_lib.train(tiny_config(**{"training.num_steps": 40}), workdir)
+    ckpt = os.path.join(workdir, "checkpoints")
+    data_files = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(ckpt, "40", "state")) for f in fs
+                  if os.sep + "d" + os.sep in os.path.join(r, f)]
+    os.truncate(max(data_files, key=os.path.getsize), 10)
+    # evaluate's "latest" skips it and says which step it used; it deletes nothing
+    before = listing(ckpt)
+    r = run_script("evaluate", f"--workdir={workdir}", "--noode", "--form=ism", "--max_examples=256")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "step 40" in r.stdout and "skipping it" in r.stdout and "step 30 on gmm2d" in r.stdout
+    assert listing(ckpt) == before
+    # the trainer moves it aside with a warning naming it, resumes from step 30 and ends where a straight run does
+    summary = train_lib.train(tiny_config(**{"training.num_steps": 60}), workdir)
+    assert summary["step"] == 60 and os.path.isdir(os.path.join(ckpt, "40.unusable"))
+    assert_same_params(params_at(workdir, 60), params_at(reference, 60))
+
+
+def test_second_trainer_refuses_a_busy_workdir_and_a_dead_ones_lock_does_not_block(tmp_path):
+    workdir = str(tmp_path / "run")
+    first = train_script(workdir, "--config.training.num_steps=100000", wait=False)
+    for line in first.stdout:
+        if "step 10/" in line:
+            break
+    start = time.time()
+    second = train_script(workdir, "--config.training.num_steps=100000")
+    assert_one_error_line(second, f"workdir {workdir} is in use by process {first.pid}")
+    assert time.time() - start < 60
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    third = train_script(workdir, "--config.training.num_steps=30")
+    assert third.returncode == 0 and "resumed from step" in third.stdout, third.stdout + third.stderr
+
+
+def test_a_workdir_of_another_model_is_refused_before_anything_is_touched(tmp_path):
+    workdir = str(tmp_path / "run")
+    assert train_script(workdir, "--config.training.num_steps=20").returncode == 0
+    before = listing(workdir)
+    r = train_script(workdir, "--config.training.num_steps=40", "--config.model.hidden=64",
+                     "--config.model.activation=silu")
+    assert_one_error_line(r, "holds checkpoints of another experiment", "model.hidden: 32 -> 64",
+                          "model.activation: 'softplus' -> 'silu'")
+    assert listing(workdir) == before
+
+
+def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch, reference):
+    """A real full file system (a small tmpfs) where the machine allows mounting one, else an injected
+    ENOSPC at the same write."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+                             capture_output=True).returncode == 0
+    try:
+        workdir = str(mount / "run")
+        real_save, calls = checkpoints.save, []
+
+        def save(mngr, state, data_state, meta):
+            calls.append(meta["step"])
+            if meta["step"] == 30:  # fill the disk, then let orbax write into it
+                if mounted:
+                    with open(mount / "filler", "wb") as f:
+                        with pytest.raises(OSError):
+                            while True:
+                                f.write(b"\0" * 65536)
+                                f.flush()
+                else:
+                    raise OSError(errno.ENOSPC, "No space left on device (injected)")
+            return real_save(mngr, state, data_state, meta)
+
+        monkeypatch.setattr(checkpoints, "save", save)
+        with pytest.raises(StorageError, match=r"cannot write to .* at step 30.*the checkpoint at step 20 is intact"):
+            train_lib.train(tiny_config(**{"training.num_steps": 60}), workdir)
+        monkeypatch.setattr(checkpoints, "save", real_save)
+        if mounted:
+            os.remove(mount / "filler")
+        for line in open(os.path.join(workdir, "metrics.jsonl")):
+            json.loads(line)  # no torn line
+        train_lib.train(tiny_config(**{"training.num_steps": 60}), workdir)
+        assert_same_params(params_at(workdir, 60), params_at(reference, 60))
+        assert losses(workdir) == losses(reference)
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(mount)])
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("def get_config(:\n", "syntax error at line 1"),
+    ("X = 1\n", "defines no get_config()"),
+    ("def get_config():\n    return 3\n", "get_config() returned int, not an ml_collections.ConfigDict"),
+    ("import nonexistent_module_xyz\n", "does not import: ModuleNotFoundError"),
+])
+def test_broken_config_files_give_one_line(tmp_path, content, fragment):
+    path = tmp_path / "cfg.py"
+    path.write_text(content)
+    r = run_script("train", f"--config={path}", f"--workdir={tmp_path / 'run'}")
+    assert_one_error_line(r, f"--config={path}", fragment)
+    assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.parametrize("flag, fragment", [
+    ("--config.model.hiddn=3", "model.hiddn is not a config key (did you mean model.hidden?)"),
+    ("--config.model.hidden=abc", "--config.model.hidden=abc"),
+    ("--config.optim.lr=-1", "optim.lr=-1.0 must be a number > 0"),
+    ("--config.training.keep=0", "training.keep=0 must be an integer >= 1"),
+])
+def test_bad_overrides_give_one_line_and_write_nothing(tmp_path, flag, fragment):
+    r = train_script(str(tmp_path / "run"), flag)
+    assert_one_error_line(r, fragment)
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_missing_config_file_and_missing_workdir_flag(tmp_path):
+    assert_one_error_line(run_script("train", f"--config={tmp_path}/nope.py", f"--workdir={tmp_path}/w"),
+                          "no such file")
+    assert_one_error_line(run_script("train", f"--config={ROOT}/configs/gmm2d.py"), "--workdir")
