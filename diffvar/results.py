@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from diffvar.files import atomic_path, write_json_atomic
 from diffvar.plots import _number, _save_figure, read_metrics
@@ -326,11 +327,14 @@ def plot(path, rows, keys, metric="metric"):
                 else:
                     es.append(members[0]["stderr"] if members[0]["stderr"] is not None else math.nan)
             order = np.argsort(xs)
-            ax.errorbar(np.array(xs)[order], np.array(ys)[order], yerr=np.array(es)[order], fmt="o-", ms=4,
-                        capsize=3, lw=1, label=label or None)
+            ax.errorbar(np.array(xs)[order], np.array(ys)[order], yerr=np.array(es)[order],
+                        fmt="o-" if numeric else "o", ms=4, capsize=3, lw=1, label=label or None)
         if logx:
             ax.set_xscale("log")
+        if numeric and all(float(v).is_integer() for v in values):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if not numeric:
+            ax.set_xlim(-0.5, len(values) - 0.5)
             ax.set_xticks(values)
             ax.set_xticklabels(xs_text, rotation=20 if max(len(x) for x in xs_text) > 6 else 0, fontsize=8)
         ax.set_xlabel(key)

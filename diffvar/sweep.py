@@ -47,7 +47,10 @@ def load_module(config_path):
         raise OptionError(f"--config={config_path}: no such file")
     spec = importlib.util.spec_from_file_location(f"_diffvar_sweep_config_{abs(hash(config_path))}", config_path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 -- a broken config file: one line, not a traceback
+        raise ConfigError(f"{config_path}: {type(e).__name__}: {e}") from None
     return module
 
 
@@ -192,6 +195,8 @@ def run(config, config_path, workdir, sweep_name=None, base_overrides=None, para
     ids (None: detected); slurm: submitit parameters for executor="slurm" ("cluster": "local" runs the jobs
     as local processes). Returns the result rows (dicts as results.read_trial)."""
     if report:
+        if not os.path.exists(os.path.join(workdir, results.MANIFEST)):
+            raise OptionError(f"--report: {workdir} holds no sweep (no {results.MANIFEST})")
         rows, _ = results.write(workdir)
         out(results.progress_line(rows, time.time(), parallel, []))
         out(f"wrote {os.path.join(workdir, 'results.md')}, results.csv, results.png")

@@ -85,5 +85,18 @@ def main(argv):
     sys.stdout.flush()
 
 
+def parse_flags(argv):
+    """absl's flag parsing, with its errors (unknown flag, bad --config.* value) as one `error: ...` line."""
+    try:
+        return FLAGS(argv)
+    except Exception as e:  # noqa: BLE001 -- flags.Error, or ml_collections' AttributeError for a bad key
+        message = e
+        while isinstance(message, BaseException) and message.args and not isinstance(message, flags.Error):
+            message = message.args[0]
+        what = "" if isinstance(e, flags.Error) else "a --config.* flag names no config key: "
+        print(f"error: {what}{' '.join(str(message).split())}", file=sys.stderr)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

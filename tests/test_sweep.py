@@ -341,7 +341,10 @@ def test_cli_errors_are_one_line(tmp_path, fake):
              ([f"--config={cfg}", f"--workdir={wd}", "--sweep=nope"], "unknown sweep 'nope'"),
              ([f"--config={bad_key}", f"--workdir={wd}"], "unknown config key 'optim.lr'"),
              ([f"--config={bare}", f"--workdir={wd}"], "declares no sweep"),
-             ([f"--config={cfg}", f"--workdir={wd}", "--executor=pbs"], "--executor='pbs' is not allowed")]
+             ([f"--config={cfg}", f"--workdir={wd}", "--executor=pbs"], "--executor='pbs' is not allowed"),
+             ([f"--workdir={wd}", "--report"], "holds no sweep (no sweep.json)"),
+             ([f"--config={cfg}", f"--workdir={wd}", "--config.lrr=1"], "names no config key: 'lrr' Did you mean"),
+             ([f"--config={cfg}", f"--workdir={wd}", "--config.seed=x"], "flag --config.seed=x: invalid literal")]
     for args, message in cases:
         res = cli(*args, "--novalidate", f"--trainer={' '.join(fake)}")
         assert res.returncode == 1, res.stderr
