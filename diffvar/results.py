@@ -17,17 +17,31 @@ import socket
 import time
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from diffvar.files import atomic_path, write_json_atomic
-from diffvar.plots import _number, _save_figure, read_metrics
+from diffvar.plots import read_metrics
 
 MANIFEST = "sweep.json"
 TRIAL_FILE = "trial.json"
 STATUS_FILE = "status.json"
 UNITS = ("bpd", "nats")
 _ORDER = {"finished": 0, "running": 1, "interrupted": 2, "failed": 3, "pending": 4}
+
+
+def _number(v):
+    """v as a finite float, else None (booleans, strings, NaN, inf)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return float(v) if math.isfinite(v) else None
+
+
+def _save_figure(fig, path):
+    FigureCanvasAgg(fig)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
 
 
 def read_json(path):

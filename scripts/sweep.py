@@ -10,11 +10,8 @@ running trials (they checkpoint) and write the results. DIR/results.csv, results
 rebuilt after every trial and by --report at any time. Errors print one line `error: ...` and exit 1.
 """
 import ast
-import os
 import shlex
 import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/ and diffvar/
 
 from absl import app, flags
 from ml_collections import config_flags
