@@ -22,7 +22,9 @@ that trial. The rules, each tested:
 - a key set twice in one trial (by product or zipit) is an error;
 - check(config, trials) rejects, before anything runs, an empty sweep, a trial listed twice, an unknown key,
   a key naming a group, and a value of the wrong type (ints are accepted for floats; tuples only for tuples).
-Every error is a ConfigError naming the key, the value and what is allowed.
+Every error is a ConfigError naming the key, the value and what is allowed. load(module, config, name) runs
+a config module's get_hyper and checks the result; cli_value / trial_name give a trial's command-line form
+and its directory name; apply(config, trial) is the trial's full config.
 """
 from __future__ import annotations
 
@@ -182,7 +184,7 @@ def check_value(config, key, value):
         if part not in node:
             group = ".".join(path) or "the config"
             near = difflib.get_close_matches(part, list(node.keys()), n=3)
-            hint = f"; did you mean {', '.join('.'.join(path + [n]) for n in near)}?" if near else ""
+            hint = f"; did you mean {', '.join('.'.join(path + [n]) for n in near)}?" if near else "."
             raise ConfigError(f"unknown config key {key!r} (swept value {value!r}): {group} has no {part!r}{hint} "
                               f"Keys of {group}: {', '.join(sorted(node.keys()))}")
         node, path = node[part], path + [part]
