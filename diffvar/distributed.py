@@ -10,11 +10,16 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 
+HEARTBEAT_SECONDS = 20  # a process that stops answering for this long ends the run of all the others
+
+
 def initialize(coordinator_address=None, num_processes=1, process_id=0):
-    """Joins a multi-process run (CPU collectives over gloo) when a coordinator address is given."""
+    """Joins a multi-process run (CPU collectives over gloo) when a coordinator address is given. When one
+    process dies, the others stop with an error within about HEARTBEAT_SECONDS instead of waiting forever."""
     if coordinator_address:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+        jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                                   heartbeat_timeout_seconds=HEARTBEAT_SECONDS)
 
 
 def is_chief():
@@ -44,3 +49,14 @@ def gather(x):
         return np.asarray(x)
     from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def first_line(e):
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
+def peer_lost(e):
+    """Whether exception `e`, raised in a multi-process run, says that another process is gone."""
+    text = str(e)
+    return jax.process_count() > 1 and any(
+        s in text for s in ("Gloo", "heartbeat", "Connection reset", "Connection closed", "UNAVAILABLE"))

@@ -20,7 +20,7 @@ from jax.sharding import PartitionSpec as P
 
 from diffvar import checkpoints, config as config_lib, data as data_lib, distributed, estimate, experiment, logs
 from diffvar import files, plots, samples
-from diffvar.errors import ConfigError, DiffvarError, NonFiniteLossError, StorageError
+from diffvar.errors import ConfigError, DiffvarError, NonFiniteLossError, PeerError, StorageError
 
 
 def due(step, every, final=False):
@@ -177,6 +177,12 @@ def run(exp, workdir):
         logs.write_status(workdir, "failed", step, t_cfg.num_steps, error=str(error), kind=error.kind)
         raise error from None
     except Exception as e:
+        if distributed.peer_lost(e):
+            error = PeerError(f"another process of this {jax.process_count()}-process run stopped at step {step} "
+                              f"({distributed.first_line(e)}); the checkpoint at step {mngr.latest_step()} is "
+                              f"intact: restart every process to resume from it")
+            logs.write_status(workdir, "failed", step, t_cfg.num_steps, error=str(error), kind=error.kind)
+            raise error from None
         logs.write_status(workdir, "failed", step, t_cfg.num_steps, error=f"{type(e).__name__}: {e}", kind="crash")
         raise
     finally:

@@ -181,3 +181,33 @@ def test_missing_config_file_and_missing_workdir_flag(tmp_path):
     assert_one_error_line(run_script("train", f"--config={tmp_path}/nope.py", f"--workdir={tmp_path}/w"),
                           "no such file")
     assert_one_error_line(run_script("train", f"--config={ROOT}/configs/gmm2d.py"), "--workdir")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", [1, 0])
+def test_one_of_two_processes_killed_stops_the_other_and_both_resume(tmp_path, victim):
+    import socket
+
+    def start(workdir, steps):
+        with socket.socket() as s:
+            s.bind(("localhost", 0))
+            port = s.getsockname()[1]
+        return [train_script(workdir, f"--config.training.num_steps={steps}", f"--coordinator_address=localhost:{port}",
+                             "--num_processes=2", f"--process_id={i}", wait=False) for i in range(2)]
+
+    workdir = str(tmp_path / "run")
+    procs = start(workdir, 100000)
+    for line in procs[0].stdout:
+        if "step 30/" in line:
+            break
+    procs[victim].send_signal(signal.SIGKILL)
+    procs[victim].wait()
+    other = procs[1 - victim]
+    start_wait = time.time()
+    out, _ = other.communicate(timeout=120)
+    assert other.returncode == 1 and time.time() - start_wait < 60, out
+    assert "error: another process of this 2-process run stopped" in out and "restart every process" in out
+    procs = start(workdir, 40)
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert "resumed from step" in outs[0]
