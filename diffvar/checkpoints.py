@@ -167,16 +167,26 @@ def restore_params(workdir, step="latest", mesh=None, warn=None):
     mngr = manager(workdir, read_only=True)
     try:
         step = resolve_step(mngr, spec, ckpt_dir)
-        candidates = [s for s in sorted(mngr.all_steps(), reverse=True)] if spec == "latest" else [step]
-        for step in candidates:
+        if spec != "latest":
             out, problem = read(mngr, step, abstract, items=("state",))
-            if out is not None:
-                return exp, out["state"].ema_params, int(step), filled
-            if spec != "latest":
+            if out is None:
                 raise CheckpointError(f"the checkpoint at step {step} in {ckpt_dir} {problem}")
-            (warn or print)(f"warning: the checkpoint at step {step} in {ckpt_dir} {problem}; skipping it")
-        raise CheckpointError(f"no usable checkpoint in {ckpt_dir}: every one of steps "
-                              f"{_steps_list(sorted(candidates))} is corrupt or unreadable")
+            return exp, out["state"].ema_params, int(step), filled
+        skipped = set()
+        for _ in range(10):  # a trainer running in this workdir may delete old steps while we read
+            mngr.reload()
+            for step in sorted(set(mngr.all_steps()) - skipped, reverse=True):
+                out, problem = read(mngr, step, abstract, items=("state",))
+                if out is not None:
+                    return exp, out["state"].ema_params, int(step), filled
+                if not os.path.isdir(os.path.join(ckpt_dir, str(step))):
+                    break  # removed by the running trainer while we read it: list the steps again
+                skipped.add(step)
+                (warn or print)(f"warning: the checkpoint at step {step} in {ckpt_dir} {problem}; skipping it")
+            else:
+                break
+        raise CheckpointError(f"no usable checkpoint in {ckpt_dir}: every one is corrupt or unreadable"
+                              + (f" (steps {_steps_list(sorted(skipped))})" if skipped else ""))
     finally:
         mngr.close()
 

@@ -211,3 +211,22 @@ def test_one_of_two_processes_killed_stops_the_other_and_both_resume(tmp_path, v
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     assert "resumed from step" in outs[0]
+
+
+def test_evaluation_while_training_reads_complete_checkpoints_and_leaves_the_run_alone(tmp_path, reference):
+    workdir = str(tmp_path / "run")
+    trainer = train_script(workdir, "--config.training.num_steps=100000", "--config.training.keep=2", wait=False)
+    for line in trainer.stdout:
+        if "step 20/" in line:
+            break
+    steps = []
+    for _ in range(3):  # the trainer saves (and deletes old) checkpoints every 10 steps meanwhile
+        r = run_script("evaluate", f"--workdir={workdir}", "--noode", "--form=ism", "--max_examples=256", "--quiet")
+        assert r.returncode == 0, r.stdout + r.stderr
+        steps.append(json.load(open(os.path.join(workdir, "eval", sorted(os.listdir(os.path.join(workdir, "eval")),
+                                                                             key=lambda f: int(f[:-5]))[-1])))["step"])
+    trainer.send_signal(signal.SIGTERM)
+    out, _ = trainer.communicate(timeout=120)
+    assert trainer.returncode == 0, out
+    assert steps == sorted(steps) and steps[0] >= 20, steps
+    assert not any("warning" in line for line in out.splitlines())
