@@ -18,7 +18,8 @@ from PIL import Image
 from diffvar.files import atomic_path
 
 
-def _save_figure(fig, path, dpi=100):
+def save_figure(fig, path, dpi=100):
+    """Renders a matplotlib Figure to a PNG at path, atomically (no pyplot, no global state)."""
     FigureCanvasAgg(fig)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
@@ -140,7 +141,7 @@ def save_scatter_2d(path, points, logp_fn=None, lim=None, title=None, grid_size=
     label = f"{len(points)} samples" + (f" ({dropped} non-finite dropped)" if dropped else "")
     ax.set_title(label if title is None else f"{title}\n{label}", fontsize=9)
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,7 +172,8 @@ def read_metrics(metrics_jsonl_path):
     return records
 
 
-def _number(v):
+def finite_number(v):
+    """v (a number or a numeric string) as a finite float, else None (booleans, NaN, inf, other text)."""
     if isinstance(v, bool):
         return None
     try:
@@ -186,10 +188,10 @@ def _series(records, key, err_keys=()):
     record wins when a step repeats (a run resumed from an earlier checkpoint). stderr is NaN where absent."""
     by_step = {}
     for rec in records:
-        step, value = _number(rec.get("step")), _number(rec.get(key))
+        step, value = finite_number(rec.get("step")), finite_number(rec.get(key))
         if step is None or value is None:
             continue
-        err = next((e for e in (_number(rec.get(k)) for k in err_keys) if e is not None), math.nan)
+        err = next((e for e in (finite_number(rec.get(k)) for k in err_keys) if e is not None), math.nan)
         by_step[step] = (value, err)
     steps = np.array(sorted(by_step), dtype=np.float64)
     values = np.array([by_step[s][0] for s in steps], dtype=np.float64)
@@ -221,7 +223,7 @@ def save_training_curves(path, metrics_jsonl_path):
     ax_loss.set_title("loss")
     ax_loss.grid(alpha=0.3)
 
-    have_bpd = any(_number(r.get("test_bpd")) is not None for r in records)
+    have_bpd = any(finite_number(r.get("test_bpd")) is not None for r in records)
     keys = _EVAL_KEYS[:1] if have_bpd else _EVAL_KEYS[1:]
     ylabel, plotted = None, 0
     for (key, err_keys, label), color in zip(keys, ("tab:red", "tab:green")):
@@ -249,4 +251,4 @@ def save_training_curves(path, metrics_jsonl_path):
     ax_eval.set_xlabel("step")
     ax_eval.grid(alpha=0.3)
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)

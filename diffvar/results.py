@@ -17,31 +17,17 @@ import socket
 import time
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from diffvar.files import atomic_path, write_json_atomic
-from diffvar.plots import read_metrics
+from diffvar.plots import finite_number, read_metrics, save_figure
 
 MANIFEST = "sweep.json"
 TRIAL_FILE = "trial.json"
 STATUS_FILE = "status.json"
 UNITS = ("bpd", "nats")
 _ORDER = {"finished": 0, "running": 1, "interrupted": 2, "failed": 3, "pending": 4}
-
-
-def _number(v):
-    """v as a finite float, else None (booleans, strings, NaN, inf)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    return float(v) if math.isfinite(v) else None
-
-
-def _save_figure(fig, path):
-    FigureCanvasAgg(fig)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
 
 
 def read_json(path):
@@ -76,9 +62,9 @@ def _metric(status, trial_dir):
         sources += reversed(read_metrics(path))
     for rec in sources:
         for unit in UNITS:
-            value = _number(rec.get(f"test_{unit}"))
+            value = finite_number(rec.get(f"test_{unit}"))
             if value is not None:
-                return unit, value, _number(rec.get(f"test_{unit}_stderr"))
+                return unit, value, finite_number(rec.get(f"test_{unit}_stderr"))
     return None, None, None
 
 
@@ -98,7 +84,7 @@ def read_trial(trial_dir, name=None, overrides=None):
     unit, metric, stderr = _metric(st, trial_dir)
     step = (st or {}).get("step")
     if step is None and os.path.exists(os.path.join(trial_dir, "metrics.jsonl")):
-        steps = [_number(r.get("step")) for r in read_metrics(os.path.join(trial_dir, "metrics.jsonl"))]
+        steps = [finite_number(r.get("step")) for r in read_metrics(os.path.join(trial_dir, "metrics.jsonl"))]
         step = int(max([s for s in steps if s is not None], default=0)) or None
     return {"name": name or tj.get("name") or os.path.basename(trial_dir),
             "overrides": overrides if overrides is not None else tj.get("overrides_text", {}),
@@ -296,13 +282,6 @@ def write(workdir, rows=None, keys=None):
 # The plot: the metric against each swept key.
 
 
-def _as_number(text):
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return None
-
-
 def plot(path, rows, keys, metric="metric"):
     """One panel per swept key: the metric of the finished trials against that key's values, one series per
     setting of the other keys. With several seeds, seeds are averaged (error bars ± std over seeds), else
@@ -315,7 +294,7 @@ def plot(path, rows, keys, metric="metric"):
         ax.text(0.5, 0.5, "no finished trials yet" if not done else f"one trial: {metric} {done[0]['metric']:.4f}",
                 ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
-        _save_figure(fig, path)
+        save_figure(fig, path)
         return
     average_seeds = "seed" in varying and len({r["overrides"].get("seed") for r in done}) > 1
     for i, key in enumerate(varying):
@@ -326,8 +305,8 @@ def plot(path, rows, keys, metric="metric"):
             label = ", ".join(f"{k}={r['overrides'].get(k, '')}" for k in others)
             series.setdefault(label, {}).setdefault(r["overrides"].get(key, ""), []).append(r)
         xs_text = list(dict.fromkeys(r["overrides"].get(key, "") for r in done))
-        numeric = all(_as_number(x) is not None for x in xs_text)
-        values = [_as_number(x) for x in xs_text] if numeric else list(range(len(xs_text)))
+        numeric = all(finite_number(x) is not None for x in xs_text)
+        values = [finite_number(x) for x in xs_text] if numeric else list(range(len(xs_text)))
         logx = numeric and min(values) > 0 and max(values) / min(values) >= 20
         for j, (label, points) in enumerate(series.items()):
             xs, ys, es = [], [], []
@@ -359,7 +338,7 @@ def plot(path, rows, keys, metric="metric"):
         bars = "± std over seeds" if average_seeds and key != "seed" else "± 1 s.e."
         ax.set_title(f"{metric} vs {key} ({bars})", fontsize=9)
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def write_manifest(workdir, manifest):

@@ -13,11 +13,11 @@ import ast
 import shlex
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from diffvar.cli import fail
-from diffvar.errors import DiffvarError, OptionError
+from diffvar import cli
+from diffvar.errors import OptionError
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py) declaring get_hyper.",
                                 lock_config=True)
@@ -43,57 +43,34 @@ flags.DEFINE_list("slurm_args", [], "Slurm: more submitit parameters, key=value,
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    if len(argv) > 1:
-        fail(f"unexpected arguments {argv[1:]}")
+def main():
     if not FLAGS.workdir:
-        fail("--workdir is required")
+        raise OptionError("--workdir is required")
     if FLAGS.config is None and not FLAGS.report:
-        fail("--config is required (a configs/*.py file declaring get_hyper)")
+        raise OptionError("--config is required (a configs/*.py file declaring get_hyper)")
+    from diffvar import config as config_lib
     from diffvar import sweep
-    try:
-        slurm = {"timeout_min": FLAGS.slurm_timeout_min, "nodes": FLAGS.slurm_nodes,
-                 "gpus_per_node": FLAGS.slurm_gpus_per_node, "slurm_partition": FLAGS.slurm_partition,
-                 "cpus_per_task": FLAGS.slurm_cpus_per_task, "mem_gb": FLAGS.slurm_mem_gb}
-        slurm = {k: v for k, v in slurm.items() if v is not None}
-        for item in FLAGS.slurm_args:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise OptionError(f"--slurm_args item {item!r} is not key=value")
-            try:
-                slurm[key.strip()] = ast.literal_eval(value)
-            except (SyntaxError, ValueError):
-                slurm[key.strip()] = value
-        check_config = None
-        if FLAGS.validate:
-            try:
-                from diffvar.config import validate as check_config
-            except Exception:  # an engine without config.validate: the sweep's own type checks still run
-                check_config = None
-        config_path = config_flags.get_config_filename(FLAGS["config"]) if FLAGS.config is not None else None
-        base = config_flags.get_override_values(FLAGS["config"]) if FLAGS.config is not None else {}
-        sweep.run(FLAGS.config, config_path, FLAGS.workdir, sweep_name=FLAGS.sweep, base_overrides=base,
-                  parallel=FLAGS.parallel, shard=FLAGS.shard, dry_run=FLAGS.dry_run, report=FLAGS.report,
-                  executor=FLAGS.executor, max_retries=FLAGS.max_retries, retry_failed=FLAGS.retry_failed,
-                  check_config=check_config, slurm=slurm,
-                  trainer=shlex.split(FLAGS.trainer) if FLAGS.trainer else sweep.TRAINER)
-    except DiffvarError as e:
-        fail(e)
+    slurm = {"timeout_min": FLAGS.slurm_timeout_min, "nodes": FLAGS.slurm_nodes,
+             "gpus_per_node": FLAGS.slurm_gpus_per_node, "slurm_partition": FLAGS.slurm_partition,
+             "cpus_per_task": FLAGS.slurm_cpus_per_task, "mem_gb": FLAGS.slurm_mem_gb}
+    slurm = {k: v for k, v in slurm.items() if v is not None}
+    for item in FLAGS.slurm_args:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise OptionError(f"--slurm_args item {item!r} is not key=value")
+        try:
+            slurm[key.strip()] = ast.literal_eval(value)
+        except (SyntaxError, ValueError):
+            slurm[key.strip()] = value
+    config_path = config_flags.get_config_filename(FLAGS["config"]) if FLAGS.config is not None else None
+    base = config_flags.get_override_values(FLAGS["config"]) if FLAGS.config is not None else {}
+    sweep.run(FLAGS.config, config_path, FLAGS.workdir, sweep_name=FLAGS.sweep, base_overrides=base,
+              parallel=FLAGS.parallel, shard=FLAGS.shard, dry_run=FLAGS.dry_run, report=FLAGS.report,
+              executor=FLAGS.executor, max_retries=FLAGS.max_retries, retry_failed=FLAGS.retry_failed,
+              check_config=config_lib.validate if FLAGS.validate else None, slurm=slurm,
+              trainer=shlex.split(FLAGS.trainer) if FLAGS.trainer else sweep.TRAINER)
     sys.stdout.flush()
 
 
-def parse_flags(argv):
-    """absl's flag parsing, with its errors (unknown flag, bad --config.* value) as one `error: ...` line."""
-    try:
-        return FLAGS(argv)
-    except Exception as e:  # noqa: BLE001 -- flags.Error, or ml_collections' AttributeError for a bad key
-        message = e
-        while isinstance(message, BaseException) and message.args and not isinstance(message, flags.Error):
-            message = message.args[0]
-        what = "" if isinstance(e, flags.Error) else "a --config.* flag names no config key: "
-        print(f"error: {what}{' '.join(str(message).split())}", file=sys.stderr)
-        sys.exit(1)
-
-
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    cli.run(main)

@@ -343,7 +343,7 @@ def test_cli_errors_are_one_line(tmp_path, fake):
              ([f"--config={bare}", f"--workdir={wd}"], "declares no sweep"),
              ([f"--config={cfg}", f"--workdir={wd}", "--executor=pbs"], "--executor='pbs' is not allowed"),
              ([f"--workdir={wd}", "--report"], "holds no sweep (no sweep.json)"),
-             ([f"--config={cfg}", f"--workdir={wd}", "--config.lrr=1"], "names no config key: 'lrr' Did you mean"),
+             ([f"--config={cfg}", f"--workdir={wd}", "--config.lrr=1"], "lrr is not a config key (did you mean lr?)"),
              ([f"--config={cfg}", f"--workdir={wd}", "--config.seed=x"], "flag --config.seed=x: invalid literal")]
     for args, message in cases:
         res = cli(*args, "--novalidate", f"--trainer={' '.join(fake)}")

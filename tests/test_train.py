@@ -2,13 +2,10 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from diffvar import checkpoints, experiment
