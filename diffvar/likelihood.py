@@ -28,11 +28,21 @@ def _check_choice(name, value, allowed):
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
-def _check_x(x, t=None):
-    if x.ndim < 2:
-        raise ValueError(f"x must have shape [B, ...] with at least one data dimension, got shape {x.shape}")
-    if t is not None and t.shape != x.shape[:1]:
-        raise ValueError(f"t must have shape [B]={x.shape[:1]}, got {t.shape}")
+def check_x(x, name="x"):
+    """Raises ValueError unless x is a floating-point array [B, ...] (B >= 1, at least one data dimension)
+    whose values, when they are concrete (not traced), are all finite. Model-space data: dequantize integer
+    levels first (to_model_space)."""
+    shape, dtype = getattr(x, "shape", None), getattr(x, "dtype", None)
+    if shape is None or dtype is None:
+        raise ValueError(f"{name} must be an array [B, ...], got {type(x).__name__}")
+    if len(shape) < 2 or shape[0] < 1:
+        raise ValueError(f"{name} must have shape [B, ...] with B >= 1 and at least one data dimension, got "
+                         f"shape {tuple(shape)}")
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"{name} must be a floating-point array (model space; integer levels go through "
+                         f"to_model_space first), got dtype {dtype}")
+    if not isinstance(x, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(x))):
+        raise ValueError(f"{name} holds non-finite values (NaN or inf)")
 
 
 def per_example_sum(v):
@@ -123,7 +133,7 @@ def elbo(score_fn, sde, x, rng, num_samples=1, form="ism", divergence="hutchinso
     _check_choice("divergence", divergence, DIVERGENCES)
     _check_choice("probe", probe, PROBES)
     _check_choice("time_sampling", time_sampling, TIME_SAMPLINGS)
-    _check_x(x)
+    check_x(x)
     if not (isinstance(num_samples, int) and num_samples >= 1):
         raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
     one = lambda k: _elbo_once(score_fn, sde, x, k, form, divergence, probe, time_sampling, t_eps)
@@ -143,7 +153,7 @@ def ode_logp(score_fn, sde, x, rng, rtol=1e-5, atol=1e-5, divergence="exact", pr
     """
     _check_choice("divergence", divergence, DIVERGENCES)
     _check_choice("probe", probe, PROBES)
-    _check_x(x)
+    check_x(x)
     b = x.shape[0]
     v = draw_probe(rng, x.shape, probe) if divergence == "hutchinson" else None
 
@@ -191,6 +201,11 @@ def to_model_space(rng, x, levels, transform="logit", alpha=0.05):
     if levels is None:
         return x, jnp.zeros(x.shape[:1], x.dtype)
     _check_choice("data.transform", transform, TRANSFORMS)
+    if not isinstance(x, jax.core.Tracer):
+        values = jnp.asarray(x)
+        if values.ndim < 2 or not bool(jnp.all((values >= 0) & (values <= levels - 1) & (values == jnp.round(values)))):
+            raise ValueError(f"x must be integer levels in {{0, ..., {levels - 1}}} of shape [B, ...], got shape "
+                             f"{values.shape} with values in [{float(values.min()):g}, {float(values.max()):g}]")
     z = dequantize(rng, x, levels)
     if transform == "logit":
         return logit_transform(z, alpha)

@@ -27,7 +27,7 @@ import math
 
 import jax
 
-from diffvar.likelihood import PROBES, dsm_integrand, elbo, per_example_sum, value_and_divergence
+from diffvar.likelihood import PROBES, check_x, dsm_integrand, elbo, per_example_sum, value_and_divergence
 from diffvar.sde import ImportanceTime, UniformTime, bcast
 
 OBJECTIVES = ("dsm", "dsm_is", "dsm_lw", "elbo", "ssm")
@@ -115,8 +115,7 @@ def get_objective(name, sde, t_eps=1e-3, probe="rademacher"):
     fn = fns[name]
 
     def loss(score_fn, x, rng):
-        if x.ndim < 2:
-            raise ValueError(f"x must have shape [B, ...] with at least one data dimension, got shape {x.shape}")
+        check_x(x)
         return fn(score_fn, sde, x, rng)
 
     loss.__name__ = f"{name}_loss"

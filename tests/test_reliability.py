@@ -230,3 +230,70 @@ def test_evaluation_while_training_reads_complete_checkpoints_and_leaves_the_run
     assert trainer.returncode == 0, out
     assert steps == sorted(steps) and steps[0] >= 20, steps
     assert not any("warning" in line for line in out.splitlines())
+
+
+def test_public_api_rejects_bad_data_by_name():
+    import jax.numpy as jnp
+
+    from diffvar.likelihood import elbo, ode_logp, to_model_space
+    from diffvar.objectives import get_objective
+    from diffvar.sde import VPSDE
+
+    sde, key = VPSDE(), jax.random.PRNGKey(0)
+    score = lambda y, t: -y
+    good = jnp.zeros((4, 2))
+    assert elbo(score, sde, good, key).shape == (4,) and ode_logp(score, sde, good, key)[0].shape == (4,)
+    bad = [(jnp.zeros((4,)), "at least one data dimension"), (jnp.zeros((0, 2)), "B >= 1"),
+           (jnp.zeros((4, 2), jnp.int32), "floating-point"), (jnp.full((4, 2), jnp.nan), "non-finite"),
+           ([[0.0, 1.0]], "must be an array")]
+    for x, fragment in bad:
+        for fn in (lambda x: elbo(score, sde, x, key), lambda x: ode_logp(score, sde, x, key),
+                   lambda x: get_objective("dsm_is", sde)(score, x, key)):
+            with pytest.raises(ValueError, match=fragment):
+                fn(x)
+    with pytest.raises(ValueError, match="score_fn must return an array of the input's shape"):
+        elbo(lambda y, t: y[:, :1], sde, good, key)
+    with pytest.raises(ValueError, match=r"integer levels in \{0, ..., 16\}.*values in \[17, 17\]"):
+        to_model_space(key, jnp.full((2, 8, 8, 1), 17.0), 17)
+    with pytest.raises(ValueError, match="integer levels"):
+        to_model_space(key, jnp.full((2, 8, 8, 1), 0.5), 17)
+    # Inside jit the values are not checked (they are traced), and the shapes still are.
+    assert jax.jit(lambda x: elbo(score, sde, x, key))(good).shape == (4,)
+
+
+def test_sweep_runner_killed_mid_sweep_and_a_deleted_trial_workdir(tmp_path):
+    """SIGKILL to the runner: its trials stop too (nothing keeps running unowned), and the same command
+    resumes them from their checkpoints; a trial whose workdir was deleted is simply run again."""
+    from tests.test_sweep import FAKE_TRAINER, SCRIPT, runs, write_config
+
+    fake = tmp_path / "fake_trainer.py"
+    fake.write_text(FAKE_TRAINER)
+    cfg = write_config(tmp_path, 'None: h.sweep("seed", [0, 1, 2])')
+    wd = tmp_path / "sweep"
+    args = [sys.executable, SCRIPT, f"--config={cfg}", f"--workdir={wd}", "--config.sleep=6.0",
+            "--config.num_steps=60", "--parallel=2", f"--trainer={sys.executable} {fake}", "--novalidate"]
+    runner = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    status = lambda s: json.load(open(wd / f"seed={s}" / "status.json")) if (wd / f"seed={s}" / "status.json").exists() else {}
+    deadline = time.time() + 30
+    while time.time() < deadline and min(status(s).get("step", 0) for s in (0, 1)) < 2:
+        time.sleep(0.1)
+    pids = [status(s)["pid"] for s in (0, 1)]
+    runner.send_signal(signal.SIGKILL)
+    runner.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(os.path.exists(f"/proc/{p}") and
+                                         open(f"/proc/{p}/stat").read().split()[2] != "Z" for p in pids):
+        time.sleep(0.1)
+    assert not any(os.path.exists(f"/proc/{p}") and open(f"/proc/{p}/stat").read().split()[2] != "Z" for p in pids)
+    done = subprocess.run(args[:5] + ["--config.sleep=0.5"] + args[6:], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
+    assert done.returncode != 0 and "different command" in done.stderr  # a changed base is refused ...
+    done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=120)  # ... the same one resumes
+    assert done.returncode == 0, done.stdout + done.stderr
+    for s in (0, 1):
+        assert status(s)["status"] == "finished" and runs(wd, f"seed={s}")[-1]["start"] >= 2
+    import shutil
+    shutil.rmtree(wd / "seed=1")
+    again = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert [len(runs(wd, f"seed={s}")) for s in (0, 1, 2)] == [2, 1, 1]
