@@ -14,6 +14,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffvar.sampling import probability_flow_drift, solve_adaptive
 from diffvar.sde import TIME_SAMPLINGS, bcast, time_proposal
@@ -41,7 +42,7 @@ def check_x(x, name="x"):
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"{name} must be a floating-point array (model space; integer levels go through "
                          f"to_model_space first), got dtype {dtype}")
-    if not isinstance(x, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(x))):
+    if not isinstance(x, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(x))):
         raise ValueError(f"{name} holds non-finite values (NaN or inf)")
 
 
@@ -202,8 +203,8 @@ def to_model_space(rng, x, levels, transform="logit", alpha=0.05):
         return x, jnp.zeros(x.shape[:1], x.dtype)
     _check_choice("data.transform", transform, TRANSFORMS)
     if not isinstance(x, jax.core.Tracer):
-        values = jnp.asarray(x)
-        if values.ndim < 2 or not bool(jnp.all((values >= 0) & (values <= levels - 1) & (values == jnp.round(values)))):
+        values = np.asarray(x)
+        if values.ndim < 2 or not np.all((values >= 0) & (values <= levels - 1) & (values == np.round(values))):
             raise ValueError(f"x must be integer levels in {{0, ..., {levels - 1}}} of shape [B, ...], got shape "
                              f"{values.shape} with values in [{float(values.min()):g}, {float(values.max()):g}]")
     z = dequantize(rng, x, levels)
