@@ -77,3 +77,39 @@ def within(diff, k=4.0, slack=0.0):
     """|mean| <= k standard errors + slack, for a {"mean", "stderr"} estimate of a difference that is 0 in
     expectation (slack: a stated bias bound, such as the prior mismatch)."""
     return abs(diff["mean"]) <= k * diff["stderr"] + slack
+
+
+def start_training(workdir, *flags, until="step 10/", **kw):
+    """train_script(..., wait=False) once its output shows `until` (a Popen; the rest of stdout unread)."""
+    proc = train_script(workdir, *flags, wait=False, **kw)
+    for line in proc.stdout:
+        if until in line:
+            break
+    return proc
+
+
+def params_at(workdir, step=None):
+    """(step, params as numpy) of the checkpoint at `step` (default: the latest) of a training workdir."""
+    import jax
+    import numpy as np
+
+    from diffvar import checkpoints
+    mngr = checkpoints.manager(workdir, read_only=True)
+    step = mngr.latest_step() if step is None else step
+    state = checkpoints.restore(mngr, step, items=("state",))["state"]
+    return step, jax.tree.map(np.asarray, state["params"])
+
+
+def assert_same_params(a, b):
+    """Bitwise equality of two parameter trees."""
+    import jax
+    import numpy as np
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def losses(workdir):
+    """{step: loss} of a workdir's metrics.jsonl."""
+    import json
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}

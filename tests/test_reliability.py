@@ -9,28 +9,13 @@ import sys
 import time
 
 import jax
-import numpy as np
 import pytest
 
 from diffvar import checkpoints
 from diffvar import train as train_lib
 from diffvar.errors import StorageError
-from tests.helpers import ROOT, TINY_FLAGS, assert_one_error_line, run_script, tiny_config, train_script
-
-
-def params_at(workdir, step):
-    out = checkpoints.restore(checkpoints.manager(workdir, read_only=True), step, items=("state",))
-    return jax.tree.map(np.asarray, out["state"]["params"])
-
-
-def assert_same_params(a, b):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_array_equal(x, y)
-
-
-def losses(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
+from tests.helpers import (ROOT, TINY_FLAGS, assert_one_error_line, assert_same_params, losses, params_at,
+                           run_script, start_training, tiny_config, train_script)
 
 
 def listing(path):
@@ -61,7 +46,7 @@ def test_sigkill_while_a_checkpoint_is_committed_then_resume_is_exact(tmp_path, 
     assert done.returncode == 0, done.stdout + done.stderr
     assert "resumed from step 20" in done.stdout
     assert not any("tmp" in d for d in os.listdir(ckpt))  # the torn save was cleaned up
-    assert_same_params(params_at(workdir, 60), params_at(reference, 60))
+    assert_same_params(params_at(workdir, 60)[1], params_at(reference, 60)[1])
     assert losses(workdir) == losses(reference)
 
 
@@ -81,15 +66,12 @@ def test_truncated_latest_checkpoint_is_set_aside_and_the_previous_one_used(tmp_
     # the trainer moves it aside with a warning naming it, resumes from step 30 and ends where a straight run does
     summary = train_lib.train(tiny_config(**{"training.num_steps": 60}), workdir)
     assert summary["step"] == 60 and os.path.isdir(os.path.join(ckpt, "40.unusable"))
-    assert_same_params(params_at(workdir, 60), params_at(reference, 60))
+    assert_same_params(params_at(workdir, 60)[1], params_at(reference, 60)[1])
 
 
 def test_second_trainer_refuses_a_busy_workdir_and_a_dead_ones_lock_does_not_block(tmp_path):
     workdir = str(tmp_path / "run")
-    first = train_script(workdir, "--config.training.num_steps=100000", wait=False)
-    for line in first.stdout:
-        if "step 10/" in line:
-            break
+    first = start_training(workdir, "--config.training.num_steps=100000")
     start = time.time()
     second = train_script(workdir, "--config.training.num_steps=100000")
     assert_one_error_line(second, f"workdir {workdir} is in use by process {first.pid}")
@@ -144,7 +126,7 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, m
         for line in open(os.path.join(workdir, "metrics.jsonl")):
             json.loads(line)  # no torn line
         train_lib.train(tiny_config(**{"training.num_steps": 60}), workdir)
-        assert_same_params(params_at(workdir, 60), params_at(reference, 60))
+        assert_same_params(params_at(workdir, 60)[1], params_at(reference, 60)[1])
         assert losses(workdir) == losses(reference)
     finally:
         if mounted:
@@ -215,10 +197,8 @@ def test_one_of_two_processes_killed_stops_the_other_and_both_resume(tmp_path, v
 
 def test_evaluation_while_training_reads_complete_checkpoints_and_leaves_the_run_alone(tmp_path, reference):
     workdir = str(tmp_path / "run")
-    trainer = train_script(workdir, "--config.training.num_steps=100000", "--config.training.keep=2", wait=False)
-    for line in trainer.stdout:
-        if "step 20/" in line:
-            break
+    trainer = start_training(workdir, "--config.training.num_steps=100000", "--config.training.keep=2",
+                             until="step 20/")
     steps = []
     for _ in range(3):  # the trainer saves (and deletes old) checkpoints every 10 steps meanwhile
         r = run_script("evaluate", f"--workdir={workdir}", "--noode", "--form=ism", "--max_examples=256", "--quiet")

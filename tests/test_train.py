@@ -12,28 +12,12 @@ from diffvar import checkpoints, experiment
 from diffvar import config as config_lib
 from diffvar import train as train_lib
 from diffvar.errors import ConfigError, NonFiniteLossError
-from tests.helpers import assert_one_error_line, load_config, tiny_config, train_script
+from tests.helpers import (assert_one_error_line, assert_same_params, load_config, losses, params_at,
+                           start_training, tiny_config, train_script)
 
 
 def run_script(workdir, *flags, env=None, wait=True):
     return train_script(workdir, *flags, env=env, wait=wait)
-
-
-def restore_params(workdir, step=None):
-    mngr = checkpoints.manager(workdir, read_only=True)
-    step = mngr.latest_step() if step is None else step
-    out = checkpoints.restore(mngr, step, items=("state",))
-    return step, jax.tree.map(np.asarray, out["state"]["params"])
-
-
-def losses(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
-
-
-def assert_trees_equal(a, b):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_array_equal(x, y)
 
 
 def test_train_writes_outputs_and_resumes(tmp_path):
@@ -63,7 +47,7 @@ def test_train_writes_outputs_and_resumes(tmp_path):
     assert summary["step"] == 60
     straight = str(tmp_path / "straight")
     train_lib.train(tiny_config(**{"training.num_steps": 60}), straight)
-    assert_trees_equal(restore_params(workdir)[1], restore_params(straight)[1])
+    assert_same_params(params_at(workdir)[1], params_at(straight)[1])
     assert losses(workdir) == losses(straight)
 
 
@@ -108,20 +92,17 @@ def test_sigkill_at_any_moment_then_resume_is_bitwise_identical(tmp_path):
     proc.wait()
     done = run_script(killed, "--config.training.num_steps=200")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert_trees_equal(restore_params(killed, 200)[1], restore_params(ref, 200)[1])
+    assert_same_params(params_at(killed, 200)[1], params_at(ref, 200)[1])
     assert losses(killed) == losses(ref)
 
 
 def test_sigterm_saves_and_exits_zero(tmp_path):
     workdir = str(tmp_path / "run")
-    proc = run_script(workdir, "--config.training.num_steps=100000", wait=False)
-    for line in proc.stdout:
-        if "step 20/" in line:
-            break
+    proc = start_training(workdir, "--config.training.num_steps=100000", until="step 20/")
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
-    step, _ = restore_params(workdir)
+    step, _ = params_at(workdir)
     assert step >= 20 and step % 10 == 0
     assert "SIGTERM" in out
 
