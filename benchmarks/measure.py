@@ -1,0 +1,227 @@
+"""diffvar's side of benchmarks/bench.py: one workload (or the digits ODE) in this process; prints one JSON line.
+
+    python benchmarks/measure.py --workload=digits --seconds=10      # train step + ELBO of one workload
+    python benchmarks/measure.py --ode [--ode_workdir=runs/digits]   # digits test-set ODE bpd wall time
+
+What is timed is what users run, built from a config by diffvar.experiment.build:
+- train: experiment.make_train_step(exp), the trainer's compiled call of training.steps_per_call optimizer steps
+  (state donated, EMA, clipping and Adam as configured), on a fixed batch placed as the trainer places it;
+  steady state for `seconds` after two warm-up calls, each call synchronised on its losses;
+- elbo: experiment.make_elbo_fn(exp, "ism", "uniform", "rademacher", "hutchinson"), the evaluation's function
+  (dequantization, one-probe ISM ELBO, bpd), at the workload's batch (the peer's), for seconds / 2;
+- compile seconds of each, apart (AOT: fn.lower(...).compile());
+- FLOPs of one train step from XLA's cost analysis of the compiled step (for steps_per_call > 1 of a separate
+  steps_per_call = 1 compile: the analysis counts a loop body once), achieved FLOP/s = FLOPs x steps/s, and
+  the peak: the best of several default-precision fp32 N x N jitted matmuls (N = 2048 on CPU, 8192 else);
+- peak resident memory of this process (ru_maxrss).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import time
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from diffvar import config as config_lib
+from diffvar import data as data_lib
+from diffvar import distributed, estimate, experiment, evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# workload -> (config file, overrides, synthetic data (shape, levels) or None for the dataset's own batches).
+# Model sizes and batch sizes are the PyTorch peer's (benchmarks/torch_peer.py); the objective is its eps-loss DSM.
+WORKLOADS = {
+    "toy2d": ("gmm2d", {"model.hidden": 128, "model.depth": 3, "model.activation": "softplus",
+                        "model.time_embedding": "concat", "training.batch_size": 512}, None),
+    "digits": ("digits", {"training.batch_size": 64}, None),
+    "mnist": ("mnist", {"training.batch_size": 64}, ((28, 28, 1), 256)),
+    "cifar": ("cifar10", {"training.batch_size": 128}, ((32, 32, 3), 256)),  # for accelerators
+}
+SYNTHETIC_NOTE = ("synthetic: random integer levels of {name}'s shape {shape} ({levels} levels), built without "
+                  "the dataset (benchmarks/measure.py build_synthetic); speed does not depend on pixel values")
+
+
+def workload_config(name):
+    """The config of a workload: its configs/<file>.py with the peer's sizes and objective dsm."""
+    file, overrides, _ = WORKLOADS[name]
+    c = config_lib.load_file(os.path.join(ROOT, "configs", f"{file}.py"))
+    c.objective.name = "dsm"
+    for key, value in overrides.items():
+        section, field = key.split(".")
+        c[section][field] = value
+    return c
+
+
+def build_synthetic(config, shape, levels):
+    """experiment.build(config) for an image dataset that is not prepared here (mnist).
+
+    build() reads only the dataset's metadata from disk (diffvar.data.get_info); this supplies it, a DataInfo
+    of `shape` and `levels`, and everything else is built by build() itself, unchanged."""
+    info = data_lib.DataInfo(config.data.name, tuple(shape), levels, num_train=60000, num_test=10000)
+    with mock.patch.object(data_lib, "get_info", lambda cfg: info):
+        return experiment.build(config)
+
+
+def train_batches(exp, name, k):
+    """A float32 numpy batch [K, B, *shape]: the dataset's first K training batches, or synthetic levels."""
+    c, synthetic = exp.config, WORKLOADS[name][2]
+    b = c.training.batch_size
+    if synthetic:
+        shape, levels = synthetic
+        return np.random.default_rng(0).integers(0, levels, (k, b) + shape).astype(np.float32)
+    it = data_lib.make_train_iter(c.data, b, c.seed)
+    return np.stack([next(it) for _ in range(k)])
+
+
+def rate(fn, seconds):
+    """Calls per second of fn() over `seconds` of wall time, after two warm-up calls (the peer's rate())."""
+    fn()
+    fn()
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        fn()
+        n += 1
+    return n / (time.perf_counter() - start)
+
+
+def flops_of(compiled):
+    """FLOPs XLA's cost analysis counts in a compiled function (NaN when it gives none)."""
+    ca = compiled.cost_analysis()
+    ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+    return float((ca or {}).get("flops", math.nan))
+
+
+def peak_flops(repeats=5):
+    """(best FLOP/s of an N x N fp32 jitted matmul over `repeats` timed calls, N)."""
+    n = 2048 if jax.default_backend() == "cpu" else 8192
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    f = jax.jit(lambda a, b: a @ b).lower(a, a).compile()
+    f(a, a).block_until_ready()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        f(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * n ** 3 / best, n
+
+
+def max_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def measure_workload(name, seconds):
+    """The diffvar figures of one workload (see the module docstring)."""
+    config = workload_config(name)
+    synthetic = WORKLOADS[name][2]
+    exp = build_synthetic(config, *synthetic) if synthetic else experiment.build(config)
+    mesh = distributed.make_mesh()
+    k, b = config.training.steps_per_call, config.training.batch_size
+    host = train_batches(exp, name, k)
+    batches = distributed.global_array(mesh, host, P(None, "data"))
+    state = jax.device_put(experiment.init_state(exp, config.seed), distributed.replicated(mesh))
+    step_fn = experiment.make_train_step(exp)
+    train, train_compile = estimate.compile(step_fn, state, batches)
+    flops_step = flops_of(train)
+    if k > 1:
+        one = distributed.global_array(mesh, host[:1], P(None, "data"))
+        flops_step = flops_of(step_fn.lower(state, one).compile())
+    holder = {"state": state}
+
+    def do_train():
+        holder["state"], losses = train(holder["state"], batches)
+        losses.block_until_ready()
+
+    train_calls = rate(do_train, seconds)
+    params = holder["state"].params
+    x = distributed.global_array(mesh, host[0])
+    key = jax.random.PRNGKey(1)
+    elbo_fn = experiment.make_elbo_fn(exp, "ism", "uniform", "rademacher", "hutchinson")
+    elbo, elbo_compile = estimate.compile(elbo_fn, params, x, key)
+    elbo_calls = rate(lambda: elbo(params, x, key).block_until_ready(), seconds / 2)
+    peak, n = peak_flops()
+    steps_per_sec = train_calls * k
+    m = config.model
+    return {
+        "workload": name, "config": f"configs/{WORKLOADS[name][0]}.py",
+        "overrides": dict(WORKLOADS[name][1], **{"objective.name": "dsm"}),
+        "data": SYNTHETIC_NOTE.format(name=config.data.name, shape="x".join(map(str, synthetic[0])),
+                                      levels=synthetic[1]) if synthetic else f"{config.data.name} training batches",
+        "model": (f"mlp hidden={m.hidden} depth={m.depth} {m.activation} time={m.time_embedding}" if m.name == "mlp"
+                  else f"unet ch={m.ch} ch_mult={tuple(m.ch_mult)} attn={tuple(m.attn_resolutions)} "
+                       f"dropout={m.dropout}"),
+        "batch": b, "steps_per_call": k, "seconds": seconds,
+        "params": int(sum(np.prod(a.shape) for a in jax.tree.leaves(params))),
+        "train_steps_per_sec": steps_per_sec, "train_compile_seconds": train_compile,
+        "elbo_examples_per_sec": elbo_calls * b, "elbo_compile_seconds": elbo_compile,
+        "train_flops_per_step": flops_step, "train_flops_per_sec": flops_step * steps_per_sec,
+        "peak_flops_per_sec": peak, "peak_matmul_size": n,
+        "train_peak_fraction": flops_step * steps_per_sec / peak,
+        "max_rss_mb": max_rss_mb(), **runtime(),
+    }
+
+
+def measure_ode(workdir="", train_steps=200, max_examples=0, rtol=1e-5, atol=1e-5):
+    """Digits test-set ODE bpd wall time, through scripts/evaluate.py's code (estimate.split_batches,
+    experiment.make_ode_fn, estimate.ode; the trace it picks for 'auto'): on the EMA parameters of the latest
+    checkpoint in `workdir` when given, else on configs/digits.py's model trained `train_steps` steps here."""
+    mesh = distributed.make_mesh()
+    if workdir:
+        from diffvar import checkpoints
+        exp, params, step, _ = checkpoints.restore_params(workdir, "latest", mesh)
+        model = f"checkpoint {workdir} step {step} (EMA parameters)"
+    else:
+        config = config_lib.load_file(os.path.join(ROOT, "configs", "digits.py"))
+        exp = experiment.build(config)
+        state = jax.device_put(experiment.init_state(exp, config.seed), distributed.replicated(mesh))
+        it = data_lib.make_train_iter(config.data, config.training.batch_size, config.seed)
+        step_fn = experiment.make_train_step(exp)
+        for _ in range(train_steps):
+            state, _ = step_fn(state, distributed.global_array(mesh, next(it)[None], P(None, "data")))
+        params = state.ema_params
+        model = (f"configs/digits.py model, freshly initialised and trained {train_steps} steps here "
+                 f"(EMA parameters)" if train_steps else "configs/digits.py model, freshly initialised")
+    e = exp.config.eval
+    divergence = "exact" if exp.dim <= evaluate.EXACT_TRACE_MAX_DIM else "hutchinson"
+    batch_size = estimate.batch_size(e.batch_size, max_examples, len(jax.devices()))
+    batches = estimate.split_batches(exp, mesh, "test", batch_size, max_examples)
+    key = estimate.pass_key(exp.config.seed + 1, 0, "ode")
+    fn = experiment.make_ode_fn(exp, rtol, atol, divergence, e.probe)
+    compiled, compile_seconds = estimate.compile(fn, params, batches[0][0], key)
+    est = estimate.ode(compiled, params, key, batches)
+    return {"model": model, "rtol": rtol, "atol": atol, "divergence": divergence, "batch": batch_size,
+            "num_examples": est["num_examples"], "bpd": est["mean"], "bpd_stderr": est["stderr"], "nfe": est["nfe"],
+            "nfe_max": est["nfe_max"], "seconds": est["seconds"], "compile_seconds": compile_seconds,
+            "max_rss_mb": max_rss_mb(), **runtime()}
+
+
+def runtime():
+    d = jax.devices()[0]
+    return {"jax": jax.__version__, "backend": jax.default_backend(), "device_kind": d.device_kind,
+            "num_devices": len(jax.devices())}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workload", choices=sorted(WORKLOADS), default="digits")
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--ode", action="store_true", help="the digits test-set ODE instead of a workload")
+    p.add_argument("--ode_workdir", default="", help="a digits training workdir whose latest checkpoint to use")
+    p.add_argument("--ode_train_steps", type=int, default=200, help="without --ode_workdir: steps trained first")
+    p.add_argument("--ode_max_examples", type=int, default=0, help="only the first N test examples (0: all)")
+    args = p.parse_args()
+    if args.ode:
+        out = measure_ode(args.ode_workdir, args.ode_train_steps, args.ode_max_examples)
+    else:
+        out = measure_workload(args.workload, args.seconds)
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Smoke run of benchmarks/bench.py: toy2d for about a second, diffvar only; the JSON has every figure, finite.
+No timing is asserted (timings are bench figures, never test results)."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+from tests.helpers import ROOT
+
+FIGURES = ("train_steps_per_sec", "elbo_examples_per_sec", "train_compile_seconds", "elbo_compile_seconds",
+           "train_flops_per_step", "train_flops_per_sec", "peak_flops_per_sec", "train_peak_fraction", "max_rss_mb")
+COMPARISON = ("train_speed_ratio", "elbo_speed_ratio", "peer_train_flops_per_sec", "peer_train_peak_fraction")
+
+
+def test_bench_smoke_run_writes_every_figure(tmp_path):
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench.py"), "--workloads=toy2d",
+                        "--seconds=1", "--nopeer", f"--out={out}"], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads(out.read_text())
+    assert {"command", "date", "machine", "env", "seconds", "peer_status", "workloads"} <= set(res)
+    assert "--nopeer" in res["peer_status"]
+    w = res["workloads"]["toy2d"]
+    d = w["diffvar"]
+    for key in FIGURES:
+        assert isinstance(d[key], (int, float)) and math.isfinite(d[key]) and d[key] > 0, (key, d[key])
+    assert d["batch"] == 512 and d["steps_per_call"] == 50 and d["model"].startswith("mlp hidden=128 depth=3")
+    assert w["peer"] is None and all(w[key] is None for key in COMPARISON)
+    assert "toy2d" in r.stdout and "diffvar" in r.stdout and f"wrote {out}" in r.stdout
