@@ -98,7 +98,7 @@ def flops_of(compiled):
     return float((ca or {}).get("flops", math.nan))
 
 
-def peak_flops(repeats=5):
+def peak_flops(repeats=10):
     """(best FLOP/s of an N x N fp32 jitted matmul over `repeats` timed calls, N)."""
     n = 2048 if jax.default_backend() == "cpu" else 8192
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
@@ -170,7 +170,8 @@ def measure_workload(name, seconds):
 def measure_ode(workdir="", train_steps=200, max_examples=0, rtol=1e-5, atol=1e-5):
     """Digits test-set ODE bpd wall time, through scripts/evaluate.py's code (estimate.split_batches,
     experiment.make_ode_fn, estimate.ode; the trace it picks for 'auto'): on the EMA parameters of the latest
-    checkpoint in `workdir` when given, else on configs/digits.py's model trained `train_steps` steps here."""
+    checkpoint in `workdir` when given, else on configs/digits.py's model trained `train_steps` steps here (its NFE,
+    and so its time, is then lower than a fully trained model's: pass a trained workdir for the real figure)."""
     mesh = distributed.make_mesh()
     if workdir:
         from diffvar import checkpoints
@@ -184,9 +185,9 @@ def measure_ode(workdir="", train_steps=200, max_examples=0, rtol=1e-5, atol=1e-
         step_fn = experiment.make_train_step(exp)
         for _ in range(train_steps):
             state, _ = step_fn(state, distributed.global_array(mesh, next(it)[None], P(None, "data")))
-        params = state.ema_params
-        model = (f"configs/digits.py model, freshly initialised and trained {train_steps} steps here "
-                 f"(EMA parameters)" if train_steps else "configs/digits.py model, freshly initialised")
+        params = state.params  # after a few hundred steps the EMA (decay 0.999) is still mostly the initialisation
+        model = (f"configs/digits.py model, freshly initialised and trained {train_steps} steps here (raw, not "
+                 f"EMA, parameters)" if train_steps else "configs/digits.py model, freshly initialised")
     e = exp.config.eval
     divergence = "exact" if exp.dim <= evaluate.EXACT_TRACE_MAX_DIM else "hutchinson"
     batch_size = estimate.batch_size(e.batch_size, max_examples, len(jax.devices()))
