@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import threading
+import time
 
 import jax
 import numpy as np
@@ -164,7 +165,7 @@ def restore_params(workdir, step="latest", mesh=None, warn=None):
         raise CheckpointError(f"no checkpoint in {ckpt_dir}: the directory does not exist (train first, or check "
                               f"--workdir)")
     abstract = experiment.abstract_state(exp, distributed.replicated(mesh or distributed.make_mesh()))
-    mngr = manager(workdir, read_only=True)
+    mngr = _listed(workdir)
     try:
         step = resolve_step(mngr, spec, ckpt_dir)
         if spec != "latest":
@@ -174,7 +175,7 @@ def restore_params(workdir, step="latest", mesh=None, warn=None):
             return exp, out["state"].ema_params, int(step), filled
         skipped = set()
         for _ in range(10):  # a trainer running in this workdir may delete old steps while we read
-            mngr.reload()
+            mngr = _listed(workdir, mngr)
             for step in sorted(set(mngr.all_steps()) - skipped, reverse=True):
                 out, problem = read(mngr, step, abstract, items=("state",))
                 if out is not None:
@@ -189,6 +190,23 @@ def restore_params(workdir, step="latest", mesh=None, warn=None):
                               + (f" (steps {_steps_list(sorted(skipped))})" if skipped else ""))
     finally:
         mngr.close()
+
+
+def _listed(workdir, mngr=None):
+    """A read-only manager that has listed the steps (a new one, or `mngr` reloaded), retried while a trainer
+    running in this workdir removes a step between orbax's listing of the directory and its stat of it."""
+    for _ in range(50):
+        try:
+            if mngr is None:
+                mngr = manager(workdir, read_only=True)
+            else:
+                mngr.reload()
+            mngr.all_steps()
+            return mngr
+        except FileNotFoundError:
+            time.sleep(0.02)
+    raise CheckpointError(f"cannot list the checkpoints in {directory(workdir)}: steps keep disappearing while "
+                          f"they are listed")
 
 
 def implausible(state):
