@@ -15,6 +15,8 @@ from absl import flags
 
 from diffvar import cli
 
+cli.tune_process()  # before jax starts: glibc's allocator settings and XLA flags (see diffvar/cli.py)
+
 flags.DEFINE_string("workdir", None, "Training workdir (holds config.json and checkpoints/).")
 flags.DEFINE_string("checkpoint_step", "latest", "Checkpoint to evaluate: a step number, 'latest' or 'best'.")
 flags.DEFINE_string("split", None, "Split to evaluate: train | test (default: the run's eval.split).")

@@ -17,6 +17,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from diffvar import cli
+
+cli.tune_process()  # before jax starts: glibc's allocator settings and XLA flags (see diffvar/cli.py)
 from diffvar.errors import OptionError
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py) declaring get_hyper.",
