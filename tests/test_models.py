@@ -12,7 +12,7 @@ from diffvar.models.unet import norm_channels
 from diffvar.models.param import PARAMETERISATIONS, make_score_fn, output_to_score, score_to_output
 from diffvar.sde import VESDE, VPSDE, SubVPSDE
 
-# Parameter counts of the PyTorch peer's workloads (the reference models in torch_peer.py), obtained once with torch 2.13.0 (CPU) by
+# Parameter counts of the PyTorch peer's workloads (the reference models in benchmarks/torch_peer.py), obtained once with torch 2.13.0 (CPU) by
 # `sum(p.numel() for p in WORKLOADS[name][0]().parameters())` (the "params" field that `python torch_peer.py
 # --workload NAME` prints). Hard-coded so these tests do not need torch.
 PEER_PARAMS = {"toy2d": 33794, "digits": 1001729, "mnist": 1539329, "cifar": 35746307}

@@ -9,7 +9,7 @@ Time: t [B] is scaled by `time_scale` (default 1000) before the sinusoidal embed
 timesteps and score_sde's continuous VP models do. The PyTorch reference embeds t in [0, 1] directly, where
 all but the fastest few frequencies barely move; the scale changes no parameter count.
 
-Parity: with time_scale=1 and the peer's weights copied in, the output matches torch_peer.UNet to ~1e-6
+Parity: with time_scale=1 and the peer's weights copied in, the output matches benchmarks/torch_peer.py's UNet to ~1e-6
 (checked once for the digits and mnist workloads); parameter counts match it exactly. Initialisation uses
 flax's defaults (LeCun-normal kernels, zero biases), not torch's, apart from the zero conv_out.
 """
