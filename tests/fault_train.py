@@ -24,6 +24,7 @@ async def rename(src, dst):
 
 
 async_path.rename = rename
+os.environ["DIFFVAR_TUNE"] = "0"  # no re-exec (cli.tune_process): it would start a process without the patch
 script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "train.py")
 sys.argv = [script] + sys.argv[2:]
 runpy.run_path(script, run_name="__main__")
