@@ -138,7 +138,10 @@ def elbo(score_fn, sde, x, rng, num_samples=1, form="ism", divergence="hutchinso
     if not (isinstance(num_samples, int) and num_samples >= 1):
         raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
     one = lambda k: _elbo_once(score_fn, sde, x, k, form, divergence, probe, time_sampling, t_eps)
-    return jnp.mean(jax.lax.map(one, jax.random.split(rng, num_samples)), axis=0)
+    keys = jax.random.split(rng, num_samples)
+    if num_samples == 1:  # no loop: XLA:CPU runs convolution gradients inside while loops on a naive kernel
+        return one(keys[0])
+    return jnp.mean(jax.lax.map(one, keys), axis=0)
 
 
 def ode_logp(score_fn, sde, x, rng, rtol=1e-5, atol=1e-5, divergence="exact", probe="rademacher",
