@@ -110,9 +110,9 @@ def elbo(compiled, params, key, batches, repeats=1, target_stderr=0.0, max_repea
                 progress.say("ELBO: pass %d, batch %d/%d, %.1f s", r + 1, i + 1, len(batches), time.time() - start)
         r += 1
         st = _stats(np.concatenate(total), np.concatenate(total_sq), r)
-        if r < repeats or not target_stderr:
-            if r < repeats:
-                continue
+        if r < repeats:
+            continue
+        if not target_stderr:
             break
         if st["stderr"] <= target_stderr:
             stop_reason = "target reached"

@@ -92,6 +92,11 @@ def test_files_stay_small():
     assert all(n < 400 for n in sizes.values()), {p: n for p, n in sizes.items() if n >= 400}
 
 
+# Pointers out of the repository, spelt in pieces so that this file does not contain them itself.
+OUTSIDE = tuple(a + b for a, b in (("DESIGN", ".md"), ("STYLE", ".md"), ("../", "shared"), ("/work/", "shared"),
+                                   ("sys.path", ".insert")))
+
+
 @pytest.mark.parametrize("folder", ["diffvar", "scripts", "configs", "tests", "docs", "benchmarks"])
 def test_nothing_points_outside_the_repository(folder):
     bad = []
@@ -99,6 +104,5 @@ def test_nothing_points_outside_the_repository(folder):
         for f in files:
             if f.endswith((".py", ".md")):
                 text = open(os.path.join(root, f)).read()
-                bad += [f"{f}: {w}" for w in ("DESIGN.md", "STYLE.md", "../shared", "/work/shared", "sys.path.insert")
-                        if w in text and not (f == "test_layers.py")]
+                bad += [f"{f}: {w}" for w in OUTSIDE if w in text]
     assert not bad, bad
