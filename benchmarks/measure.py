@@ -190,7 +190,7 @@ def measure_ode(workdir="", train_steps=200, max_examples=0, rtol=1e-5, atol=1e-
                  f"EMA, parameters)" if train_steps else "configs/digits.py model, freshly initialised")
     e = exp.config.eval
     divergence = "exact" if exp.dim <= evaluate.EXACT_TRACE_MAX_DIM else "hutchinson"
-    batch_size = estimate.batch_size(e.batch_size, max_examples, len(jax.devices()))
+    batch_size = estimate.batch_size(e.batch_size, max_examples, len(jax.devices()), exp.info.size("test"))
     batches = estimate.split_batches(exp, mesh, "test", batch_size, max_examples)
     key = estimate.pass_key(exp.config.seed + 1, 0, "ode")
     fn = experiment.make_ode_fn(exp, rtol, atol, divergence, e.probe)

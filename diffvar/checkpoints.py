@@ -56,7 +56,8 @@ def save(mngr, state, data_state, meta):
 
 def restore(mngr, step, abstract_state=None, items=ITEMS):
     """{item: value} of the checkpoint at `step`; the state takes the shapes and shardings of abstract_state
-    (None: as saved, on the default device)."""
+    (experiment.abstract_state: on this process's devices, however many wrote it; None: as saved, which
+    fails unless the devices are the same)."""
     args = {"state": ocp.args.StandardRestore(abstract_state), "data": ocp.args.JsonRestore(),
             "meta": ocp.args.JsonRestore()}
     return dict(mngr.restore(step, args=ocp.args.Composite(**{k: args[k] for k in items})))

@@ -179,7 +179,8 @@ def validate(config, num_devices=1):
                           f"{t.num_steps} with optim.schedule='cosine'")
     for key in ("training.batch_size", "eval.batch_size"):
         if get(config, key) % num_devices:
-            raise ConfigError(f"{key}={get(config, key)} must be divisible by the number of devices ({num_devices})")
+            raise ConfigError(f"{key}={get(config, key)} must be divisible by the number of devices ({num_devices}; "
+                              f"on CPU the environment variable JAX_NUM_CPU_DEVICES sets it)")
     k = t.steps_per_call
     for key in ("training.num_steps", "training.log_every", "training.ckpt_every", "eval.every", "sampling.every"):
         if get(config, key) % k:

@@ -30,9 +30,12 @@ def pass_key(seed, step, name):
     return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), step), PASSES.index(name))
 
 
-def batch_size(configured, max_examples, num_devices):
-    """The evaluation batch: the configured one, no larger than max_examples, rounded up to the device count."""
-    b = min(configured, max_examples) if max_examples else configured
+def batch_size(configured, max_examples, num_devices, num_examples=0):
+    """The evaluation batch for a pass over num_examples (the split's size; 0: unknown), or its first
+    max_examples: the fewest batches of at most `configured` that cover them, made equal in size, rounded up
+    to the device count. 297 digits test examples at 256: 2 batches of 150 (300 computed, not 2 x 256)."""
+    n = min([k for k in (num_examples, max_examples) if k], default=0)
+    b = -(-n // -(-n // configured)) if n else configured
     return -(-b // num_devices) * num_devices
 
 

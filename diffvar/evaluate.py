@@ -92,7 +92,7 @@ def run_eval(workdir, step="latest", *, split=None, forms=("ism", "dsm"), repeat
     probe, divergence = probe or e.probe, divergence or e.divergence
     seed = exp.config.seed + 1 if seed is None else seed
     forms = tuple(dict.fromkeys(FORMS if "both" in forms else forms))
-    batch_size = batch_size or estimate.batch_size(e.batch_size, max_examples, ndev)
+    batch_size = batch_size or estimate.batch_size(e.batch_size, max_examples, ndev, exp.info.size(split))
     check_options(split=split, forms=forms, repeats=repeats, probe=probe, divergence=divergence,
                   batch_size=batch_size, **options)  # the values taken from the run's config
     unit = exp.unit

@@ -69,6 +69,10 @@ def run(exp, workdir):
         best_metric = meta.get("best_metric")
         logs.say("resumed from step %d in %s", int(state.step), workdir)
     step = int(state.step)
+    if chief and step == 0:
+        d = jax.devices()
+        logs.say("training %s for %d steps on %d %s device(s) in %d process(es), batch %d", config.model.name,
+                 t_cfg.num_steps, len(d), d[0].platform, jax.process_count(), t_cfg.batch_size)
     log = logs.MetricsLog(workdir, step)
     unit = exp.unit
     last_eval = log.last(f"test_{unit}")
@@ -77,7 +81,7 @@ def run(exp, workdir):
     # Built once: the periodic evaluation reuses its compiled ELBO function and its test batches.
     train_call = experiment.make_train_step(exp)
     eval_batches = estimate.split_batches(exp, mesh, e_cfg.split, estimate.batch_size(
-        e_cfg.batch_size, e_cfg.max_examples, len(jax.devices())), e_cfg.max_examples)
+        e_cfg.batch_size, e_cfg.max_examples, len(jax.devices()), exp.info.size(e_cfg.split)), e_cfg.max_examples)
     elbo_fn = experiment.make_elbo_fn(exp, e_cfg.form, e_cfg.time_sampling, e_cfg.probe, e_cfg.divergence)
     compiled_elbo = None
     exact = estimate.exact_nll(exp, eval_batches)

@@ -93,11 +93,13 @@ def params_at(workdir, step=None):
     import jax
     import numpy as np
 
-    from diffvar import checkpoints
+    from diffvar import checkpoints, distributed, experiment
+    exp, _ = checkpoints.load_experiment(workdir)  # onto this process's devices, however many saved it
+    abstract = experiment.abstract_state(exp, distributed.replicated(distributed.make_mesh()))
     mngr = checkpoints.manager(workdir, read_only=True)
     step = mngr.latest_step() if step is None else step
-    state = checkpoints.restore(mngr, step, items=("state",))["state"]
-    return step, jax.tree.map(np.asarray, state["params"])
+    state = checkpoints.restore(mngr, step, abstract, items=("state",))["state"]
+    return step, jax.tree.map(np.asarray, state.params)
 
 
 def assert_same_params(a, b):

@@ -219,3 +219,16 @@ def test_option_checks_name_the_flag():
         checkpoints.parse_step("first")
     assert checkpoints.parse_step("Best") == "best" and checkpoints.parse_step("300") == 300
     assert math.isfinite(checkpoints.MAX_PARAM_MAGNITUDE)
+
+
+def test_evaluation_batches_split_the_examples_evenly():
+    """The fewest batches of at most the configured size, equal in size, rounded up to the device count."""
+    assert estimate.batch_size(256, 0, 1, 297) == 149      # 2 batches (298 computed), not 2 x 256
+    assert estimate.batch_size(256, 0, 2, 297) == 150
+    assert estimate.batch_size(256, 0, 1, 512) == 256
+    assert estimate.batch_size(256, 100, 2, 297) == 100    # max_examples caps the pass
+    assert estimate.batch_size(8192, 1024, 1, 8192) == 1024
+    assert estimate.batch_size(256, 0, 4, 0) == 256        # split size unknown: the configured batch
+    for n in range(1, 700, 7):
+        b = estimate.batch_size(256, 0, 2, n)
+        assert b <= 256 + 1 and b % 2 == 0 and -(-n // b) == -(-n // 256), (n, b)

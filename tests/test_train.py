@@ -159,7 +159,7 @@ def test_non_finite_loss_stops_without_a_checkpoint(tmp_path, monkeypatch):
     ({"objective.name": "vlb"}, r"objective.name='vlb'.*dsm_is"),
     ({"optim.lr": -1e-3}, r"optim.lr=-0.001 must be a number > 0"),
     ({"eval.split": "validation"}, r"eval.split='validation'.*test"),
-    ({"training.batch_size": 513}, r"training.batch_size=513 must be divisible by the number of devices \(2\)"),
+    ({"training.batch_size": 513}, r"training.batch_size=513 must be divisible by the number of devices \(2; on CPU"),
     ({"training.ckpt_every": 15}, r"training.ckpt_every=15 must be a multiple of training.steps_per_call=10"),
     ({"sampling.lam": 1.5}, r"sampling.lam=1.5 must be a number in \[0, 1\]"),
     ({"model.ch": 0}, r"model.ch=0 must be an integer >= 2"),

@@ -58,6 +58,10 @@ class DataInfo:
     num_test: int
     exact_logp: Callable | None = None
 
+    def size(self, split):
+        """The number of examples in `split` ('train' or 'test')."""
+        return {"train": self.num_train, "test": self.num_test}[split]
+
 
 # ----------------------------------------------------------------------------- config
 
