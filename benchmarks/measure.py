@@ -32,7 +32,7 @@ from jax.sharding import PartitionSpec as P
 
 from diffvar import config as config_lib
 from diffvar import data as data_lib
-from diffvar import distributed, estimate, experiment, evaluate
+from diffvar import cli, distributed, estimate, experiment, evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # workload -> (config file, overrides, synthetic data (shape, levels) or None for the dataset's own batches).
@@ -217,6 +217,7 @@ def main():
     p.add_argument("--ode_train_steps", type=int, default=200, help="without --ode_workdir: steps trained first")
     p.add_argument("--ode_max_examples", type=int, default=0, help="only the first N test examples (0: all)")
     args = p.parse_args()
+    cli.use_cpu_devices()  # as the scripts do: one CPU device per core (at most 2) under bench.py's tuning
     if args.ode:
         out = measure_ode(args.ode_workdir, args.ode_train_steps, args.ode_max_examples)
     else:

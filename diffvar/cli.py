@@ -57,13 +57,18 @@ def cpu_devices():
     return min(len(os.sched_getaffinity(0)), MAX_CPU_DEVICES)
 
 
-def initialize():
-    """Sets the CPU device count (cpu_devices()), then joins the multi-host run the flags describe (nothing
-    to do without --coordinator_address). Before anything else uses jax."""
+def use_cpu_devices():
+    """Makes jax create cpu_devices() CPU devices (when not 0). Before anything initialises jax's backends."""
     import jax  # not before tune_process() has run
-    from diffvar import distributed
     if cpu_devices():
         jax.config.update("jax_num_cpu_devices", cpu_devices())
+
+
+def initialize():
+    """use_cpu_devices(), then joins the multi-host run the flags describe (nothing to do without
+    --coordinator_address). Before anything else uses jax."""
+    use_cpu_devices()
+    from diffvar import distributed
     f = flags.FLAGS
     distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
 

@@ -151,7 +151,8 @@ def ode_logp(score_fn, sde, x, rng, rtol=1e-5, atol=1e-5, divergence="exact", pr
     log p(x) = log p_prior(y_T) + int_{t_min}^T div(f - g^2 score / 2)(y_s, s) ds, solved by
     sampling.solve_adaptive (Tsit5, PID step-size control) for the whole batch at once. With
     divergence="hutchinson" one probe per example is drawn and held fixed along the path (FFJORD). NFE counts
-    the drift evaluations of the solver (6 per attempted Tsit5 step plus the first, by FSAL).
+    the drift evaluations of the solver (6 per attempted Tsit5 step plus the first, by FSAL); it is -1 when
+    the solver needed more than max_steps steps (the log p values are then meaningless).
     `prior_logp(y_T) -> [B]` replaces the SDE's prior, e.g. by the exact p_T of a test mixture, which removes
     the (tiny) prior mismatch from the comparison.
     """
@@ -167,7 +168,7 @@ def ode_logp(score_fn, sde, x, rng, rtol=1e-5, atol=1e-5, divergence="exact", pr
                                     divergence=divergence, v=v)
 
     (y_T, delta), nfe = solve_adaptive(vector_field, (x, jnp.zeros((b,), x.dtype)), t_min, sde.T, rtol, atol,
-                                       max_steps)
+                                       max_steps, throw=False)
     return (sde.prior_logp if prior_logp is None else prior_logp)(y_T) + delta, nfe
 
 

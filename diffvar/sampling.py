@@ -90,19 +90,21 @@ def probability_flow_drift(score_fn, sde, y, t):
     return lambda_drift(score_fn, sde, y, t, 1.0)
 
 
-def solve_adaptive(vector_field, y0, t0, t1, rtol, atol, max_steps=4096):
+def solve_adaptive(vector_field, y0, t0, t1, rtol, atol, max_steps=4096, throw=True):
     """Solves dy/ds = vector_field(s, y) from s = t0 to t1 (either direction), y any pytree of arrays.
 
     Tsit5 with a PID step-size controller (diffrax), the whole pytree as one system (one error norm over all
     of it). Returns (y(t1), nfe): nfe counts the vector-field evaluations, 6 per attempted step plus the
-    first (FSAL), an int32 scalar array. Raises (inside the solve) after `max_steps` steps.
+    first (FSAL), an int32 scalar array. After `max_steps` steps it raises (inside the solve), or with
+    throw=False returns nfe = -1 (no host callback in the program: nothing to partition over devices).
     """
     rtol, atol = _check_tol("rtol", rtol), _check_tol("atol", atol)
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(lambda s, y, args: vector_field(s, y)), diffrax.Tsit5(), t0=t0, t1=t1, dt0=None, y0=y0,
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-        max_steps=max_steps, saveat=diffrax.SaveAt(t1=True))
-    return jax.tree_util.tree_map(lambda a: a[0], sol.ys), 6 * sol.stats["num_steps"] + 1
+        max_steps=max_steps, saveat=diffrax.SaveAt(t1=True), throw=throw)
+    nfe = jnp.where(sol.result == diffrax.RESULTS.successful, 6 * sol.stats["num_steps"] + 1, -1)
+    return jax.tree_util.tree_map(lambda a: a[0], sol.ys), nfe
 
 
 # ----------------------------------------------------------------------------------------------

@@ -232,3 +232,19 @@ def test_evaluation_batches_split_the_examples_evenly():
     for n in range(1, 700, 7):
         b = estimate.batch_size(256, 0, 2, n)
         assert b <= 256 + 1 and b % 2 == 0 and -(-n // b) == -(-n // 256), (n, b)
+
+
+def test_an_ode_solve_that_runs_out_of_steps_is_one_solver_error(run):
+    """likelihood.ode_logp marks a solve past max_steps with NFE -1 (no host callback inside the program);
+    estimate.ode turns it into a SolverError, the one line scripts/evaluate.py prints."""
+    from diffvar.errors import SolverError
+    exp, params, _, _ = checkpoints.restore_params(run)
+    batches = estimate.split_batches(exp, distributed.make_mesh(), "test", 64, 64)
+    key = jax.random.PRNGKey(0)
+    fn = estimate.compile(experiment.make_ode_fn(exp, rtol=1e-5, atol=1e-5, max_steps=3), params, batches[0][0],
+                          key)[0]
+    assert int(fn(params, batches[0][0], key)[1]) == -1
+    with pytest.raises(SolverError, match="more than 3 steps"):
+        estimate.ode(fn, params, key, batches, max_steps=3)
+    ok = estimate.compile(experiment.make_ode_fn(exp, rtol=1e-5, atol=1e-5), params, batches[0][0], key)[0]
+    assert estimate.ode(ok, params, key, batches)["nfe"] > 6 * 3 + 1

@@ -96,6 +96,32 @@ def test_sigkill_at_any_moment_then_resume_is_bitwise_identical(tmp_path):
     assert losses(killed) == losses(ref)
 
 
+def test_scripts_make_one_cpu_device_per_core(tmp_path, monkeypatch):
+    """Under the scripts' tuning a batch is split over one CPU device per usable core, at most
+    cli.MAX_CPU_DEVICES; the user's own choice, or DIFFVAR_TUNE=0, leaves jax's default of one."""
+    from diffvar import cli
+    expected = min(len(os.sched_getaffinity(0)), cli.MAX_CPU_DEVICES)
+    r = run_script(str(tmp_path / "run"), "--config.training.num_steps=10", "--config.training.log_every=10",
+                   "--config.training.ckpt_every=10", "--config.eval.every=0")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"on {expected} cpu device(s) in 1 process(es)" in r.stdout.splitlines()[0], r.stdout
+    for key in ("JAX_NUM_CPU_DEVICES", "XLA_FLAGS"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("DIFFVAR_TUNE", "done")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert cli.cpu_devices() == cli.MAX_CPU_DEVICES
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})  # a sweep trial pinned to one core
+    assert cli.cpu_devices() == 1
+    monkeypatch.setenv("JAX_NUM_CPU_DEVICES", "4")
+    assert cli.cpu_devices() == 0
+    monkeypatch.delenv("JAX_NUM_CPU_DEVICES")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=3")
+    assert cli.cpu_devices() == 0
+    monkeypatch.setenv("XLA_FLAGS", "")
+    monkeypatch.setenv("DIFFVAR_TUNE", "0")
+    assert cli.cpu_devices() == 0
+
+
 def test_sigterm_saves_and_exits_zero(tmp_path):
     workdir = str(tmp_path / "run")
     proc = start_training(workdir, "--config.training.num_steps=100000", until="step 20/")
