@@ -131,7 +131,8 @@ def table(res):
     for name, w in res["workloads"].items():
         d = w.get("diffvar")
         if d:
-            out.append(f"{name}: {d['model']}, batch {d['batch']}, {d['steps_per_call']} step(s)/call; data: "
+            out.append(f"{name}: {d['model']}, batch {d['batch']} over {d['num_devices']} {d['backend']} device(s), "
+                       f"{d['steps_per_call']} step(s)/call; data: "
                        f"{d['data']}; fp32 peak {d['peak_flops_per_sec'] / 1e9:.1f} GFLOP/s "
                        f"({d['peak_matmul_size']}^2 matmul)")
     out.append("% peak: train FLOP/s (XLA cost analysis of diffvar's step x steps/s; the peer's at the same FLOP "

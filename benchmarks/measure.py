@@ -10,8 +10,9 @@ What is timed is what users run, built from a config by diffvar.experiment.build
 - elbo: experiment.make_elbo_fn(exp, "ism", "uniform", "rademacher", "hutchinson"), the evaluation's function
   (dequantization, one-probe ISM ELBO, bpd), at the workload's batch (the peer's), for seconds / 2;
 - compile seconds of each, apart (AOT: fn.lower(...).compile());
-- FLOPs of one train step from XLA's cost analysis of the compiled step (for steps_per_call > 1 of a separate
-  steps_per_call = 1 compile: the analysis counts a loop body once), achieved FLOP/s = FLOPs x steps/s, and
+- FLOPs of one train step from XLA's cost analysis of the compiled step times the number of devices (the
+  analysis is of one device's program; for steps_per_call > 1 of a separate steps_per_call = 1 compile: the
+  analysis counts a loop body once), achieved FLOP/s = FLOPs x steps/s, and
   the peak: the best of several default-precision fp32 N x N jitted matmuls (N = 2048 on CPU, 8192 else);
 - peak resident memory of this process (ru_maxrss).
 """
@@ -132,6 +133,7 @@ def measure_workload(name, seconds):
     if k > 1:
         one = distributed.global_array(mesh, host[:1], P(None, "data"))
         flops_step = flops_of(step_fn.lower(state, one).compile())
+    flops_step *= mesh.size  # the analysis is of one device's program (its share of the batch)
     holder = {"state": state}
 
     def do_train():
