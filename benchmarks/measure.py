@@ -219,7 +219,8 @@ def main():
     p.add_argument("--ode_train_steps", type=int, default=200, help="without --ode_workdir: steps trained first")
     p.add_argument("--ode_max_examples", type=int, default=0, help="only the first N test examples (0: all)")
     args = p.parse_args()
-    cli.use_cpu_devices()  # as the scripts do: one CPU device per core (at most 2) under bench.py's tuning
+    # as the scripts do under bench.py's tuning: one CPU device per core (at most 2) for U-Nets
+    cli.use_cpu_devices("unet" if args.ode else workload_config(args.workload).model.name)
     if args.ode:
         out = measure_ode(args.ode_workdir, args.ode_train_steps, args.ode_max_examples)
     else:

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -19,8 +20,10 @@ from diffvar.errors import DiffvarError, OptionError
 TUNED_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
 TUNED_XLA_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-reduce"
 # XLA:CPU keeps only about 1.3 of 2 cores busy running one U-Net program. Splitting every batch over one CPU
-# device per core (data parallel, as over GPUs) keeps both busy. Measured on 2 cores only, hence the cap.
+# device per core (data parallel, as over GPUs) keeps both busy. Measured on 2 cores only, hence the cap; the
+# MLPs of the 2-D toys are dispatch-bound: no gain measured (within the noise), so they keep one device.
 MAX_CPU_DEVICES = 2
+SPLIT_MODELS = ("unet",)
 
 
 def tune_process():
@@ -46,28 +49,38 @@ def define_multihost_flags():
     flags.DEFINE_integer("process_id", 0, "Multi-host: this process's index.")
 
 
-def cpu_devices():
-    """How many CPU devices a tuned process makes: one per core it may run on, at most MAX_CPU_DEVICES; 0
-    (jax's default, one) when untuned or when the user chose (JAX_NUM_CPU_DEVICES, or XLA_FLAGS'
-    --xla_force_host_platform_device_count). A batch is then split over them: batch sizes must divide."""
+def cpu_devices(model):
+    """How many CPU devices a tuned process makes for a `model` (config model.name): for SPLIT_MODELS one per
+    core it may run on, at most MAX_CPU_DEVICES; else 0 (jax's default, one), as when untuned or when the user
+    chose (JAX_NUM_CPU_DEVICES, or XLA_FLAGS' --xla_force_host_platform_device_count). A batch is then split
+    over them: batch sizes must divide."""
     env = os.environ
-    if env.get("DIFFVAR_TUNE") != "done" or "JAX_NUM_CPU_DEVICES" in env or \
+    if model not in SPLIT_MODELS or env.get("DIFFVAR_TUNE") != "done" or "JAX_NUM_CPU_DEVICES" in env or \
             "xla_force_host_platform_device_count" in env.get("XLA_FLAGS", ""):
         return 0
     return min(len(os.sched_getaffinity(0)), MAX_CPU_DEVICES)
 
 
-def use_cpu_devices():
-    """Makes jax create cpu_devices() CPU devices (when not 0). Before anything initialises jax's backends."""
+def use_cpu_devices(model):
+    """Makes jax create cpu_devices(model) CPU devices (when not 0). Before anything initialises jax."""
     import jax  # not before tune_process() has run
-    if cpu_devices():
-        jax.config.update("jax_num_cpu_devices", cpu_devices())
+    if cpu_devices(model):
+        jax.config.update("jax_num_cpu_devices", cpu_devices(model))
 
 
-def initialize():
-    """use_cpu_devices(), then joins the multi-host run the flags describe (nothing to do without
+def model_of(workdir):
+    """model.name in workdir/config.json, or None when it cannot be read (the program reports that later)."""
+    try:
+        with open(os.path.join(workdir, "config.json")) as f:
+            return json.load(f)["model"]["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def initialize(model):
+    """use_cpu_devices(model), then joins the multi-host run the flags describe (nothing to do without
     --coordinator_address). Before anything else uses jax."""
-    use_cpu_devices()
+    use_cpu_devices(model)
     from diffvar import distributed
     f = flags.FLAGS
     distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)

@@ -45,7 +45,7 @@ FLAGS = flags.FLAGS
 
 
 def main():
-    cli.initialize()
+    cli.initialize(cli.model_of(FLAGS.workdir))
     from diffvar import distributed, evaluate
     res = evaluate.run_eval(
         FLAGS.workdir, FLAGS.checkpoint_step, split=FLAGS.split, forms=(FLAGS.form,), repeats=FLAGS.repeats,

@@ -21,7 +21,7 @@ FLAGS = flags.FLAGS
 
 
 def main():
-    cli.initialize()
+    cli.initialize(FLAGS.config.model.name)
     from diffvar import distributed, train
     summary = train.train(FLAGS.config, FLAGS.workdir)
     if distributed.is_chief() and not summary.get("interrupted"):

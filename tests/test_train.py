@@ -101,25 +101,29 @@ def test_scripts_make_one_cpu_device_per_core(tmp_path, monkeypatch):
     cli.MAX_CPU_DEVICES; the user's own choice, or DIFFVAR_TUNE=0, leaves jax's default of one."""
     from diffvar import cli
     expected = min(len(os.sched_getaffinity(0)), cli.MAX_CPU_DEVICES)
-    r = run_script(str(tmp_path / "run"), "--config.training.num_steps=10", "--config.training.log_every=10",
-                   "--config.training.ckpt_every=10", "--config.eval.every=0")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert f"on {expected} cpu device(s) in 1 process(es)" in r.stdout.splitlines()[0], r.stdout
+    for config, flags, n in [("digits", ["--config.training.num_steps=2", "--config.optim.warmup_steps=1",
+                                         "--config.training.log_every=2", "--config.training.ckpt_every=2",
+                                         "--config.eval.final_repeats=1", "--config.sampling.num=2",
+                                         "--config.sampling.steps=2", "--config.eval.max_examples=8"], expected),
+                             ("gmm2d", [], 1)]:  # the toys' MLPs keep one device
+        r = train_script(str(tmp_path / config), *flags, config=config)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"on {n} cpu device(s) in 1 process(es)" in r.stdout.splitlines()[0], r.stdout
     for key in ("JAX_NUM_CPU_DEVICES", "XLA_FLAGS"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("DIFFVAR_TUNE", "done")
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
-    assert cli.cpu_devices() == cli.MAX_CPU_DEVICES
+    assert cli.cpu_devices("unet") == cli.MAX_CPU_DEVICES and cli.cpu_devices("mlp") == 0
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})  # a sweep trial pinned to one core
-    assert cli.cpu_devices() == 1
+    assert cli.cpu_devices("unet") == 1
     monkeypatch.setenv("JAX_NUM_CPU_DEVICES", "4")
-    assert cli.cpu_devices() == 0
+    assert cli.cpu_devices("unet") == 0
     monkeypatch.delenv("JAX_NUM_CPU_DEVICES")
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=3")
-    assert cli.cpu_devices() == 0
+    assert cli.cpu_devices("unet") == 0
     monkeypatch.setenv("XLA_FLAGS", "")
     monkeypatch.setenv("DIFFVAR_TUNE", "0")
-    assert cli.cpu_devices() == 0
+    assert cli.cpu_devices("unet") == 0
 
 
 def test_sigterm_saves_and_exits_zero(tmp_path):
