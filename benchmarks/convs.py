@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 from diffvar import cli
 
@@ -20,20 +19,10 @@ cli.tune_process()
 
 import jax  # noqa: E402  (after the re-exec above)
 import jax.numpy as jnp  # noqa: E402
+from measure import rate  # noqa: E402  (benchmarks/measure.py: calls per second after two warm-up calls)
 
 # (batch, height = width, Cin, Cout): the digits (8x8, 4x4) and MNIST (28x28, 14x14) U-Nets' convolutions.
 SHAPES = [(64, 28, 32, 32), (64, 28, 64, 64), (64, 14, 64, 64), (64, 8, 32, 32), (64, 8, 64, 64), (64, 4, 128, 64)]
-
-
-def timed(fn, seconds):
-    """Seconds per call of fn() over `seconds` of wall time, after two warm-up calls."""
-    fn()
-    fn()
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        fn()
-        n += 1
-    return (time.perf_counter() - start) / n
 
 
 def jax_conv(shape, seconds):
@@ -43,7 +32,7 @@ def jax_conv(shape, seconds):
     conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
                                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
     f = jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(conv(x, w) ** 2), argnums=(0, 1)))
-    return timed(lambda: jax.block_until_ready(f(x, w)), seconds)
+    return 1.0 / rate(lambda: jax.block_until_ready(f(x, w)), seconds)
 
 
 def torch_conv(shape, seconds):
@@ -55,7 +44,7 @@ def torch_conv(shape, seconds):
     def step():
         x.grad = w.grad = None
         (torch.nn.functional.conv2d(x, w, padding=1) ** 2).sum().backward()
-    return timed(step, seconds)
+    return 1.0 / rate(step, seconds)
 
 
 def main():
