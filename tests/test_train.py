@@ -105,7 +105,7 @@ def test_scripts_make_one_cpu_device_per_core(tmp_path, monkeypatch):
                                          "--config.training.log_every=2", "--config.training.ckpt_every=2",
                                          "--config.eval.final_repeats=1", "--config.sampling.num=2",
                                          "--config.sampling.steps=2", "--config.eval.max_examples=8"], expected),
-                             ("gmm2d", [], 1)]:  # the toys' MLPs keep one device
+                             ("gmm2d", ["--config.training.num_steps=20"], 1)]:  # the toys' MLPs keep one device
         r = train_script(str(tmp_path / config), *flags, config=config)
         assert r.returncode == 0, r.stdout + r.stderr
         assert f"on {n} cpu device(s) in 1 process(es)" in r.stdout.splitlines()[0], r.stdout
