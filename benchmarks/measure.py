@@ -120,6 +120,7 @@ def max_rss_mb():
 def measure_workload(name, seconds):
     """The diffvar figures of one workload (see the module docstring)."""
     config = workload_config(name)
+    cli.use_cpu_devices(config.model.name)  # as the scripts do (under bench.py's tuning): before jax starts
     synthetic = WORKLOADS[name][2]
     exp = build_synthetic(config, *synthetic) if synthetic else experiment.build(config)
     mesh = distributed.make_mesh()
@@ -174,6 +175,7 @@ def measure_ode(workdir="", train_steps=200, max_examples=0, rtol=1e-5, atol=1e-
     experiment.make_ode_fn, estimate.ode; the trace it picks for 'auto'): on the EMA parameters of the latest
     checkpoint in `workdir` when given, else on configs/digits.py's model trained `train_steps` steps here (its NFE,
     and so its time, is then lower than a fully trained model's: pass a trained workdir for the real figure)."""
+    cli.use_cpu_devices("unet")  # the digits U-Net, as scripts/evaluate.py does: before jax starts
     mesh = distributed.make_mesh()
     if workdir:
         from diffvar import checkpoints
@@ -219,8 +221,6 @@ def main():
     p.add_argument("--ode_train_steps", type=int, default=200, help="without --ode_workdir: steps trained first")
     p.add_argument("--ode_max_examples", type=int, default=0, help="only the first N test examples (0: all)")
     args = p.parse_args()
-    # as the scripts do under bench.py's tuning: one CPU device per core (at most 2) for U-Nets
-    cli.use_cpu_devices("unet" if args.ode else workload_config(args.workload).model.name)
     if args.ode:
         out = measure_ode(args.ode_workdir, args.ode_train_steps, args.ode_max_examples)
     else:

@@ -64,8 +64,9 @@ def cpu_devices(model):
 def use_cpu_devices(model):
     """Makes jax create cpu_devices(model) CPU devices (when not 0). Before anything initialises jax."""
     import jax  # not before tune_process() has run
-    if cpu_devices(model):
-        jax.config.update("jax_num_cpu_devices", cpu_devices(model))
+    n = cpu_devices(model)
+    if n:
+        jax.config.update("jax_num_cpu_devices", n)
 
 
 def model_of(workdir):
