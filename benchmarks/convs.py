@@ -16,6 +16,7 @@ import json
 from diffvar import cli
 
 cli.tune_process()
+cli.use_xla_flags("unet")  # the U-Nets' XLA flags (one device)
 
 import jax  # noqa: E402  (after the re-exec above)
 import jax.numpy as jnp  # noqa: E402

@@ -15,10 +15,13 @@ from diffvar.errors import DiffvarError, OptionError
 
 
 # glibc reads MALLOC_* only when a process starts: without these it maps and unmaps XLA's per-call temporary
-# buffer (66 MB for the digits step) on every call. XLA:CPU's YNNPACK fusions are faster without reductions
-# (GroupNorm's) on this jaxlib. What each bought is measured in the README's Performance section.
+# buffer (66 MB for the digits step) on every call. What each setting bought is measured in the README's
+# Performance section.
 TUNED_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
-TUNED_XLA_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-reduce"
+# XLA:CPU's YNNPACK fusion types per model (--xla_cpu_experimental_ynn_fusion_type): the U-Nets run faster
+# without YNN's reductions (GroupNorm's); the MLPs' small matmuls run faster on XLA's own multi-threaded dot
+# than on YNN's, so they keep only YNN's elementwise fusions.
+YNN_FUSION_TYPES = {"unet": "-reduce", "mlp": "eltwise"}
 # XLA:CPU keeps only about 1.3 of 2 cores busy running one U-Net program. Splitting every batch over one CPU
 # device per core (data parallel, as over GPUs) keeps both busy. Measured on 2 cores only, hence the cap; the
 # MLPs of the 2-D toys are dispatch-bound: no gain measured (within the noise), so they keep one device.
@@ -27,15 +30,14 @@ SPLIT_MODELS = ("unet",)
 
 
 def tune_process():
-    """Re-executes this program once with TUNED_ENV and TUNED_XLA_FLAG added to its environment (values the
-    user set win). DIFFVAR_TUNE=0 turns it off. Call it first thing in a script, before jax is imported."""
+    """Re-executes this program once with TUNED_ENV added to its environment (values the user set win); then
+    use_xla_flags and use_cpu_devices add the model's settings. DIFFVAR_TUNE=0 turns all of it off. Call it
+    first thing in a script, before jax is imported."""
     env = dict(os.environ)
     if env.get("DIFFVAR_TUNE") in ("0", "done"):
         return
     for key, value in TUNED_ENV.items():
         env.setdefault(key, value)
-    if "xla_cpu_experimental_ynn_fusion_type" not in env.get("XLA_FLAGS", ""):
-        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {TUNED_XLA_FLAG}".strip()
     env["DIFFVAR_TUNE"] = "done"
     sys.stdout.flush()
     sys.stderr.flush()
@@ -61,6 +63,16 @@ def cpu_devices(model):
     return min(len(os.sched_getaffinity(0)), MAX_CPU_DEVICES)
 
 
+def use_xla_flags(model):
+    """In a tuned process, before anything initialises jax: XLA_FLAGS gets the YNN fusion types of `model`
+    (config model.name), unless the user set them."""
+    xla_flags = os.environ.get("XLA_FLAGS", "")
+    if os.environ.get("DIFFVAR_TUNE") == "done" and model in YNN_FUSION_TYPES and \
+            "xla_cpu_experimental_ynn_fusion_type" not in xla_flags:
+        flag = f"--xla_cpu_experimental_ynn_fusion_type={YNN_FUSION_TYPES[model]}"
+        os.environ["XLA_FLAGS"] = f"{xla_flags} {flag}".strip()
+
+
 def use_cpu_devices(model):
     """Makes jax create cpu_devices(model) CPU devices (when not 0). Before anything initialises jax."""
     import jax  # not before tune_process() has run
@@ -79,8 +91,9 @@ def model_of(workdir):
 
 
 def initialize(model):
-    """use_cpu_devices(model), then joins the multi-host run the flags describe (nothing to do without
-    --coordinator_address). Before anything else uses jax."""
+    """use_xla_flags(model) and use_cpu_devices(model), then joins the multi-host run the flags describe
+    (nothing to do without --coordinator_address). Before anything else uses jax."""
+    use_xla_flags(model)
     use_cpu_devices(model)
     from diffvar import distributed
     f = flags.FLAGS

@@ -43,6 +43,7 @@ def main():
     else:
         check_number("--lam", FLAGS.lam, 0, 1, error=OptionError)
         check_number("--steps", FLAGS.steps, 1, integer=True, error=OptionError)
+    cli.use_xla_flags(cli.model_of(FLAGS.workdir))  # one device: sample counts need not divide
     import jax
     import numpy as np
     from diffvar import checkpoints, logs, samples

@@ -2,6 +2,8 @@
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import jax
@@ -124,6 +126,31 @@ def test_scripts_make_one_cpu_device_per_core(tmp_path, monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "")
     monkeypatch.setenv("DIFFVAR_TUNE", "0")
     assert cli.cpu_devices("unet") == 0
+
+
+def test_scripts_give_xla_the_models_ynn_fusion_types(monkeypatch):
+    """cli.use_xla_flags(model), called before jax starts, reaches the compiled program: a convolution runs in a
+    YNNPACK fusion under the U-Nets' types and not under the MLPs' (elementwise only); the user's choice wins."""
+    from diffvar import cli
+    program = ("import os, sys; os.environ['DIFFVAR_TUNE'] = 'done'; from diffvar import cli; "
+               "cli.use_xla_flags(sys.argv[1]); import jax, jax.numpy as jnp; "
+               "conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME', "
+               "dimension_numbers=('NHWC', 'HWIO', 'NHWC')); "
+               "print('ynn' in jax.jit(conv).lower(jnp.ones((8, 8, 8, 32)), jnp.ones((3, 3, 32, 32))).compile()"
+               ".as_text(), os.environ['XLA_FLAGS'])")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    for model, ynn in [("unet", True), ("mlp", False)]:
+        r = subprocess.run([sys.executable, "-c", program, model], env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == [str(ynn), f"--xla_cpu_experimental_ynn_fusion_type={cli.YNN_FUSION_TYPES[model]}"]
+    monkeypatch.setenv("DIFFVAR_TUNE", "done")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")
+    cli.use_xla_flags("mlp")
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type="
+    monkeypatch.setenv("DIFFVAR_TUNE", "0")
+    monkeypatch.setenv("XLA_FLAGS", "")
+    cli.use_xla_flags("unet")
+    assert os.environ["XLA_FLAGS"] == ""
 
 
 def test_sigterm_saves_and_exits_zero(tmp_path):
