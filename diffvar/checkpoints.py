@@ -134,21 +134,44 @@ def read(mngr, step, abstract_state, items=ITEMS):
     return (None, f"is corrupt: {problem}") if problem else (out, None)
 
 
+def newest_usable(mngr, abstract_state, set_aside, relist, items=ITEMS):
+    """(step, {item: value}) of the newest checkpoint read() can use, or (None, None) when there is none.
+
+    Newest first; one that cannot be used goes to set_aside(step, why) and the one before it is tried. One that
+    vanishes while it is read (a trainer running in this workdir removed an old step) makes relist(mngr) list
+    the steps again."""
+    tried = set()
+    for _ in range(10):
+        for step in sorted(set(mngr.all_steps()) - tried, reverse=True):
+            out, problem = read(mngr, step, abstract_state, items)
+            if out is not None:
+                return int(step), out
+            if not os.path.isdir(os.path.join(str(mngr.directory), str(step))):
+                break  # removed while we read it: list the steps again
+            tried.add(step)
+            set_aside(step, problem)
+        else:
+            return None, None
+        mngr = relist(mngr)
+    return None, None
+
+
 def restore_latest(mngr, abstract_state, warn):
-    """The newest usable checkpoint as {item: value}, or None when there is none. A checkpoint that cannot be
-    used is moved aside to checkpoints/<step>.unusable (never deleted) with warn(message) naming it, and the
-    one before it is tried."""
-    for step in sorted(mngr.all_steps(), reverse=True):
-        out, problem = read(mngr, step, abstract_state)
-        if out is not None:
-            return out
+    """The trainer's newest usable checkpoint as {item: value}, or None when there is none. One that cannot be
+    used is moved aside to checkpoints/<step>.unusable (never deleted) with warn(message) naming it."""
+    def move_aside(step, problem):
         path = os.path.join(str(mngr.directory), str(step))
-        if jax.process_index() == 0 and os.path.isdir(path):
+        if jax.process_index() == 0:
             os.replace(path, f"{path}.unusable")
         warn(f"warning: the checkpoint at step {step} in {mngr.directory} {problem}; moved it to "
              f"{path}.unusable and trying the one before it")
         mngr.reload()
-    return None
+
+    def reload(m):
+        m.reload()
+        return m
+
+    return newest_usable(mngr, abstract_state, move_aside, reload)[1]
 
 
 def restore_params(workdir, step="latest", mesh=None, warn=None):
@@ -174,19 +197,15 @@ def restore_params(workdir, step="latest", mesh=None, warn=None):
             if out is None:
                 raise CheckpointError(f"the checkpoint at step {step} in {ckpt_dir} {problem}")
             return exp, out["state"].ema_params, int(step), filled
-        skipped = set()
-        for _ in range(10):  # a trainer running in this workdir may delete old steps while we read
-            mngr = _listed(workdir, mngr)
-            for step in sorted(set(mngr.all_steps()) - skipped, reverse=True):
-                out, problem = read(mngr, step, abstract, items=("state",))
-                if out is not None:
-                    return exp, out["state"].ema_params, int(step), filled
-                if not os.path.isdir(os.path.join(ckpt_dir, str(step))):
-                    break  # removed by the running trainer while we read it: list the steps again
-                skipped.add(step)
-                (warn or print)(f"warning: the checkpoint at step {step} in {ckpt_dir} {problem}; skipping it")
-            else:
-                break
+        skipped = []
+
+        def skip(step, problem):
+            skipped.append(step)
+            (warn or print)(f"warning: the checkpoint at step {step} in {ckpt_dir} {problem}; skipping it")
+
+        step, out = newest_usable(mngr, abstract, skip, lambda m: _listed(workdir, m), items=("state",))
+        if out is not None:
+            return exp, out["state"].ema_params, step, filled
         raise CheckpointError(f"no usable checkpoint in {ckpt_dir}: every one is corrupt or unreadable"
                               + (f" (steps {_steps_list(sorted(skipped))})" if skipped else ""))
     finally:
