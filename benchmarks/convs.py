@@ -20,7 +20,7 @@ cli.use_xla_flags("unet")  # the U-Nets' XLA flags (one device)
 
 import jax  # noqa: E402  (after the re-exec above)
 import jax.numpy as jnp  # noqa: E402
-from measure import rate  # noqa: E402  (benchmarks/measure.py: calls per second after two warm-up calls)
+from timing import rate  # noqa: E402  (benchmarks/timing.py: calls per second after two warm-up calls)
 
 # (batch, height = width, Cin, Cout): the digits (8x8, 4x4) and MNIST (28x28, 14x14) U-Nets' convolutions.
 SHAPES = [(64, 28, 32, 32), (64, 28, 64, 64), (64, 14, 64, 64), (64, 8, 32, 32), (64, 8, 64, 64), (64, 4, 128, 64)]

@@ -34,6 +34,7 @@ from jax.sharding import PartitionSpec as P
 from diffvar import config as config_lib
 from diffvar import data as data_lib
 from diffvar import cli, distributed, estimate, experiment, evaluate
+from timing import rate  # benchmarks/timing.py, shared with the peer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # workload -> (config file, overrides, synthetic data (shape, levels) or None for the dataset's own batches).
@@ -79,17 +80,6 @@ def train_batches(exp, name, k):
         return np.random.default_rng(0).integers(0, levels, (k, b) + shape).astype(np.float32)
     it = data_lib.make_train_iter(c.data, b, c.seed)
     return np.stack([next(it) for _ in range(k)])
-
-
-def rate(fn, seconds):
-    """Calls per second of fn() over `seconds` of wall time, after two warm-up calls (the peer's rate())."""
-    fn()
-    fn()
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        fn()
-        n += 1
-    return n / (time.perf_counter() - start)
 
 
 def flops_of(compiled):
