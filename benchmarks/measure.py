@@ -110,8 +110,7 @@ def max_rss_mb():
 def measure_workload(name, seconds):
     """The diffvar figures of one workload (see the module docstring)."""
     config = workload_config(name)
-    cli.use_xla_flags(config.model.name)  # as the scripts do (under bench.py's tuning): before jax starts
-    cli.use_cpu_devices(config.model.name)
+    cli.use_tuning(config.model.name)  # as the scripts do (under bench.py's tuning): before jax starts
     synthetic = WORKLOADS[name][2]
     exp = build_synthetic(config, *synthetic) if synthetic else experiment.build(config)
     mesh = distributed.make_mesh()
@@ -166,8 +165,7 @@ def measure_ode(workdir="", train_steps=200, max_examples=0, rtol=1e-5, atol=1e-
     experiment.make_ode_fn, estimate.ode; the trace it picks for 'auto'): on the EMA parameters of the latest
     checkpoint in `workdir` when given, else on configs/digits.py's model trained `train_steps` steps here (its NFE,
     and so its time, is then lower than a fully trained model's: pass a trained workdir for the real figure)."""
-    cli.use_xla_flags("unet")  # the digits U-Net, as scripts/evaluate.py does: before jax starts
-    cli.use_cpu_devices("unet")
+    cli.use_tuning("unet")  # the digits U-Net, as scripts/evaluate.py does: before jax starts
     mesh = distributed.make_mesh()
     if workdir:
         from diffvar import checkpoints

@@ -31,8 +31,8 @@ SPLIT_MODELS = ("unet",)
 
 def tune_process():
     """Re-executes this program once with TUNED_ENV added to its environment (values the user set win); then
-    use_xla_flags and use_cpu_devices add the model's settings. DIFFVAR_TUNE=0 turns all of it off. Call it
-    first thing in a script, before jax is imported."""
+    use_tuning(model) adds the model's settings. DIFFVAR_TUNE=0 turns all of it off. Call it first thing in a
+    script, before jax is imported."""
     env = dict(os.environ)
     if env.get("DIFFVAR_TUNE") in ("0", "done"):
         return
@@ -90,11 +90,16 @@ def model_of(workdir):
         return None
 
 
-def initialize(model):
-    """use_xla_flags(model) and use_cpu_devices(model), then joins the multi-host run the flags describe
-    (nothing to do without --coordinator_address). Before anything else uses jax."""
+def use_tuning(model):
+    """use_xla_flags(model) and use_cpu_devices(model): what a tuned process gives jax for `model`."""
     use_xla_flags(model)
     use_cpu_devices(model)
+
+
+def initialize(model):
+    """use_tuning(model), then joins the multi-host run the flags describe (nothing to do without
+    --coordinator_address). Before anything else uses jax."""
+    use_tuning(model)
     from diffvar import distributed
     f = flags.FLAGS
     distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)

@@ -15,7 +15,7 @@ from absl import flags
 
 from diffvar import cli
 
-cli.tune_process()  # before jax starts: glibc's allocator settings and XLA flags (see diffvar/cli.py)
+cli.tune_process()  # before jax starts: glibc's allocator settings (see diffvar/cli.py)
 from diffvar.errors import OptionError, check_number
 
 flags.DEFINE_string("workdir", None, "Training workdir (holds config.json and checkpoints/).")

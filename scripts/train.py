@@ -11,7 +11,7 @@ from ml_collections import config_flags
 
 from diffvar import cli
 
-cli.tune_process()  # before jax starts: glibc's allocator settings and XLA flags (see diffvar/cli.py)
+cli.tune_process()  # before jax starts: glibc's allocator settings (see diffvar/cli.py)
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, samples; re-use it to resume.")
