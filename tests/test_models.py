@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from diffvar.models import MLP, MODELS, UNet, make_model
+from diffvar.models.layers import THIN, Dense
 from diffvar.models.unet import norm_channels
 from diffvar.models.param import PARAMETERISATIONS, make_score_fn, output_to_score, score_to_output
 from diffvar.sde import VESDE, VPSDE, SubVPSDE
@@ -60,6 +61,23 @@ def test_mlp_shapes(dim, time_embedding):
     assert _count(params) == (dim + extra) * 32 + 32 + 32 * 32 + 32 + 32 * dim + dim
     # the output depends on t
     assert not np.allclose(out, model.apply(params, y, t + 0.3))
+
+
+@pytest.mark.parametrize("n, features", [(3, 128), (128, 2), (THIN, THIN + 1), (THIN + 1, THIN + 1)])
+def test_dense_is_flax_dense_for_thin_and_wide_matrices(n, features):
+    """layers.Dense: nn.Dense's parameters (names, shapes, initial values) and its value and gradients, whether
+    it multiplies and sums (n or features <= THIN) or calls a matmul."""
+    import flax.linen as nn
+    x = jax.random.normal(jax.random.PRNGKey(0), (64, n))
+    ours, theirs = Dense(features), nn.Dense(features)
+    p = ours.init(jax.random.PRNGKey(1), x)
+    assert jax.tree.all(jax.tree.map(np.array_equal, p, theirs.init(jax.random.PRNGKey(1), x)))
+    p = jax.tree.map(lambda a: a + jax.random.normal(jax.random.PRNGKey(a.size), a.shape), p)  # non-zero bias
+    loss = lambda m: (lambda p, x: jnp.sum(jnp.sin(m.apply(p, x))))
+    (v1, g1), (v2, g2) = (jax.value_and_grad(loss(m), argnums=(0, 1))(p, x) for m in (ours, theirs))
+    np.testing.assert_allclose(v1, v2, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))
 
 
 def test_mlp_flattens_trailing_dims():

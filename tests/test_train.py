@@ -130,7 +130,7 @@ def test_scripts_make_one_cpu_device_per_core(tmp_path, monkeypatch):
 
 def test_scripts_give_xla_the_models_ynn_fusion_types(monkeypatch):
     """cli.use_xla_flags(model), called before jax starts, reaches the compiled program: a convolution runs in a
-    YNNPACK fusion under the U-Nets' types and not under the MLPs' (elementwise only); the user's choice wins."""
+    YNNPACK fusion under the U-Nets' types and not under the MLPs' (none); the user's choice wins."""
     from diffvar import cli
     program = ("import os, sys; os.environ['DIFFVAR_TUNE'] = 'done'; from diffvar import cli; "
                "cli.use_xla_flags(sys.argv[1]); import jax, jax.numpy as jnp; "
@@ -144,9 +144,9 @@ def test_scripts_give_xla_the_models_ynn_fusion_types(monkeypatch):
         assert r.returncode == 0, r.stderr
         assert r.stdout.split() == [str(ynn), f"--xla_cpu_experimental_ynn_fusion_type={cli.YNN_FUSION_TYPES[model]}"]
     monkeypatch.setenv("DIFFVAR_TUNE", "done")
-    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=eltwise")
     cli.use_xla_flags("mlp")
-    assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type="
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=eltwise"
     monkeypatch.setenv("DIFFVAR_TUNE", "0")
     monkeypatch.setenv("XLA_FLAGS", "")
     cli.use_xla_flags("unet")

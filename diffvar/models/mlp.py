@@ -6,7 +6,7 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
-from diffvar.models.layers import timestep_embedding
+from diffvar.models.layers import Dense, timestep_embedding
 
 ACTIVATIONS = {"softplus": nn.softplus, "silu": nn.silu, "relu": nn.relu, "tanh": jnp.tanh}
 TIME_EMBEDDINGS = ("concat", "sinusoidal")
@@ -40,5 +40,5 @@ class MLP(nn.Module):
         d = math.prod(y.shape[1:])
         h = jnp.concatenate([y.reshape(y.shape[0], d), temb], axis=1)
         for _ in range(self.depth):
-            h = act(nn.Dense(self.hidden)(h))
-        return nn.Dense(d)(h).reshape(y.shape)
+            h = act(Dense(self.hidden)(h))
+        return Dense(d)(h).reshape(y.shape)
