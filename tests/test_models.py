@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from diffvar.models import MLP, MODELS, UNet, make_model
-from diffvar.models.layers import THIN, Dense
+from diffvar.models.layers import THIN, Conv, Dense, GroupNorm
 from diffvar.models.unet import norm_channels
 from diffvar.models.param import PARAMETERISATIONS, make_score_fn, output_to_score, score_to_output
 from diffvar.sde import VESDE, VPSDE, SubVPSDE
@@ -76,6 +76,31 @@ def test_dense_is_flax_dense_for_thin_and_wide_matrices(n, features):
     loss = lambda m: (lambda p, x: jnp.sum(jnp.sin(m.apply(p, x))))
     (v1, g1), (v2, g2) = (jax.value_and_grad(loss(m), argnums=(0, 1))(p, x) for m in (ours, theirs))
     np.testing.assert_allclose(v1, v2, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+
+
+@pytest.mark.parametrize("layer", ["groupnorm32", "groupnorm96", "conv3x3", "conv3x3_stride2", "conv1x1"])
+def test_unet_layers_are_flax_layers(layer):
+    """layers.GroupNorm and layers.Conv (sums and broadcasts as matmuls): flax's parameters and initial values,
+    and its value and gradients (with respect to parameters and input) on a non-zero-mean input."""
+    import flax.linen as nn
+    c = 96 if layer == "groupnorm96" else 32
+    x = 2.0 + 3.0 * jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, c))
+    ours, theirs = {
+        "groupnorm32": (GroupNorm(32, 1e-6), nn.GroupNorm(32, epsilon=1e-6)),
+        "groupnorm96": (GroupNorm(32, 1e-6), nn.GroupNorm(32, epsilon=1e-6)),
+        "conv3x3": (Conv(16, (3, 3)), nn.Conv(16, (3, 3))),
+        "conv3x3_stride2": (Conv(16, (3, 3), (2, 2), ((1, 1), (1, 1))), nn.Conv(16, (3, 3), (2, 2), ((1, 1), (1, 1)))),
+        "conv1x1": (Conv(16, (1, 1)), nn.Conv(16, (1, 1))),
+    }[layer]
+    p = ours.init(jax.random.PRNGKey(1), x)
+    assert jax.tree.all(jax.tree.map(np.array_equal, p, theirs.init(jax.random.PRNGKey(1), x)))
+    p = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.PRNGKey(a.size), a.shape), p)
+    w = jax.random.normal(jax.random.PRNGKey(2), theirs.apply(p, x).shape)
+    loss = lambda m: (lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)) * w))
+    (v1, g1), (v2, g2) = (jax.value_and_grad(loss(m), argnums=(0, 1))(p, x) for m in (ours, theirs))
+    np.testing.assert_allclose(v1, v2, rtol=1e-5, atol=1e-4)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))
 

@@ -1,4 +1,10 @@
-"""Layers shared by the score networks: the sinusoidal time embedding, a Dense for thin matrices, the U-Net's GroupNorm."""
+"""Layers shared by the score networks: the sinusoidal time embedding, Dense, and the U-Net's Conv and GroupNorm.
+
+Dense, Conv and GroupNorm have exactly flax's parameters (names, shapes, initial values) and compute the same
+function; they differ in how. XLA:CPU sums over rows ([N, C] -> [C], as in every bias gradient and GroupNorm
+statistic) several times slower than it multiplies by a vector of ones, so these layers broadcast and sum with
+matmuls (`rows`, `per_example`, `sum_positions`), whose gradients are matmuls too (measured in the README).
+"""
 from __future__ import annotations
 
 import math
@@ -19,9 +25,65 @@ def timestep_embedding(t, dim):
     return emb
 
 
+def rows(v, n):
+    """v [C] -> [n, C], each row v, as the matmul ones[n, 1] @ v[1, C] (its gradient: ones[n]^T @ g)."""
+    return jnp.ones((n, 1), v.dtype) @ v.reshape(1, -1)
+
+
+def per_example(s, p):
+    """s [B, C] -> [B, p, C], s[b] at each of p positions, as a batched matmul ones[b, p, 1] @ s[b, None, :]."""
+    return jnp.einsum("bpk,bkc->bpc", jnp.ones((s.shape[0], p, 1), s.dtype), s[:, None, :])
+
+
+def sum_positions(x):
+    """x [B, P, C] -> [B, C], the sum over P, as a batched matmul ones[b, P]^T @ x[b]."""
+    return jnp.einsum("bpk,bpc->bkc", jnp.ones(x.shape[:2] + (1,), x.dtype), x)[:, 0]
+
+
+class GroupNorm(nn.Module):
+    """nn.GroupNorm on x [B, H, W, C]: y = (x - mean_g) / sqrt(var_g + epsilon) * scale + bias, with mean and
+    var (E[x^2] - E[x]^2, as flax) over H, W and the C / num_groups channels of each group."""
+
+    num_groups: int = 32
+    epsilon: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x):
+        b, hh, ww, c = x.shape
+        g, p = self.num_groups, hh * ww
+        scale = self.param("scale", nn.initializers.ones, (c,))
+        bias = self.param("bias", nn.initializers.zeros, (c,))
+        xr = x.reshape(b, p, c)
+        n = p * (c // g)
+        mean = sum_positions(xr).reshape(b, g, c // g).sum(-1) / n                       # [B, G]
+        var = jnp.maximum(sum_positions(xr * xr).reshape(b, g, c // g).sum(-1) / n - mean * mean, 0.0)
+        inv = jax.lax.rsqrt(var + self.epsilon)
+        mean, inv = (jnp.repeat(a, c // g, axis=1) for a in (mean, inv))                  # [B, C]
+        y = ((xr - per_example(mean, p)) * per_example(inv, p)).reshape(b * p, c)
+        return (y * rows(scale, b * p) + rows(bias, b * p)).reshape(x.shape)
+
+
 def group_norm(ch):
     """GroupNorm for `ch` channels: min(32, ch) groups, epsilon 1e-6 (as DDPM); call inside a compact module."""
-    return nn.GroupNorm(num_groups=min(32, ch), epsilon=1e-6)
+    return GroupNorm(num_groups=min(32, ch), epsilon=1e-6)
+
+
+class Conv(nn.Module):
+    """nn.Conv, NHWC: x [B, H, W, Cin] -> [B, H', W', features], kernel [*kernel_size, Cin, features] + bias."""
+
+    features: int
+    kernel_size: tuple
+    strides: tuple = (1, 1)
+    padding: object = "SAME"
+    kernel_init: object = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", self.kernel_init, tuple(self.kernel_size) + (x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        y = jax.lax.conv_general_dilated(x, kernel, self.strides, self.padding,
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return (y.reshape(-1, self.features) + rows(bias, y.size // self.features)).reshape(y.shape)
 
 
 # With at most this many input or output features, Dense multiplies and sums instead of calling a matmul.

@@ -9,6 +9,8 @@ Time: t [B] is scaled by `time_scale` (default 1000) before the sinusoidal embed
 timesteps and score_sde's continuous VP models do. The PyTorch reference embeds t in [0, 1] directly, where
 all but the fastest few frequencies barely move; the scale changes no parameter count.
 
+Conv and GroupNorm are diffvar.models.layers', flax's layers computed with matmuls (faster on CPU).
+
 Parity: with time_scale=1 and the peer's weights copied in, the output matches benchmarks/torch_peer.py's UNet to ~1e-6
 (checked once for the digits and mnist workloads); parameter counts match it exactly. Initialisation uses
 flax's defaults (LeCun-normal kernels, zero biases), not torch's, apart from the zero conv_out.
@@ -20,7 +22,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from diffvar.models.layers import group_norm, timestep_embedding
+from diffvar.models.layers import Conv, group_norm, per_example, timestep_embedding
 
 
 def norm_channels(ch, ch_mult, num_res_blocks):
@@ -62,13 +64,14 @@ class ResBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, temb, train=False):
-        h = nn.Conv(self.out_ch, (3, 3), name="conv1")(nn.silu(group_norm(x.shape[-1])(x)))
-        h = h + nn.Dense(self.out_ch, name="temb_proj")(nn.silu(temb))[:, None, None, :]
+        h = Conv(self.out_ch, (3, 3), name="conv1")(nn.silu(group_norm(x.shape[-1])(x)))
+        temb = nn.Dense(self.out_ch, name="temb_proj")(nn.silu(temb))                 # [B, out_ch] at every pixel
+        h = h + per_example(temb, h.shape[1] * h.shape[2]).reshape(h.shape)
         h = nn.silu(group_norm(self.out_ch)(h))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        h = nn.Conv(self.out_ch, (3, 3), name="conv2")(h)
+        h = Conv(self.out_ch, (3, 3), name="conv2")(h)
         if x.shape[-1] != self.out_ch:
-            x = nn.Conv(self.out_ch, (1, 1), name="skip")(x)
+            x = Conv(self.out_ch, (1, 1), name="skip")(x)
         return x + h
 
 
@@ -111,7 +114,7 @@ class UNet(nn.Module):
         temb = nn.Dense(4 * self.ch)(nn.silu(temb))
 
         res = y.shape[1]
-        hs = [nn.Conv(self.ch, (3, 3), name="conv_in")(y)]
+        hs = [Conv(self.ch, (3, 3), name="conv_in")(y)]
         for i, mult in enumerate(self.ch_mult):
             for _ in range(self.num_res_blocks):
                 h = ResBlock(self.ch * mult, self.dropout)(hs[-1], temb, train)
@@ -120,7 +123,7 @@ class UNet(nn.Module):
                 hs.append(h)
             if i != len(self.ch_mult) - 1:
                 c = hs[-1].shape[-1]
-                hs.append(nn.Conv(c, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))(hs[-1]))
+                hs.append(Conv(c, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))(hs[-1]))
                 res //= 2
 
         h = hs[-1]
@@ -135,9 +138,9 @@ class UNet(nn.Module):
                     h = AttnBlock()(h)
             if i != 0:
                 h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
-                h = nn.Conv(h.shape[-1], (3, 3))(h)
+                h = Conv(h.shape[-1], (3, 3))(h)
                 res *= 2
         assert not hs
 
         h = nn.silu(group_norm(h.shape[-1])(h))
-        return nn.Conv(y.shape[-1], (3, 3), kernel_init=nn.initializers.zeros, name="conv_out")(h)
+        return Conv(y.shape[-1], (3, 3), kernel_init=nn.initializers.zeros, name="conv_out")(h)
