@@ -9,7 +9,7 @@ Time: t [B] is scaled by `time_scale` (default 1000) before the sinusoidal embed
 timesteps and score_sde's continuous VP models do. The PyTorch reference embeds t in [0, 1] directly, where
 all but the fastest few frequencies barely move; the scale changes no parameter count.
 
-Conv and GroupNorm are diffvar.models.layers', flax's layers computed with matmuls (faster on CPU).
+Dense, Conv and GroupNorm are diffvar.models.layers': flax's layers, their sums and broadcasts as matmuls (faster on CPU).
 
 Parity: with time_scale=1 and the peer's weights copied in, the output matches benchmarks/torch_peer.py's UNet to ~1e-6
 (checked once for the digits and mnist workloads); parameter counts match it exactly. Initialisation uses
@@ -22,7 +22,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from diffvar.models.layers import Conv, group_norm, per_example, timestep_embedding
+from diffvar.models.layers import Conv, Dense, group_norm, per_example, timestep_embedding
 
 
 def norm_channels(ch, ch_mult, num_res_blocks):
@@ -65,7 +65,7 @@ class ResBlock(nn.Module):
     @nn.compact
     def __call__(self, x, temb, train=False):
         h = Conv(self.out_ch, (3, 3), name="conv1")(nn.silu(group_norm(x.shape[-1])(x)))
-        temb = nn.Dense(self.out_ch, name="temb_proj")(nn.silu(temb))                 # [B, out_ch] at every pixel
+        temb = Dense(self.out_ch, name="temb_proj")(nn.silu(temb))                 # [B, out_ch] at every pixel
         h = h + per_example(temb, h.shape[1] * h.shape[2]).reshape(h.shape)
         h = nn.silu(group_norm(self.out_ch)(h))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
@@ -82,9 +82,9 @@ class AttnBlock(nn.Module):
     def __call__(self, x):
         b, hh, ww, c = x.shape
         h = group_norm(c)(x).reshape(b, hh * ww, c)
-        q, k, v = (nn.Dense(c, name=n)(h) for n in ("q", "k", "v"))
+        q, k, v = (Dense(c, name=n)(h) for n in ("q", "k", "v"))
         w = nn.softmax(jnp.einsum("bic,bjc->bij", q, k) * c**-0.5, axis=-1)
-        out = nn.Dense(c, name="out")(jnp.einsum("bij,bjc->bic", w, v))
+        out = Dense(c, name="out")(jnp.einsum("bij,bjc->bic", w, v))
         return x + out.reshape(b, hh, ww, c)
 
 
@@ -110,8 +110,8 @@ class UNet(nn.Module):
         if msg:
             raise ValueError(msg)
         temb = timestep_embedding(t * self.time_scale, self.ch)
-        temb = nn.Dense(4 * self.ch)(temb)
-        temb = nn.Dense(4 * self.ch)(nn.silu(temb))
+        temb = Dense(4 * self.ch)(temb)
+        temb = Dense(4 * self.ch)(nn.silu(temb))
 
         res = y.shape[1]
         hs = [Conv(self.ch, (3, 3), name="conv_in")(y)]
