@@ -63,27 +63,30 @@ def test_mlp_shapes(dim, time_embedding):
     assert not np.allclose(out, model.apply(params, y, t + 0.3))
 
 
-@pytest.mark.parametrize("n, features", [(3, 128), (128, 2), (THIN, THIN + 1), (THIN + 1, THIN + 1)])
-def test_dense_is_flax_dense_for_thin_and_wide_matrices(n, features):
-    """layers.Dense: nn.Dense's parameters (names, shapes, initial values) and its value and gradients, whether
-    it multiplies and sums (n or features <= THIN) or calls a matmul."""
-    import flax.linen as nn
-    x = jax.random.normal(jax.random.PRNGKey(0), (64, n))
-    ours, theirs = Dense(features), nn.Dense(features)
+def assert_same_as_flax(ours, theirs, x, value_atol=0.0):
+    """`ours` has `theirs`'s parameters (names, shapes, initial values), and its value and gradients (with respect
+    to parameters and input) of sum(sin(layer(x)) * w) with a non-zero bias and a random weighting w."""
     p = ours.init(jax.random.PRNGKey(1), x)
     assert jax.tree.all(jax.tree.map(np.array_equal, p, theirs.init(jax.random.PRNGKey(1), x)))
-    p = jax.tree.map(lambda a: a + jax.random.normal(jax.random.PRNGKey(a.size), a.shape), p)  # non-zero bias
-    loss = lambda m: (lambda p, x: jnp.sum(jnp.sin(m.apply(p, x))))
+    p = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.PRNGKey(a.size), a.shape), p)
+    w = jax.random.normal(jax.random.PRNGKey(2), theirs.apply(p, x).shape)
+    loss = lambda m: (lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)) * w))
     (v1, g1), (v2, g2) = (jax.value_and_grad(loss(m), argnums=(0, 1))(p, x) for m in (ours, theirs))
-    np.testing.assert_allclose(v1, v2, rtol=1e-5)
+    np.testing.assert_allclose(v1, v2, rtol=1e-5, atol=value_atol)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))
 
 
+@pytest.mark.parametrize("n, features", [(3, 128), (128, 2), (THIN, THIN + 1), (THIN + 1, THIN + 1)])
+def test_dense_is_flax_dense_for_thin_and_wide_matrices(n, features):
+    """layers.Dense is nn.Dense, whether it multiplies and sums (n or features <= THIN) or calls a matmul."""
+    import flax.linen as nn
+    assert_same_as_flax(Dense(features), nn.Dense(features), jax.random.normal(jax.random.PRNGKey(0), (64, n)))
+
+
 @pytest.mark.parametrize("layer", ["groupnorm32", "groupnorm96", "conv3x3", "conv3x3_stride2", "conv1x1"])
 def test_unet_layers_are_flax_layers(layer):
-    """layers.GroupNorm and layers.Conv (sums and broadcasts as matmuls): flax's parameters and initial values,
-    and its value and gradients (with respect to parameters and input) on a non-zero-mean input."""
+    """layers.GroupNorm and layers.Conv (sums and broadcasts as matmuls) are flax's, on a non-zero-mean input."""
     import flax.linen as nn
     c = 96 if layer == "groupnorm96" else 32
     x = 2.0 + 3.0 * jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, c))
@@ -94,15 +97,7 @@ def test_unet_layers_are_flax_layers(layer):
         "conv3x3_stride2": (Conv(16, (3, 3), (2, 2), ((1, 1), (1, 1))), nn.Conv(16, (3, 3), (2, 2), ((1, 1), (1, 1)))),
         "conv1x1": (Conv(16, (1, 1)), nn.Conv(16, (1, 1))),
     }[layer]
-    p = ours.init(jax.random.PRNGKey(1), x)
-    assert jax.tree.all(jax.tree.map(np.array_equal, p, theirs.init(jax.random.PRNGKey(1), x)))
-    p = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.PRNGKey(a.size), a.shape), p)
-    w = jax.random.normal(jax.random.PRNGKey(2), theirs.apply(p, x).shape)
-    loss = lambda m: (lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)) * w))
-    (v1, g1), (v2, g2) = (jax.value_and_grad(loss(m), argnums=(0, 1))(p, x) for m in (ours, theirs))
-    np.testing.assert_allclose(v1, v2, rtol=1e-5, atol=1e-4)
-    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+    assert_same_as_flax(ours, theirs, x, value_atol=1e-4)
 
 
 def test_mlp_flattens_trailing_dims():

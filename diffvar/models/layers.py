@@ -1,9 +1,10 @@
 """Layers shared by the score networks: the sinusoidal time embedding, Dense, and the U-Net's Conv and GroupNorm.
 
 Dense, Conv and GroupNorm have exactly flax's parameters (names, shapes, initial values) and compute the same
-function; they differ in how. XLA:CPU sums over rows ([N, C] -> [C], as in every bias gradient and GroupNorm
-statistic) several times slower than it multiplies by a vector of ones, so these layers broadcast and sum with
-matmuls (`rows`, `per_example`, `sum_positions`), whose gradients are matmuls too (measured in the README).
+function; they differ in how (each measured in the README). XLA:CPU sums over rows ([N, C] -> [C], as in every
+bias gradient and GroupNorm statistic) several times slower than it multiplies by a vector of ones, so Conv and
+GroupNorm broadcast and sum with matmuls (`rows`, `per_example`, `sum_positions`), whose gradients are matmuls
+too; Dense replaces a thin matmul by a multiply-and-sum loop.
 """
 from __future__ import annotations
 
