@@ -107,37 +107,51 @@ def max_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def measure_workload(name, seconds):
-    """The diffvar figures of one workload (see the module docstring)."""
+def prepare(name):
+    """(exp, mesh, host batches [K, B, ...]) of a workload, in a process tuned as the scripts tune theirs."""
     config = workload_config(name)
     cli.use_tuning(config.model.name)  # as the scripts do (under bench.py's tuning): before jax starts
     synthetic = WORKLOADS[name][2]
     exp = build_synthetic(config, *synthetic) if synthetic else experiment.build(config)
-    mesh = distributed.make_mesh()
-    k, b = config.training.steps_per_call, config.training.batch_size
-    host = train_batches(exp, name, k)
+    return exp, distributed.make_mesh(), train_batches(exp, name, config.training.steps_per_call)
+
+
+def compile_workload(exp, mesh, host):
+    """The trainer's train call and the evaluation's ELBO, compiled for a fixed batch: a dict with do_train()
+    (one call, state donated and carried), do_elbo() (one batch, on the current parameters), the compiled
+    train call with its batches and current state, the compiled ELBO with its (x, key), and both compile times."""
     batches = distributed.global_array(mesh, host, P(None, "data"))
-    state = jax.device_put(experiment.init_state(exp, config.seed), distributed.replicated(mesh))
-    step_fn = experiment.make_train_step(exp)
-    train, train_compile = estimate.compile(step_fn, state, batches)
-    flops_step = flops_of(train)
-    if k > 1:
-        one = distributed.global_array(mesh, host[:1], P(None, "data"))
-        flops_step = flops_of(step_fn.lower(state, one).compile())
-    flops_step *= mesh.size  # the analysis is of one device's program (its share of the batch)
-    holder = {"state": state}
-
-    def do_train():
-        holder["state"], losses = train(holder["state"], batches)
-        losses.block_until_ready()
-
-    train_calls = rate(do_train, seconds)
-    params = holder["state"].params
+    state = jax.device_put(experiment.init_state(exp, exp.config.seed), distributed.replicated(mesh))
+    train, train_compile = estimate.compile(experiment.make_train_step(exp), state, batches)
     x = distributed.global_array(mesh, host[0])
     key = jax.random.PRNGKey(1)
     elbo_fn = experiment.make_elbo_fn(exp, "ism", "uniform", "rademacher", "hutchinson")
-    elbo, elbo_compile = estimate.compile(elbo_fn, params, x, key)
-    elbo_calls = rate(lambda: elbo(params, x, key).block_until_ready(), seconds / 2)
+    elbo, elbo_compile = estimate.compile(elbo_fn, state.params, x, key)
+    w = {"train": train, "batches": batches, "state": state, "elbo": elbo, "elbo_args": (x, key),
+         "train_compile_seconds": train_compile, "elbo_compile_seconds": elbo_compile}
+
+    def do_train():
+        w["state"], losses = train(w["state"], batches)
+        losses.block_until_ready()
+
+    w["do_train"] = do_train
+    w["do_elbo"] = lambda: elbo(w["state"].params, x, key).block_until_ready()
+    return w
+
+
+def measure_workload(name, seconds):
+    """The diffvar figures of one workload (see the module docstring)."""
+    exp, mesh, host = prepare(name)
+    config, synthetic = exp.config, WORKLOADS[name][2]
+    k, b = config.training.steps_per_call, config.training.batch_size
+    w = compile_workload(exp, mesh, host)
+    flops_step = flops_of(w["train"])
+    if k > 1:
+        one = distributed.global_array(mesh, host[:1], P(None, "data"))
+        flops_step = flops_of(experiment.make_train_step(exp).lower(w["state"], one).compile())
+    flops_step *= mesh.size  # the analysis is of one device's program (its share of the batch)
+    train_calls = rate(w["do_train"], seconds)
+    elbo_calls = rate(w["do_elbo"], seconds / 2)
     peak, n = peak_flops()
     steps_per_sec = train_calls * k
     m = config.model
@@ -150,9 +164,9 @@ def measure_workload(name, seconds):
                   else f"unet ch={m.ch} ch_mult={tuple(m.ch_mult)} attn={tuple(m.attn_resolutions)} "
                        f"dropout={m.dropout}"),
         "batch": b, "steps_per_call": k, "seconds": seconds,
-        "params": int(sum(np.prod(a.shape) for a in jax.tree.leaves(params))),
-        "train_steps_per_sec": steps_per_sec, "train_compile_seconds": train_compile,
-        "elbo_examples_per_sec": elbo_calls * b, "elbo_compile_seconds": elbo_compile,
+        "params": int(sum(np.prod(a.shape) for a in jax.tree.leaves(w["state"].params))),
+        "train_steps_per_sec": steps_per_sec, "train_compile_seconds": w["train_compile_seconds"],
+        "elbo_examples_per_sec": elbo_calls * b, "elbo_compile_seconds": w["elbo_compile_seconds"],
         "train_flops_per_step": flops_step, "train_flops_per_sec": flops_step * steps_per_sec,
         "peak_flops_per_sec": peak, "peak_matmul_size": n,
         "train_peak_fraction": flops_step * steps_per_sec / peak,

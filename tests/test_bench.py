@@ -29,3 +29,19 @@ def test_bench_smoke_run_writes_every_figure(tmp_path):
     assert d["batch"] == 512 and d["steps_per_call"] == 50 and d["model"].startswith("mlp hidden=128 depth=3")
     assert w["peer"] is None and all(w[key] is None for key in COMPARISON)
     assert "toy2d" in r.stdout and "diffvar" in r.stdout and f"wrote {out}" in r.stdout
+
+
+def test_ab_smoke_run_compares_two_programs_of_one_function():
+    """benchmarks/ab.py, toy2d against flax's nn.Dense for one short round: the baseline compiles to another
+    program that computes the same ELBO (to float rounding), and every figure is there."""
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "ab.py"), "--workload=toy2d",
+                        "--baseline=flax_dense", "--rounds=1", "--seconds=0.2"], capture_output=True, text=True,
+                       timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["programs_differ"] is True
+    assert res["elbo_max_abs_diff"] <= 1e-5 * res["elbo_max_abs"], res
+    for variant in ("baseline", "current"):
+        for key in ("train_steps_per_sec", "elbo_examples_per_sec"):
+            assert len(res["rounds_figures"][variant][key]) == 1 and res["median"][variant][key] > 0
+    assert set(res["ratio"]) == {"train_steps_per_sec", "elbo_examples_per_sec"}
