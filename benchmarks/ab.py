@@ -46,7 +46,12 @@ def _flax_dense():
     return {mlp: {"Dense": nn.Dense}}
 
 
-BASELINES = {"flax_layers": _flax_layers, "flax_dense": _flax_dense}
+def _jax_softplus():
+    """Before layers.softplus: the MLP's softplus is jax.nn.softplus (its derivative through logaddexp)."""
+    return {mlp: {"ACTIVATIONS": dict(mlp.ACTIVATIONS, softplus=nn.softplus)}}
+
+
+BASELINES = {"flax_layers": _flax_layers, "flax_dense": _flax_dense, "jax_softplus": _jax_softplus}
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from diffvar.models import MLP, MODELS, UNet, make_model
-from diffvar.models.layers import THIN, Conv, Dense, GroupNorm
+from diffvar.models.layers import THIN, Conv, Dense, GroupNorm, softplus
 from diffvar.models.unet import norm_channels
 from diffvar.models.param import PARAMETERISATIONS, make_score_fn, output_to_score, score_to_output
 from diffvar.sde import VESDE, VPSDE, SubVPSDE
@@ -98,6 +98,19 @@ def test_unet_layers_are_flax_layers(layer):
         "conv1x1": (Conv(16, (1, 1)), nn.Conv(16, (1, 1))),
     }[layer]
     assert_same_as_flax(ours, theirs, x, value_atol=1e-4)
+
+
+def test_softplus_and_its_derivatives_are_exact_to_float_rounding():
+    """layers.softplus has jax.nn.softplus's values (bitwise), and its first and second derivatives are sigmoid(x)
+    and sigmoid(x)(1 - sigmoid(x)) (float64 references) to float32 rounding on [-100, 100], finite far out."""
+    x = jnp.concatenate([jnp.linspace(-100.0, 100.0, 20001), jnp.array([-1e4, -0.0, 0.0, 1e4])])
+    np.testing.assert_array_equal(softplus(x), jax.nn.softplus(x))
+    e = np.exp(-np.abs(np.asarray(x, np.float64)))
+    s = np.where(x >= 0, 1.0, e) / (1.0 + e)
+    d1, d2 = jax.vmap(jax.grad(softplus))(x), jax.vmap(jax.grad(jax.grad(softplus)))(x)
+    for ours, exact in ((d1, s), (d2, e / (1.0 + e) ** 2)):  # s (1 - s), without cancellation
+        assert np.all(np.isfinite(ours))
+        np.testing.assert_allclose(ours, exact, rtol=2e-6, atol=np.finfo(np.float32).tiny)  # denormals flush to 0
 
 
 def test_mlp_flattens_trailing_dims():

@@ -1,10 +1,12 @@
-"""Layers shared by the score networks: the sinusoidal time embedding, Dense, and the U-Net's Conv and GroupNorm.
+"""Layers shared by the score networks: the sinusoidal time embedding, Dense, softplus, and the U-Net's Conv and
+GroupNorm.
 
 Dense, Conv and GroupNorm have exactly flax's parameters (names, shapes, initial values) and compute the same
 function; they differ in how (each measured in the README). XLA:CPU sums over rows ([N, C] -> [C], as in every
 bias gradient and GroupNorm statistic) several times slower than it multiplies by a vector of ones, so Conv and
 GroupNorm broadcast and sum with matmuls (`rows`, `per_example`, `sum_positions`), whose gradients are matmuls
-too; Dense replaces a thin matmul by a multiply-and-sum loop.
+too; Dense replaces a thin matmul by a multiply-and-sum loop; softplus takes one exponential for its value and
+derivative together.
 """
 from __future__ import annotations
 
@@ -85,6 +87,24 @@ class Conv(nn.Module):
         y = jax.lax.conv_general_dilated(x, kernel, self.strides, self.padding,
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return (y.reshape(-1, self.features) + rows(bias, y.size // self.features)).reshape(y.shape)
+
+
+@jax.custom_jvp
+def softplus(x):
+    """log(1 + e^x) = max(x, 0) + log1p(e^-|x|), as jax.nn.softplus; its derivative sigmoid(x) is computed from
+    the same e^-|x| (jax's rule, through logaddexp, takes further exponentials)."""
+    return _softplus_and_sigmoid(x)[0]
+
+
+def _softplus_and_sigmoid(x):
+    e = jnp.exp(-jnp.abs(x))
+    return jnp.maximum(x, 0.0) + jnp.log1p(e), jnp.where(x >= 0, 1.0, e) / (1.0 + e)
+
+
+@softplus.defjvp
+def _softplus_jvp(primals, tangents):
+    value, sigmoid = _softplus_and_sigmoid(primals[0])
+    return value, sigmoid * tangents[0]
 
 
 # With at most this many input or output features, Dense multiplies and sums instead of calling a matmul.

@@ -6,9 +6,9 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
-from diffvar.models.layers import Dense, timestep_embedding
+from diffvar.models.layers import Dense, softplus, timestep_embedding
 
-ACTIVATIONS = {"softplus": nn.softplus, "silu": nn.silu, "relu": nn.relu, "tanh": jnp.tanh}
+ACTIVATIONS = {"softplus": softplus, "silu": nn.silu, "relu": nn.relu, "tanh": jnp.tanh}
 TIME_EMBEDDINGS = ("concat", "sinusoidal")
 
 
