@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import json
 import statistics
+from unittest import mock
 
 from diffvar import cli
 
@@ -56,17 +57,11 @@ BASELINES = {"flax_layers": _flax_layers, "flax_dense": _flax_dense, "jax_softpl
 
 @contextlib.contextmanager
 def baseline(name):
-    """Module attributes swapped for the baseline's while the block runs (tracing and compiling)."""
-    patches = BASELINES[name]()
-    saved = {(module, key): getattr(module, key) for module, attrs in patches.items() for key in attrs}
-    try:
-        for module, attrs in patches.items():
-            for key, value in attrs.items():
-                setattr(module, key, value)
+    """The baseline's module attributes in place while the block runs (tracing and compiling)."""
+    with contextlib.ExitStack() as stack:
+        for module, attrs in BASELINES[name]().items():
+            stack.enter_context(mock.patch.multiple(module, **attrs))
         yield
-    finally:
-        for (module, key), value in saved.items():
-            setattr(module, key, value)
 
 
 def ab(workload, name, rounds, seconds):
