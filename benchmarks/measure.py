@@ -119,7 +119,7 @@ def prepare(name):
 def compile_workload(exp, mesh, host):
     """The trainer's train call and the evaluation's ELBO, compiled for a fixed batch: a dict with do_train()
     (one call, state donated and carried), do_elbo() (one batch, on the current parameters), the compiled
-    train call with its batches and current state, the compiled ELBO with its (x, key), and both compile times."""
+    train call and the current state, the compiled ELBO with its (x, key), and both compile times."""
     batches = distributed.global_array(mesh, host, P(None, "data"))
     state = jax.device_put(experiment.init_state(exp, exp.config.seed), distributed.replicated(mesh))
     train, train_compile = estimate.compile(experiment.make_train_step(exp), state, batches)
@@ -127,7 +127,7 @@ def compile_workload(exp, mesh, host):
     key = jax.random.PRNGKey(1)
     elbo_fn = experiment.make_elbo_fn(exp, "ism", "uniform", "rademacher", "hutchinson")
     elbo, elbo_compile = estimate.compile(elbo_fn, state.params, x, key)
-    w = {"train": train, "batches": batches, "state": state, "elbo": elbo, "elbo_args": (x, key),
+    w = {"train": train, "state": state, "elbo": elbo, "elbo_args": (x, key),
          "train_compile_seconds": train_compile, "elbo_compile_seconds": elbo_compile}
 
     def do_train():
