@@ -7,6 +7,8 @@ reverse-mode vector-Jacobian product. This file re-implements exactly that compu
 code runs it, so that benchmarks/bench.py reports "diffvar / PyTorch peer" measured in one run on one machine.
 
     python benchmarks/torch_peer.py --workload digits --seconds 20     # prints one JSON line
+    python benchmarks/torch_peer.py --workload digits --train_data levels.npy --levels 17 --train_seconds 540 \
+        --save peer.npz                                                # trains on real data (benchmarks/quality.py)
 
 Measured: train steps/s (one DSM loss + backward + Adam step on a fixed batch) for `seconds`, then ELBO
 examples/s (batch / time of one ELBO pass, ending in .item()) for seconds / 2, each after two warm-up calls;
@@ -18,12 +20,20 @@ Workloads (shapes and batch sizes the benchmark uses on its own side too):
     mnist   28x28x1, U-Net ch=32 ch_mult=(1,2,2) res_blocks=2 attn at 16, batch 64
     cifar   32x32x3, U-Net ch=128 ch_mult=(1,2,2,2) res_blocks=2 attn at 16, batch 128 (accelerator only)
 
+With --train_data (integer levels [N, H, W, C], .npy), it instead trains as the reference trains for
+--train_seconds of wall time, from the first step on: batches drawn by a fresh permutation each epoch (the
+last partial batch dropped), uniform dequantization z = (x + u) / K and y = logit(a + (1 - 2a) z) (a = 0.05),
+the DSM loss above, Adam; then saves the weights (state_dict order) to --save and prints the steps taken.
+
 Requires torch (the CPU build): pip install -e '.[bench]' (torch==2.13.0).
 """
 import argparse
 import json
 import math
 import resource
+import time
+
+import numpy as np
 
 import torch
 import torch.nn as nn
@@ -187,18 +197,55 @@ def elbo_ism(model, x):
     return prior - div - 0.5 * (a ** 2).flatten(1).sum(1)
 
 
+def train_on_data(model, levels_nhwc, levels, alpha, seconds, batch, lr, seed):
+    """Trains `model` for `seconds` of wall time (see the module docstring); returns (steps, seconds, last loss)."""
+    gen = torch.Generator().manual_seed(seed)
+    data = torch.from_numpy(levels_nhwc).float().permute(0, 3, 1, 2).contiguous()  # NHWC levels -> NCHW
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steps, start, loss = 0, time.perf_counter(), None
+    while time.perf_counter() - start < seconds:
+        order = torch.randperm(len(data), generator=gen)
+        for i in range(0, len(data) - batch + 1, batch):
+            x = data[order[i:i + batch]]
+            z = (x + torch.rand(x.shape, generator=gen)) / levels
+            loss = dsm_loss(model, torch.logit(alpha + (1 - 2 * alpha) * z))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            steps += 1
+            if time.perf_counter() - start >= seconds:
+                break
+    return steps, time.perf_counter() - start, float(loss.detach()) if steps else math.nan
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--workload", choices=sorted(WORKLOADS), default="digits")
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 keeps torch's default")
+    p.add_argument("--train_data", default="", help="train on these integer levels [N, H, W, C] (.npy) instead")
+    p.add_argument("--levels", type=int, default=256, help="--train_data: number of levels K")
+    p.add_argument("--logit_alpha", type=float, default=0.05, help="--train_data: a in the logit transform")
+    p.add_argument("--train_seconds", type=float, default=60.0, help="--train_data: wall time to train")
+    p.add_argument("--lr", type=float, default=1e-4, help="Adam's learning rate (the reference's 1e-4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save", default="", help="--train_data: write the trained weights here (.npz)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     make, shape, batch = WORKLOADS[args.workload]
     model = make()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    if args.train_data:
+        steps, seconds, loss = train_on_data(model, np.load(args.train_data), args.levels, args.logit_alpha,
+                                             args.train_seconds, batch, args.lr, args.seed)
+        if args.save:
+            np.savez(args.save, **{k: v.detach().numpy() for k, v in model.state_dict().items()})
+        print(json.dumps({"peer": "pytorch-eager", "torch": torch.__version__, "threads": torch.get_num_threads(),
+                          "workload": args.workload, "batch": batch, "lr": args.lr, "seed": args.seed,
+                          "steps": steps, "seconds": seconds, "last_loss": loss, "saved": args.save}))
+        return
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     x = torch.randn(batch, *shape)
 
     def train_step():

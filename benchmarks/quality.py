@@ -1,0 +1,177 @@
+"""Time to quality: `make train`'s run against the PyTorch peer trained for the same wall clock; digits test bpd.
+
+    python benchmarks/quality.py [--seeds=0,1] [--workdir=runs/quality] [--out=runs/quality.json]
+
+For each seed, one after the other (never sharing the cores):
+1. diffvar: scripts/train.py --config=configs/digits.py --config.seed=SEED, the run `make train` starts, timed
+   from process start to exit: W seconds (compilation, periodic evaluations, checkpoints, samples included).
+2. the peer: benchmarks/torch_peer.py trains the reference's digits U-Net on the same training split for W
+   seconds, as the reference trains: the same model space (uniform dequantization, logit with a = 0.05), eps-loss
+   DSM, Adam at the reference's lr 1e-4, batch 64, no EMA, no schedule.
+3. both evaluated here by diffvar's evaluation, on the same test examples with the same keys: the ISM ELBO
+   (uniform time, one Rademacher probe per draw, eval.final_repeats draws per example, as the trainer's final
+   evaluation): diffvar on its EMA parameters, the peer on its weights copied into diffvar's U-Net (peer_params;
+   model.time_scale = 1, since the peer embeds t in [0, 1] directly). The difference is paired (same examples
+   and draws), so its standard error is that of the difference, not of either bpd.
+
+Prints a table and writes a JSON: per seed, W, each side's steps and test bpd +- s.e., the paired difference.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+from diffvar import cli
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+flags.DEFINE_list("seeds", ["0"], "Seeds: one diffvar run and one peer run each.")
+flags.DEFINE_string("workdir", "runs/quality", "Where the runs go (diffvar workdirs, the peer's weights).")
+flags.DEFINE_string("out", "runs/quality.json", "Where to write the JSON results.")
+flags.DEFINE_list("overrides", [], "Extra --config.KEY=VALUE for diffvar's run (e.g. training.num_steps=20 for a "
+                  "smoke run); the same model space and evaluation apply to both sides.")
+flags.DEFINE_float("peer_lr", 1e-4, "The peer's Adam learning rate (the reference's 1e-4).")
+FLAGS = flags.FLAGS
+
+
+def peer_params(weights, template):
+    """The peer's U-Net weights (name -> np array, its state_dict order) as diffvar U-Net parameters of the
+    structure of `template` (the params of model.init, a dict in creation order): both networks create their layers in the same order,
+    so the i-th torch module is the i-th flax module. Conv2d [O, I, kh, kw] -> kernel [kh, kw, I, O] (a 1x1
+    Conv2d in attention -> Dense kernel [I, O]); Linear [O, I] -> kernel [I, O]; GroupNorm weight -> scale."""
+    modules = {}
+    for name, value in weights.items():
+        module, field = name.rsplit(".", 1)
+        modules.setdefault(module, {})[field] = np.asarray(value, np.float32)
+
+    def flax_modules(tree, path=()):
+        if all(not isinstance(v, dict) for v in tree.values()):
+            yield path, tree
+            return
+        for key, value in tree.items():
+            yield from flax_modules(value, path + (key,))
+
+    targets = list(flax_modules(template))
+    if len(targets) != len(modules):
+        raise ValueError(f"the peer has {len(modules)} parameterised modules, diffvar's U-Net {len(targets)}")
+    out = {}
+    for (torch_name, m), (path, leaves) in zip(modules.items(), targets):
+        w = m["weight"]
+        if "kernel" in leaves:
+            kernel = w.transpose(2, 3, 1, 0) if w.ndim == 4 else w.T
+            if kernel.ndim == 4 and leaves["kernel"].ndim == 2:
+                kernel = kernel[0, 0]
+            new = {"kernel": kernel, "bias": m["bias"]}
+        else:
+            new = {"scale": w, "bias": m["bias"]}
+        for key, value in new.items():
+            if value.shape != leaves[key].shape:
+                raise ValueError(f"peer {torch_name} -> {'/'.join(path)}/{key}: shape {value.shape}, "
+                                 f"expected {leaves[key].shape}")
+        node = out
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = new
+    return out
+
+
+def run(cmd, log_path):
+    """Runs cmd with its output to log_path; (seconds from start to exit, last stdout line)."""
+    start = time.time()
+    with open(log_path, "w") as log:
+        res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
+    seconds = time.time() - start
+    lines = res.stdout.strip().splitlines()
+    if res.returncode:
+        sys.exit(f"quality: {' '.join(cmd[1:])} exited with status {res.returncode}; see {log_path}")
+    return seconds, lines[-1] if lines else ""
+
+
+def evaluate_both(diffvar_workdir, peer_weights, seed):
+    """Test-set ISM ELBO (bpd) of diffvar's EMA parameters and of the peer's weights, same examples and keys."""
+    import jax
+    import jax.numpy as jnp
+    from diffvar import checkpoints, distributed, estimate, experiment
+    mesh = distributed.make_mesh()
+    exp, params, step, _ = checkpoints.restore_params(diffvar_workdir, "latest", mesh)
+    config = exp.config
+    peer_config = config.copy_and_resolve_references()
+    peer_config.model.time_scale = 1.0
+    peer_exp = experiment.build(peer_config)
+    # model.init's dict keeps the creation order peer_params relies on (jax.tree functions sort the keys)
+    template = peer_exp.model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + exp.info.shape), jnp.ones((1,)))["params"]
+    peer = jax.device_put(peer_params(peer_weights, template), distributed.replicated(mesh))
+    e = config.eval
+    batches = estimate.split_batches(exp, mesh, "test", estimate.batch_size(e.batch_size, 0, len(jax.devices()),
+                                                                            exp.info.size("test")))
+    key = estimate.pass_key(seed + 1, 0, "ism")
+    out = {}
+    for name, ex, p in (("diffvar", exp, params), ("peer", peer_exp, peer)):
+        fn = experiment.make_elbo_fn(ex, "ism", "uniform", e.probe, "hutchinson")
+        compiled, _ = estimate.compile(fn, p, batches[0][0], key)
+        out[name] = estimate.elbo(compiled, p, key, batches, e.final_repeats)
+    d, se = estimate.paired_difference(out["peer"]["values"], out["diffvar"]["values"])
+    return {"diffvar_step": step, "repeats": e.final_repeats, "num_examples": out["diffvar"]["num_examples"],
+            "diffvar_bpd": out["diffvar"]["mean"], "diffvar_bpd_stderr": out["diffvar"]["stderr"],
+            "peer_bpd": out["peer"]["mean"], "peer_bpd_stderr": out["peer"]["stderr"],
+            "peer_minus_diffvar_bpd": d, "peer_minus_diffvar_bpd_stderr": se}
+
+
+def one_seed(seed, workdir):
+    from diffvar import config as config_lib
+    from diffvar import data as data_lib
+    wd = os.path.join(workdir, f"diffvar_seed{seed}")
+    overrides = [f"--config.seed={seed}"] + [f"--config.{o}" for o in FLAGS.overrides]
+    seconds, _ = run([sys.executable, os.path.join(ROOT, "scripts", "train.py"),
+                      f"--config={os.path.join(ROOT, 'configs', 'digits.py')}", f"--workdir={wd}", *overrides],
+                     os.path.join(workdir, f"diffvar_seed{seed}.log"))
+    config = config_lib.load_file(os.path.join(ROOT, "configs", "digits.py"))
+    levels_path = os.path.join(workdir, "digits_train_levels.npy")
+    np.save(levels_path, data_lib.load_split(config.data, "train"))
+    weights_path = os.path.join(workdir, f"peer_seed{seed}.npz")
+    _, line = run([sys.executable, os.path.join(HERE, "torch_peer.py"), "--workload=digits",
+                   f"--train_data={levels_path}", f"--levels={data_lib.get_info(config.data).levels}",
+                   f"--logit_alpha={config.data.logit_alpha}", f"--train_seconds={seconds}",
+                   f"--lr={FLAGS.peer_lr}", f"--seed={seed}", f"--save={weights_path}"],
+                  os.path.join(workdir, f"peer_seed{seed}.log"))
+    peer = json.loads(line)
+    with np.load(weights_path) as f:
+        weights = {k: f[k] for k in f.files}
+    res = evaluate_both(wd, weights, seed)
+    return dict(seed=seed, wall_seconds=seconds, peer_steps=peer["steps"], peer_lr=peer["lr"],
+                peer_threads=peer["threads"], **res)
+
+
+def main(argv):
+    del argv
+    cli.tune_process()  # both sides run in the environment `make train` gives itself (here: before jax starts)
+    cli.use_tuning("unet")  # this process evaluates the digits U-Net, as scripts/evaluate.py would
+    os.makedirs(FLAGS.workdir, exist_ok=True)
+    rows = []
+    for seed in map(int, FLAGS.seeds):
+        print(f"quality: seed {seed}: diffvar's run, then the peer for as long", file=sys.stderr, flush=True)
+        rows.append(one_seed(seed, FLAGS.workdir))
+        r = rows[-1]
+        print(f"seed {seed}: {r['wall_seconds']:.0f} s each | diffvar {r['diffvar_step']} steps, "
+              f"{r['diffvar_bpd']:.4f} +- {r['diffvar_bpd_stderr']:.4f} bpd | peer {r['peer_steps']} steps, "
+              f"{r['peer_bpd']:.4f} +- {r['peer_bpd_stderr']:.4f} bpd | peer - diffvar "
+              f"{r['peer_minus_diffvar_bpd']:+.4f} +- {r['peer_minus_diffvar_bpd_stderr']:.4f}", flush=True)
+    res = {"command": " ".join(["python"] + sys.argv),
+           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "env": {k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "XLA_"))}, "seeds": rows}
+    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+    with open(FLAGS.out, "w") as f:
+        json.dump(res, f, indent=1)
+    print(f"wrote {FLAGS.out}")
+
+
+if __name__ == "__main__":
+    app.run(main)
