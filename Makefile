@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-bench
 WORKDIR ?= runs/digits
 
 .PHONY: install test train clean
@@ -16,7 +17,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,slurm]'
 	touch $(STAMP)
 
-test: install
+# The tests also check the PyTorch peer (benchmarks/torch_peer.py) against diffvar's U-Net: the bench extra (torch CPU).
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[bench]'
+	touch $(TEST_STAMP)
+
+test: $(TEST_STAMP)
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q tests
 
 train: install

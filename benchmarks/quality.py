@@ -8,19 +8,23 @@ For each seed, one after the other (never sharing the cores):
 2. the peer: benchmarks/torch_peer.py trains the reference's digits U-Net on the same training split for W
    seconds, as the reference trains: the same model space (uniform dequantization, logit with a = 0.05), eps-loss
    DSM, Adam at the reference's lr 1e-4, batch 64, no EMA, no schedule.
-3. both evaluated here by diffvar's evaluation, on the same test examples with the same keys: the ISM ELBO
-   (uniform time, one Rademacher probe per draw, eval.final_repeats draws per example, as the trainer's final
-   evaluation): diffvar on its EMA parameters, the peer on its weights copied into diffvar's U-Net (peer_params;
+3. both evaluated here by the trainer's final evaluation, on the same test examples with the same keys (the
+   ISM ELBO, uniform time, one Rademacher probe per draw, eval.final_repeats = 32 draws per example): diffvar on
+   its EMA parameters (so its bpd is exactly the one its run printed), the peer on its weights copied into diffvar's U-Net (peer_params;
    model.time_scale = 1, since the peer embeds t in [0, 1] directly). The difference is paired (same examples
    and draws), so its standard error is that of the difference, not of either bpd.
 
-Prints a table and writes a JSON: per seed, W, each side's steps and test bpd +- s.e., the paired difference.
+Prints a line per seed and writes a JSON: W, each side's steps and test bpd +- s.e., the paired difference.
+Each finished run is recorded in --workdir (diffvar_seed<S>.json, peer_seed<S>_lr<LR>.json with the weights
+beside it) and reused by a later invocation with the same settings: an interrupted benchmark re-runs only what it
+had not finished, and --peer_lr=2e-3 gives the peer diffvar's peak learning rate against the same diffvar runs.
 """
 from __future__ import annotations
 
 import datetime
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -84,19 +88,20 @@ def peer_params(weights, template):
 
 
 def run(cmd, log_path):
-    """Runs cmd with its output to log_path; (seconds from start to exit, last stdout line)."""
+    """Runs cmd with its output (stdout and stderr) to log_path; (seconds from start to exit, its last line)."""
     start = time.time()
     with open(log_path, "w") as log:
-        res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
     seconds = time.time() - start
-    lines = res.stdout.strip().splitlines()
-    if res.returncode:
-        sys.exit(f"quality: {' '.join(cmd[1:])} exited with status {res.returncode}; see {log_path}")
+    if code:
+        sys.exit(f"quality: {' '.join(cmd[1:])} exited with status {code}; see {log_path}")
+    with open(log_path) as log:
+        lines = log.read().strip().splitlines()
     return seconds, lines[-1] if lines else ""
 
 
-def evaluate_both(diffvar_workdir, peer_weights, seed):
-    """Test-set ISM ELBO (bpd) of diffvar's EMA parameters and of the peer's weights, same examples and keys."""
+def evaluate_both(diffvar_workdir, peer_weights):
+    """Test-set ELBO (bpd) of diffvar's EMA parameters and of the peer's weights, same examples and keys."""
     import jax
     import jax.numpy as jnp
     from diffvar import checkpoints, distributed, estimate, experiment
@@ -109,43 +114,75 @@ def evaluate_both(diffvar_workdir, peer_weights, seed):
     # model.init's dict keeps the creation order peer_params relies on (jax.tree functions sort the keys)
     template = peer_exp.model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + exp.info.shape), jnp.ones((1,)))["params"]
     peer = jax.device_put(peer_params(peer_weights, template), distributed.replicated(mesh))
-    e = config.eval
-    batches = estimate.split_batches(exp, mesh, "test", estimate.batch_size(e.batch_size, 0, len(jax.devices()),
-                                                                            exp.info.size("test")))
-    key = estimate.pass_key(seed + 1, 0, "ism")
+    e = config.eval  # the trainer's final evaluation, key included: diffvar's bpd is the one its run printed
+    batches = estimate.split_batches(exp, mesh, e.split, estimate.batch_size(
+        e.batch_size, e.max_examples, len(jax.devices()), exp.info.size(e.split)), e.max_examples)
+    key = estimate.pass_key(config.seed + 1, step, e.form)
     out = {}
     for name, ex, p in (("diffvar", exp, params), ("peer", peer_exp, peer)):
-        fn = experiment.make_elbo_fn(ex, "ism", "uniform", e.probe, "hutchinson")
+        fn = experiment.make_elbo_fn(ex, e.form, e.time_sampling, e.probe, e.divergence)
         compiled, _ = estimate.compile(fn, p, batches[0][0], key)
-        out[name] = estimate.elbo(compiled, p, key, batches, e.final_repeats)
+        out[name] = estimate.elbo(compiled, p, key, batches, e.final_repeats or e.repeats)
     d, se = estimate.paired_difference(out["peer"]["values"], out["diffvar"]["values"])
-    return {"diffvar_step": step, "repeats": e.final_repeats, "num_examples": out["diffvar"]["num_examples"],
+    return {"diffvar_step": step, "form": e.form, "repeats": e.final_repeats or e.repeats,
+            "num_examples": out["diffvar"]["num_examples"],
             "diffvar_bpd": out["diffvar"]["mean"], "diffvar_bpd_stderr": out["diffvar"]["stderr"],
             "peer_bpd": out["peer"]["mean"], "peer_bpd_stderr": out["peer"]["stderr"],
             "peer_minus_diffvar_bpd": d, "peer_minus_diffvar_bpd_stderr": se}
 
 
+def cached(path, key, make):
+    """make()'s dict, recorded in the JSON file `path` under `key` (the inputs it depends on): a later call with
+    the same key returns the record instead of making it again."""
+    from diffvar.files import write_json_atomic
+    if os.path.exists(path):
+        with open(path) as f:
+            record = json.load(f)
+        if record.get("key") == key:
+            print(f"quality: reusing {path}", file=sys.stderr, flush=True)
+            return record
+    record = dict(make(), key=key)
+    write_json_atomic(path, record)
+    return record
+
+
 def one_seed(seed, workdir):
+    """diffvar's run, the peer's run for as long, both evaluated; each run is recorded in workdir and reused by
+    a later call with the same settings (an interrupted benchmark re-runs only what it had not finished)."""
     from diffvar import config as config_lib
     from diffvar import data as data_lib
     wd = os.path.join(workdir, f"diffvar_seed{seed}")
     overrides = [f"--config.seed={seed}"] + [f"--config.{o}" for o in FLAGS.overrides]
-    seconds, _ = run([sys.executable, os.path.join(ROOT, "scripts", "train.py"),
-                      f"--config={os.path.join(ROOT, 'configs', 'digits.py')}", f"--workdir={wd}", *overrides],
-                     os.path.join(workdir, f"diffvar_seed{seed}.log"))
+
+    def train_diffvar():
+        # From scratch: train.py would resume an interrupted run, and its wall time would be only a part.
+        shutil.rmtree(wd, ignore_errors=True)
+        seconds, _ = run([sys.executable, os.path.join(ROOT, "scripts", "train.py"),
+                          f"--config={os.path.join(ROOT, 'configs', 'digits.py')}", f"--workdir={wd}", *overrides],
+                         os.path.join(workdir, f"diffvar_seed{seed}.log"))
+        return {"wall_seconds": seconds}
+
+    seconds = cached(os.path.join(workdir, f"diffvar_seed{seed}.json"), overrides, train_diffvar)["wall_seconds"]
     config = config_lib.load_file(os.path.join(ROOT, "configs", "digits.py"))
     levels_path = os.path.join(workdir, "digits_train_levels.npy")
     np.save(levels_path, data_lib.load_split(config.data, "train"))
-    weights_path = os.path.join(workdir, f"peer_seed{seed}.npz")
-    _, line = run([sys.executable, os.path.join(HERE, "torch_peer.py"), "--workload=digits",
-                   f"--train_data={levels_path}", f"--levels={data_lib.get_info(config.data).levels}",
-                   f"--logit_alpha={config.data.logit_alpha}", f"--train_seconds={seconds}",
-                   f"--lr={FLAGS.peer_lr}", f"--seed={seed}", f"--save={weights_path}"],
-                  os.path.join(workdir, f"peer_seed{seed}.log"))
-    peer = json.loads(line)
+    name = f"peer_seed{seed}_lr{FLAGS.peer_lr:g}"
+    weights_path = os.path.join(workdir, f"{name}.npz")
+
+    def train_peer():
+        _, line = run([sys.executable, os.path.join(HERE, "torch_peer.py"), "--workload=digits",
+                       f"--train_data={levels_path}", f"--levels={data_lib.get_info(config.data).levels}",
+                       f"--logit_alpha={config.data.logit_alpha}", f"--train_seconds={seconds}",
+                       f"--lr={FLAGS.peer_lr}", f"--seed={seed}", f"--save={weights_path}"],
+                      os.path.join(workdir, f"{name}.log"))
+        return json.loads(line)
+
+    peer = cached(os.path.join(workdir, f"{name}.json"), [seconds, FLAGS.peer_lr], train_peer)
     with np.load(weights_path) as f:
         weights = {k: f[k] for k in f.files}
-    res = evaluate_both(wd, weights, seed)
+    res = evaluate_both(wd, weights)
+    with open(os.path.join(wd, "status.json")) as f:
+        res["diffvar_bpd_printed_by_its_run"] = json.load(f)["result"]["test_bpd"]
     return dict(seed=seed, wall_seconds=seconds, peer_steps=peer["steps"], peer_lr=peer["lr"],
                 peer_threads=peer["threads"], **res)
 
@@ -157,7 +194,8 @@ def main(argv):
     os.makedirs(FLAGS.workdir, exist_ok=True)
     rows = []
     for seed in map(int, FLAGS.seeds):
-        print(f"quality: seed {seed}: diffvar's run, then the peer for as long", file=sys.stderr, flush=True)
+        print(f"quality: seed {seed}: diffvar's run, then the peer for as long (logs: {FLAGS.workdir}/*.log)",
+              file=sys.stderr, flush=True)
         rows.append(one_seed(seed, FLAGS.workdir))
         r = rows[-1]
         print(f"seed {seed}: {r['wall_seconds']:.0f} s each | diffvar {r['diffvar_step']} steps, "

@@ -1,10 +1,12 @@
-"""Smoke run of benchmarks/bench.py: toy2d for about a second, diffvar only; the JSON has every figure, finite.
-No timing is asserted (timings are bench figures, never test results)."""
+"""Smoke runs of the benchmarks (bench.py, ab.py, quality.py), each as short as it goes: every figure is there
+and finite. No timing is asserted (timings are bench figures, never test results)."""
 import json
 import math
 import os
 import subprocess
 import sys
+
+import pytest
 
 from tests.helpers import ROOT
 
@@ -45,3 +47,29 @@ def test_ab_smoke_run_compares_two_programs_of_one_function():
         for key in ("train_steps_per_sec", "elbo_examples_per_sec"):
             assert len(res["rounds_figures"][variant][key]) == 1 and res["median"][variant][key] > 0
     assert set(res["ratio"]) == {"train_steps_per_sec", "elbo_examples_per_sec"}
+
+
+def test_quality_smoke_run_trains_and_evaluates_both_sides_and_reuses_its_runs(tmp_path):
+    """benchmarks/quality.py with diffvar's run cut to 4 steps: the peer trains for as long as that run took, both
+    are evaluated on the whole digits test set; run again, it reuses both runs and gives the same numbers."""
+    pytest.importorskip("torch", reason="the bench extra (pip install -e '.[bench]') provides torch")
+    out = tmp_path / "quality.json"
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "quality.py"), f"--workdir={tmp_path / 'runs'}",
+           f"--out={out}", "--overrides=training.num_steps=4,training.log_every=2,training.ckpt_every=4,"
+           "eval.every=4,eval.repeats=1,eval.final_repeats=1,sampling.num=4,sampling.steps=4,optim.warmup_steps=1"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (first,) = json.loads(out.read_text())["seeds"]
+    assert first["diffvar_step"] == 4 and first["peer_steps"] > 0 and first["peer_lr"] == 1e-4
+    assert first["num_examples"] == 297 and first["repeats"] == 1 and first["wall_seconds"] > 0
+    for key in ("diffvar_bpd", "diffvar_bpd_stderr", "peer_bpd", "peer_bpd_stderr", "peer_minus_diffvar_bpd_stderr"):
+        assert math.isfinite(first[key]) and first[key] > 0, (key, first[key])
+    assert first["peer_minus_diffvar_bpd"] == pytest.approx(first["peer_bpd"] - first["diffvar_bpd"], abs=1e-9)
+    assert first["diffvar_bpd"] == pytest.approx(first["diffvar_bpd_printed_by_its_run"], abs=1e-9)
+
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stderr.count("quality: reusing") == 2, r.stderr
+    (again,) = json.loads(out.read_text())["seeds"]
+    assert again == first
