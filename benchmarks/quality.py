@@ -9,10 +9,10 @@ For each seed, one after the other (never sharing the cores):
    seconds, as the reference trains: the same model space (uniform dequantization, logit with a = 0.05), eps-loss
    DSM, Adam at the reference's lr 1e-4, batch 64, no EMA, no schedule.
 3. both evaluated here by the trainer's final evaluation, on the same test examples with the same keys (the
-   ISM ELBO, uniform time, one Rademacher probe per draw, eval.final_repeats = 32 draws per example): diffvar on
-   its EMA parameters (so its bpd is exactly the one its run printed), the peer on its weights copied into diffvar's U-Net (peer_params;
-   model.time_scale = 1, since the peer embeds t in [0, 1] directly). The difference is paired (same examples
-   and draws), so its standard error is that of the difference, not of either bpd.
+   ISM ELBO, uniform time, one Rademacher probe per draw, eval.final_repeats = 32 draws per example): diffvar
+   on its EMA parameters (so its bpd is exactly the one its run printed), the peer on its weights copied into
+   diffvar's U-Net (peer_params; model.time_scale = 1, since the peer embeds t in [0, 1] directly). The
+   difference is paired (same examples and draws): its standard error is that of the difference.
 
 Prints a line per seed and writes a JSON: W, each side's steps and test bpd +- s.e., the paired difference.
 Each finished run is recorded in --workdir (diffvar_seed<S>.json, peer_seed<S>_lr<LR>.json with the weights

@@ -38,7 +38,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timing import rate  # benchmarks/timing.py: the same loop as diffvar's side
 
 BETA_MIN, BETA_MAX = 0.1, 20.0
 
@@ -231,6 +230,7 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save", default="", help="--train_data: write the trained weights here (.npz)")
     args = p.parse_args()
+    from timing import rate  # benchmarks/timing.py, the same loop as diffvar's side (here: importable by path)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

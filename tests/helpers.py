@@ -8,6 +8,15 @@ from diffvar import config as config_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def load_benchmark(name):
+    """benchmarks/<name>.py as a module (benchmarks/ is not a package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def load_config(name):
     """configs/<name>.py's get_config(), loaded by path as scripts/train.py's --config does."""
     import runpy

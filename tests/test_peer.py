@@ -1,21 +1,16 @@
 """The PyTorch peer (benchmarks/torch_peer.py) computes diffvar's U-Net function: its weights, copied in by
 benchmarks/quality.py's peer_params, give diffvar's U-Net (time_scale 1, as the peer embeds t) the peer's output.
 This is what lets benchmarks/quality.py evaluate the peer's trained model with diffvar's own estimator."""
-import os
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from diffvar.models import make_model
-from tests.helpers import ROOT, load_config
+from tests.helpers import load_benchmark, load_config
 
 torch = pytest.importorskip("torch", reason="the bench extra (pip install -e '.[bench]') provides torch")
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-import quality  # noqa: E402
-import torch_peer  # noqa: E402
+quality, torch_peer = load_benchmark("quality"), load_benchmark("torch_peer")
 
 
 @pytest.mark.parametrize("workload,config,shape", [("digits", "digits", (8, 8, 1)), ("mnist", "mnist", (28, 28, 1))])
