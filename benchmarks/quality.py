@@ -48,8 +48,8 @@ FLAGS = flags.FLAGS
 
 def peer_params(weights, template):
     """The peer's U-Net weights (name -> np array, its state_dict order) as diffvar U-Net parameters of the
-    structure of `template` (the params of model.init, a dict in creation order): both networks create their layers in the same order,
-    so the i-th torch module is the i-th flax module. Conv2d [O, I, kh, kw] -> kernel [kh, kw, I, O] (a 1x1
+    structure of `template` (the params of model.init, a dict in creation order): both networks create their
+    layers in the same order, so the i-th torch module is the i-th flax module. Conv2d [O, I, kh, kw] -> kernel [kh, kw, I, O] (a 1x1
     Conv2d in attention -> Dense kernel [I, O]); Linear [O, I] -> kernel [I, O]; GroupNorm weight -> scale."""
     modules = {}
     for name, value in weights.items():
