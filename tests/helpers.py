@@ -1,4 +1,5 @@
 """Shared test helpers: tiny configs, running a script as a user would, and the one statistical assertion."""
+import functools
 import os
 import subprocess
 import sys
@@ -8,8 +9,10 @@ from diffvar import config as config_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@functools.cache
 def load_benchmark(name):
-    """benchmarks/<name>.py as a module (benchmarks/ is not a package)."""
+    """benchmarks/<name>.py as a module (benchmarks/ is not a package), loaded once per process (its absl flags
+    may be defined only once)."""
     import importlib.util
     spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
