@@ -230,7 +230,7 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save", default="", help="--train_data: write the trained weights here (.npz)")
     args = p.parse_args()
-    from timing import rate  # benchmarks/timing.py, the same loop as diffvar's side (here: importable by path)
+    from timing import rate  # benchmarks/timing.py, diffvar's loop; here, since tests load this file by path
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
