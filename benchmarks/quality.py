@@ -46,11 +46,15 @@ flags.DEFINE_float("peer_lr", 1e-4, "The peer's Adam learning rate (the referenc
 FLAGS = flags.FLAGS
 
 
-def peer_params(weights, template):
-    """The peer's U-Net weights (name -> np array, its state_dict order) as diffvar U-Net parameters of the
-    structure of `template` (the params of model.init, a dict in creation order): both networks create their
-    layers in the same order, so the i-th torch module is the i-th flax module. Conv2d [O, I, kh, kw] -> kernel [kh, kw, I, O] (a 1x1
-    Conv2d in attention -> Dense kernel [I, O]); Linear [O, I] -> kernel [I, O]; GroupNorm weight -> scale."""
+def peer_params(weights, model, shape):
+    """The peer's U-Net weights (name -> np array, its state_dict order) as parameters of diffvar's U-Net `model`
+    for examples of `shape` [H, W, C]: both networks create their layers in the same order, so the i-th torch
+    module is the i-th flax module (model.init's dict keeps that order; jax.tree functions would sort it).
+    Conv2d [O, I, kh, kw] -> kernel [kh, kw, I, O] (a 1x1 Conv2d in attention -> Dense kernel [I, O]);
+    Linear [O, I] -> kernel [I, O]; GroupNorm weight -> scale."""
+    import jax
+    import jax.numpy as jnp
+    template = model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(shape)), jnp.ones((1,)))["params"]
     modules = {}
     for name, value in weights.items():
         module, field = name.rsplit(".", 1)
@@ -103,7 +107,6 @@ def run(cmd, log_path):
 def evaluate_both(diffvar_workdir, peer_weights):
     """Test-set ELBO (bpd) of diffvar's EMA parameters and of the peer's weights, same examples and keys."""
     import jax
-    import jax.numpy as jnp
     from diffvar import checkpoints, distributed, estimate, experiment
     mesh = distributed.make_mesh()
     exp, params, step, _ = checkpoints.restore_params(diffvar_workdir, "latest", mesh)
@@ -111,21 +114,18 @@ def evaluate_both(diffvar_workdir, peer_weights):
     peer_config = config.copy_and_resolve_references()
     peer_config.model.time_scale = 1.0
     peer_exp = experiment.build(peer_config)
-    # model.init's dict keeps the creation order peer_params relies on (jax.tree functions sort the keys)
-    template = peer_exp.model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + exp.info.shape), jnp.ones((1,)))["params"]
-    peer = jax.device_put(peer_params(peer_weights, template), distributed.replicated(mesh))
+    peer = jax.device_put(peer_params(peer_weights, peer_exp.model, exp.info.shape), distributed.replicated(mesh))
     e = config.eval  # the trainer's final evaluation, key included: diffvar's bpd is the one its run printed
     batches = estimate.split_batches(exp, mesh, e.split, estimate.batch_size(
         e.batch_size, e.max_examples, len(jax.devices()), exp.info.size(e.split)), e.max_examples)
-    key = estimate.pass_key(config.seed + 1, step, e.form)
+    key, repeats = estimate.pass_key(config.seed + 1, step, e.form), e.final_repeats or e.repeats
     out = {}
     for name, ex, p in (("diffvar", exp, params), ("peer", peer_exp, peer)):
         fn = experiment.make_elbo_fn(ex, e.form, e.time_sampling, e.probe, e.divergence)
         compiled, _ = estimate.compile(fn, p, batches[0][0], key)
-        out[name] = estimate.elbo(compiled, p, key, batches, e.final_repeats or e.repeats)
+        out[name] = estimate.elbo(compiled, p, key, batches, repeats)
     d, se = estimate.paired_difference(out["peer"]["values"], out["diffvar"]["values"])
-    return {"diffvar_step": step, "form": e.form, "repeats": e.final_repeats or e.repeats,
-            "num_examples": out["diffvar"]["num_examples"],
+    return {"diffvar_step": step, "form": e.form, "repeats": repeats, "num_examples": out["diffvar"]["num_examples"],
             "diffvar_bpd": out["diffvar"]["mean"], "diffvar_bpd_stderr": out["diffvar"]["stderr"],
             "peer_bpd": out["peer"]["mean"], "peer_bpd_stderr": out["peer"]["stderr"],
             "peer_minus_diffvar_bpd": d, "peer_minus_diffvar_bpd_stderr": se}
@@ -164,12 +164,12 @@ def one_seed(seed, workdir):
 
     seconds = cached(os.path.join(workdir, f"diffvar_seed{seed}.json"), overrides, train_diffvar)["wall_seconds"]
     config = config_lib.load_file(os.path.join(ROOT, "configs", "digits.py"))
-    levels_path = os.path.join(workdir, "digits_train_levels.npy")
-    np.save(levels_path, data_lib.load_split(config.data, "train"))
     name = f"peer_seed{seed}_lr{FLAGS.peer_lr:g}"
     weights_path = os.path.join(workdir, f"{name}.npz")
 
     def train_peer():
+        levels_path = os.path.join(workdir, "digits_train_levels.npy")
+        np.save(levels_path, data_lib.load_split(config.data, "train"))
         _, line = run([sys.executable, os.path.join(HERE, "torch_peer.py"), "--workload=digits",
                        f"--train_data={levels_path}", f"--levels={data_lib.get_info(config.data).levels}",
                        f"--logit_alpha={config.data.logit_alpha}", f"--train_seconds={seconds}",

@@ -23,8 +23,8 @@ def test_peer_weights_copied_into_diffvar_unet_give_the_peers_output(workload, c
     cfg = load_config(config).model
     cfg.time_scale = 1.0
     model = make_model(cfg, shape)
+    params = quality.peer_params({k: v.numpy() for k, v in peer.state_dict().items()}, model, shape)
     template = model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + shape), jnp.ones((1,)))["params"]
-    params = quality.peer_params({k: v.numpy() for k, v in peer.state_dict().items()}, template)
     assert jax.tree.structure(params) == jax.tree.structure(template)
 
     rng = np.random.default_rng(0)
@@ -40,8 +40,7 @@ def test_peer_weights_copied_into_diffvar_unet_give_the_peers_output(workload, c
 
 def test_peer_params_refuses_weights_of_another_network():
     cfg = load_config("digits").model
-    model = make_model(cfg, (8, 8, 1))
-    template = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), jnp.ones((1,)))["params"]
     mnist_peer = torch_peer.WORKLOADS["mnist"][0]()
     with pytest.raises(ValueError, match="modules"):
-        quality.peer_params({k: v.numpy() for k, v in mnist_peer.state_dict().items()}, template)
+        quality.peer_params({k: v.numpy() for k, v in mnist_peer.state_dict().items()}, make_model(cfg, (8, 8, 1)),
+                            (8, 8, 1))

@@ -11,9 +11,9 @@ all but the fastest few frequencies barely move; the scale changes no parameter 
 
 Dense, Conv and GroupNorm are diffvar.models.layers': flax's layers, their sums and broadcasts as matmuls (faster on CPU).
 
-Parity: with time_scale=1 and the peer's weights copied in (benchmarks/quality.py's peer_params), the output matches
-benchmarks/torch_peer.py's UNet to 1e-5 relative (tests/test_peer.py, digits and mnist sizes). Initialisation uses
-flax's defaults (LeCun-normal kernels, zero biases), not torch's, apart from the zero conv_out.
+Parity: with time_scale=1 and the peer's weights copied in (benchmarks/quality.py's peer_params), the output
+matches benchmarks/torch_peer.py's UNet to 1e-5 relative (tests/test_peer.py, digits and mnist sizes).
+Initialisation uses flax's defaults (LeCun-normal kernels, zero biases), not torch's, apart from the zero conv_out.
 """
 from __future__ import annotations
 
