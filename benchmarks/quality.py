@@ -6,7 +6,7 @@ For each seed, one after the other (never sharing the cores):
 1. diffvar: scripts/train.py --config=configs/digits.py --config.seed=SEED, the run `make train` starts, timed
    from process start to exit: W seconds (compilation, periodic evaluations, checkpoints, samples included).
 2. the peer: benchmarks/torch_peer.py trains the reference's digits U-Net on the same training split for W
-   seconds, as the reference trains: the same model space (uniform dequantization, logit with a = 0.05), eps-loss
+   seconds (or --peer_seconds), as the reference trains: the same model space (uniform dequantization, logit with a = 0.05), eps-loss
    DSM, Adam at the reference's lr 1e-4, batch 64, no EMA, no schedule.
 3. both evaluated here by the trainer's final evaluation, on the same test examples with the same keys (the
    ISM ELBO, uniform time, one Rademacher probe per draw, eval.final_repeats = 32 draws per example): diffvar
@@ -43,6 +43,8 @@ flags.DEFINE_string("out", "runs/quality.json", "Where to write the JSON results
 flags.DEFINE_list("overrides", [], "Extra --config.KEY=VALUE for diffvar's run (e.g. training.num_steps=20 for a "
                   "smoke run); the same model space and evaluation apply to both sides.")
 flags.DEFINE_float("peer_lr", 1e-4, "The peer's Adam learning rate (the reference's 1e-4).")
+flags.DEFINE_float("peer_seconds", 0.0, "The peer's training time in seconds; 0: W, as long as diffvar's run took "
+                   "(another value asks how the peer does with more or less time, or makes a smoke run short).")
 FLAGS = flags.FLAGS
 
 
@@ -164,7 +166,8 @@ def one_seed(seed, workdir):
 
     seconds = cached(os.path.join(workdir, f"diffvar_seed{seed}.json"), overrides, train_diffvar)["wall_seconds"]
     config = config_lib.load_file(os.path.join(ROOT, "configs", "digits.py"))
-    name = f"peer_seed{seed}_lr{FLAGS.peer_lr:g}"
+    peer_seconds = FLAGS.peer_seconds or seconds
+    name = f"peer_seed{seed}_lr{FLAGS.peer_lr:g}" + (f"_{peer_seconds:g}s" if FLAGS.peer_seconds else "")
     weights_path = os.path.join(workdir, f"{name}.npz")
 
     def train_peer():
@@ -172,18 +175,18 @@ def one_seed(seed, workdir):
         np.save(levels_path, data_lib.load_split(config.data, "train"))
         _, line = run([sys.executable, os.path.join(HERE, "torch_peer.py"), "--workload=digits",
                        f"--train_data={levels_path}", f"--levels={data_lib.get_info(config.data).levels}",
-                       f"--logit_alpha={config.data.logit_alpha}", f"--train_seconds={seconds}",
+                       f"--logit_alpha={config.data.logit_alpha}", f"--train_seconds={peer_seconds}",
                        f"--lr={FLAGS.peer_lr}", f"--seed={seed}", f"--save={weights_path}"],
                       os.path.join(workdir, f"{name}.log"))
         return json.loads(line)
 
-    peer = cached(os.path.join(workdir, f"{name}.json"), [seconds, FLAGS.peer_lr], train_peer)
+    peer = cached(os.path.join(workdir, f"{name}.json"), [peer_seconds, FLAGS.peer_lr], train_peer)
     with np.load(weights_path) as f:
         weights = {k: f[k] for k in f.files}
     res = evaluate_both(wd, weights)
     with open(os.path.join(wd, "status.json")) as f:
         res["diffvar_bpd_printed_by_its_run"] = json.load(f)["result"]["test_bpd"]
-    return dict(seed=seed, wall_seconds=seconds, peer_steps=peer["steps"], peer_lr=peer["lr"],
+    return dict(seed=seed, wall_seconds=seconds, peer_seconds=peer_seconds, peer_steps=peer["steps"], peer_lr=peer["lr"],
                 peer_threads=peer["threads"], **res)
 
 
@@ -198,7 +201,7 @@ def main(argv):
               file=sys.stderr, flush=True)
         rows.append(one_seed(seed, FLAGS.workdir))
         r = rows[-1]
-        print(f"seed {seed}: {r['wall_seconds']:.0f} s each | diffvar {r['diffvar_step']} steps, "
+        print(f"seed {seed}: {r['wall_seconds']:.0f} s / {r['peer_seconds']:.0f} s | diffvar {r['diffvar_step']} steps, "
               f"{r['diffvar_bpd']:.4f} +- {r['diffvar_bpd_stderr']:.4f} bpd | peer {r['peer_steps']} steps, "
               f"{r['peer_bpd']:.4f} +- {r['peer_bpd_stderr']:.4f} bpd | peer - diffvar "
               f"{r['peer_minus_diffvar_bpd']:+.4f} +- {r['peer_minus_diffvar_bpd_stderr']:.4f}", flush=True)

@@ -50,24 +50,24 @@ def test_ab_smoke_run_compares_two_programs_of_one_function():
 
 
 def test_quality_smoke_run_trains_and_evaluates_both_sides(tmp_path):
-    """benchmarks/quality.py with diffvar's run cut to 4 steps: the peer trains for as long as that run took, both
-    are evaluated on the whole digits test set, diffvar's bpd being the one its run printed."""
+    """benchmarks/quality.py with diffvar's run cut to 4 steps and the peer's to 5 s (by default it trains as long as
+    diffvar's run took), both evaluated on the whole digits test set, diffvar's bpd being the one its run printed."""
     pytest.importorskip("torch", reason="the bench extra (pip install -e '.[bench]') provides torch")
     out = tmp_path / "quality.json"
     r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "quality.py"),
-                        f"--workdir={tmp_path / 'runs'}", f"--out={out}",
+                        f"--workdir={tmp_path / 'runs'}", f"--out={out}", "--peer_seconds=5",
                         "--overrides=training.num_steps=4,training.log_every=2,training.ckpt_every=4,eval.every=4,"
                         "eval.repeats=1,eval.final_repeats=1,sampling.num=4,sampling.steps=4,optim.warmup_steps=1"],
                        capture_output=True, text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert r.returncode == 0, r.stdout + r.stderr
     (res,) = json.loads(out.read_text())["seeds"]
-    assert res["diffvar_step"] == 4 and res["peer_steps"] > 0 and res["peer_lr"] == 1e-4
+    assert res["diffvar_step"] == 4 and res["peer_steps"] > 0 and res["peer_lr"] == 1e-4 and res["peer_seconds"] == 5
     assert res["num_examples"] == 297 and res["repeats"] == 1 and res["wall_seconds"] > 0
     for key in ("diffvar_bpd", "diffvar_bpd_stderr", "peer_bpd", "peer_bpd_stderr", "peer_minus_diffvar_bpd_stderr"):
         assert math.isfinite(res[key]) and res[key] > 0, (key, res[key])
     assert res["peer_minus_diffvar_bpd"] == pytest.approx(res["peer_bpd"] - res["diffvar_bpd"], abs=1e-9)
     assert res["diffvar_bpd"] == pytest.approx(res["diffvar_bpd_printed_by_its_run"], abs=1e-9)
-    assert all((tmp_path / "runs" / f).exists() for f in ("diffvar_seed0.json", "peer_seed0_lr0.0001.npz"))
+    assert all((tmp_path / "runs" / f).exists() for f in ("diffvar_seed0.json", "peer_seed0_lr0.0001_5s.npz"))
 
 
 def test_quality_reuses_a_recorded_run_only_for_the_same_settings(tmp_path):
