@@ -6,8 +6,8 @@ For each seed, one after the other (never sharing the cores):
 1. diffvar: scripts/train.py --config=configs/digits.py --config.seed=SEED, the run `make train` starts, timed
    from process start to exit: W seconds (compilation, periodic evaluations, checkpoints, samples included).
 2. the peer: benchmarks/torch_peer.py trains the reference's digits U-Net on the same training split for W
-   seconds (or --peer_seconds), as the reference trains: the same model space (uniform dequantization, logit with a = 0.05), eps-loss
-   DSM, Adam at the reference's lr 1e-4, batch 64, no EMA, no schedule.
+   seconds (or --peer_seconds), as the reference trains: the same model space (uniform dequantization, logit
+   with a = 0.05), eps-loss DSM, Adam at the reference's lr 1e-4, batch 64, no EMA, no schedule.
 3. both evaluated here by the trainer's final evaluation, on the same test examples with the same keys (the
    ISM ELBO, uniform time, one Rademacher probe per draw, eval.final_repeats = 32 draws per example): diffvar
    on its EMA parameters (so its bpd is exactly the one its run printed), the peer on its weights copied into
@@ -186,8 +186,8 @@ def one_seed(seed, workdir):
     res = evaluate_both(wd, weights)
     with open(os.path.join(wd, "status.json")) as f:
         res["diffvar_bpd_printed_by_its_run"] = json.load(f)["result"]["test_bpd"]
-    return dict(seed=seed, wall_seconds=seconds, peer_seconds=peer_seconds, peer_steps=peer["steps"], peer_lr=peer["lr"],
-                peer_threads=peer["threads"], **res)
+    return dict(seed=seed, wall_seconds=seconds, peer_seconds=peer_seconds, peer_steps=peer["steps"],
+                peer_lr=peer["lr"], peer_threads=peer["threads"], **res)
 
 
 def main(argv):
@@ -201,7 +201,8 @@ def main(argv):
               file=sys.stderr, flush=True)
         rows.append(one_seed(seed, FLAGS.workdir))
         r = rows[-1]
-        print(f"seed {seed}: {r['wall_seconds']:.0f} s / {r['peer_seconds']:.0f} s | diffvar {r['diffvar_step']} steps, "
+        print(f"seed {seed}: {r['wall_seconds']:.0f} s / {r['peer_seconds']:.0f} s | "
+              f"diffvar {r['diffvar_step']} steps, "
               f"{r['diffvar_bpd']:.4f} +- {r['diffvar_bpd_stderr']:.4f} bpd | peer {r['peer_steps']} steps, "
               f"{r['peer_bpd']:.4f} +- {r['peer_bpd_stderr']:.4f} bpd | peer - diffvar "
               f"{r['peer_minus_diffvar_bpd']:+.4f} +- {r['peer_minus_diffvar_bpd_stderr']:.4f}", flush=True)
