@@ -15,9 +15,10 @@ For each seed, one after the other (never sharing the cores):
    difference is paired (same examples and draws): its standard error is that of the difference.
 
 Prints a line per seed and writes a JSON: W, each side's steps and test bpd +- s.e., the paired difference.
-Each finished run is recorded in --workdir (diffvar_seed<S>.json, peer_seed<S>_lr<LR>.json with the weights
-beside it) and reused by a later invocation with the same settings: an interrupted benchmark re-runs only what it
-had not finished, and --peer_lr=2e-3 gives the peer diffvar's peak learning rate against the same diffvar runs.
+Each finished run is recorded in --workdir (diffvar_seed<S>.json, peer_seed<S>_lr<LR>[_<T>s].json with the
+weights beside it; _<T>s when --peer_seconds=T is given) and reused by a later invocation with the same settings:
+an interrupted benchmark re-runs only what it had not finished, and --peer_lr=2e-3 or --peer_seconds=T give the
+peer another learning rate or time against the same diffvar runs.
 """
 from __future__ import annotations
 
