@@ -22,8 +22,9 @@ $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
 	touch $(TEST_STAMP)
 
+# One pytest worker per core (pytest-xdist); each test file runs on one worker, so its module fixtures are built once.
 test: $(TEST_STAMP)
-	JAX_PLATFORMS=cpu $(PY) -m pytest -q tests
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n auto --dist loadfile tests
 
 train: install
 	JAX_PLATFORMS=cpu $(PY) scripts/train.py --config=configs/digits.py --workdir=$(WORKDIR)

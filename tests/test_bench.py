@@ -1,5 +1,5 @@
-"""Smoke runs of the benchmarks (bench.py, ab.py, quality.py), each as short as it goes: every figure is there
-and finite. No timing is asserted (timings are bench figures, never test results)."""
+"""Smoke runs of the benchmarks (bench.py, ab.py, toy_matmuls.py, quality.py), each as short as it goes: every
+figure is there and finite. No timing is asserted (timings are bench figures, never test results)."""
 import json
 import math
 import os
@@ -49,6 +49,19 @@ def test_ab_smoke_run_compares_two_programs_of_one_function():
     assert set(res["ratio"]) == {"train_steps_per_sec", "elbo_examples_per_sec"}
 
 
+def test_toy_matmuls_times_the_gradient_of_two_layers():
+    """benchmarks/toy_matmuls.py: the chain it times is the gradient of |x W1 W2|^2 / 2 (checked against jax.grad
+    in the run), and both sides' figures are there."""
+    pytest.importorskip("torch", reason="the bench extra (pip install -e '.[bench]') provides torch")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "toy_matmuls.py"), "--seconds=0.05"],
+                       capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["gradient_rel_err"] < 1e-5, res
+    for side in ("jax", "torch"):
+        assert res["chains_per_sec"][side] > 0 and res["gflops"][side] > 0
+
+
 def test_quality_smoke_run_trains_and_evaluates_both_sides(tmp_path):
     """benchmarks/quality.py with diffvar's run cut to 4 steps and the peer's to 5 s (by default it trains as long as
     diffvar's run took), both evaluated on the whole digits test set, diffvar's bpd being the one its run printed."""
@@ -68,6 +81,11 @@ def test_quality_smoke_run_trains_and_evaluates_both_sides(tmp_path):
     assert res["peer_minus_diffvar_bpd"] == pytest.approx(res["peer_bpd"] - res["diffvar_bpd"], abs=1e-9)
     assert res["diffvar_bpd"] == pytest.approx(res["diffvar_bpd_printed_by_its_run"], abs=1e-9)
     assert all((tmp_path / "runs" / f).exists() for f in ("diffvar_seed0.json", "peer_seed0_lr0.0001_5s.npz"))
+    # scripts/train.py, tuned as `make train` runs it, split the digits U-Net's batch over one CPU device per core
+    from diffvar import cli
+    devices = min(len(os.sched_getaffinity(0)), cli.MAX_CPU_DEVICES)
+    log = (tmp_path / "runs" / "diffvar_seed0.log").read_text()
+    assert f"on {devices} cpu device(s) in 1 process(es)" in log, log
 
 
 def test_quality_reuses_a_recorded_run_only_for_the_same_settings(tmp_path):

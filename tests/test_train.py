@@ -100,17 +100,12 @@ def test_sigkill_at_any_moment_then_resume_is_bitwise_identical(tmp_path):
 
 def test_scripts_make_one_cpu_device_per_core(tmp_path, monkeypatch):
     """Under the scripts' tuning a batch is split over one CPU device per usable core, at most
-    cli.MAX_CPU_DEVICES; the user's own choice, or DIFFVAR_TUNE=0, leaves jax's default of one."""
+    cli.MAX_CPU_DEVICES; the user's own choice, or DIFFVAR_TUNE=0, leaves jax's default of one. (A digits run
+    of scripts/train.py on one device per core is checked by test_bench's quality smoke run, which makes one.)"""
     from diffvar import cli
-    expected = min(len(os.sched_getaffinity(0)), cli.MAX_CPU_DEVICES)
-    for config, flags, n in [("digits", ["--config.training.num_steps=2", "--config.optim.warmup_steps=1",
-                                         "--config.training.log_every=2", "--config.training.ckpt_every=2",
-                                         "--config.eval.final_repeats=1", "--config.sampling.num=2",
-                                         "--config.sampling.steps=2", "--config.eval.max_examples=8"], expected),
-                             ("gmm2d", ["--config.training.num_steps=20"], 1)]:  # the toys' MLPs keep one device
-        r = train_script(str(tmp_path / config), *flags, config=config)
-        assert r.returncode == 0, r.stdout + r.stderr
-        assert f"on {n} cpu device(s) in 1 process(es)" in r.stdout.splitlines()[0], r.stdout
+    r = train_script(str(tmp_path / "gmm2d"), "--config.training.num_steps=20")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "on 1 cpu device(s) in 1 process(es)" in r.stdout.splitlines()[0], r.stdout  # the toys' MLPs keep one
     for key in ("JAX_NUM_CPU_DEVICES", "XLA_FLAGS"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("DIFFVAR_TUNE", "done")
