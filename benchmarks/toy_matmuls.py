@@ -39,11 +39,13 @@ def chain(x, w1, w2, mm, t):
     return g0, dw1, dw2
 
 
-def jax_chains(seconds):
+def inputs():
+    """x [B, H], W1, W2 [H, H]: standard normal, the weights scaled by 1 / H."""
     k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
-    x = jax.random.normal(k1, (B, H))
-    w1, w2 = (jax.random.normal(k, (H, H)) / H for k in (k2, k3))
+    return jax.random.normal(k1, (B, H)), *(jax.random.normal(k, (H, H)) / H for k in (k2, k3))
 
+
+def jax_chains(x, w1, w2, seconds):
     def body(c, _):
         x, w1, w2 = c
         g0, dw1, dw2 = chain(x, w1, w2, jnp.matmul, jnp.transpose)
@@ -66,11 +68,11 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=2.0)
     args = p.parse_args()
-    x, w1, w2 = (jax.random.normal(jax.random.PRNGKey(i), s) for i, s in enumerate([(B, H), (H, H), (H, H)]))
+    x, w1, w2 = inputs()
     want = jax.grad(lambda *a: 0.5 * jnp.sum((a[0] @ a[1] @ a[2]) ** 2), argnums=(0, 1, 2))(x, w1, w2)
     got = chain(x, w1, w2, jnp.matmul, jnp.transpose)
     rel_err = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) for a, b in zip(got, want))
-    j, t = jax_chains(args.seconds), torch_chains(args.seconds)
+    j, t = jax_chains(x, w1, w2, args.seconds), torch_chains(args.seconds)
     print(f"six [{B}, {H}] x [{H}, {H}] matmuls: jax {j:.0f}/s ({FLOPS * j / 1e9:.0f} GFLOP/s), torch {t:.0f}/s "
           f"({FLOPS * t / 1e9:.0f} GFLOP/s)", flush=True)
     print(json.dumps({"jax": jax.__version__, "gradient_rel_err": rel_err, "chains_per_sec": {"jax": j, "torch": t},
