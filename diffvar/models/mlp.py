@@ -4,20 +4,21 @@ from __future__ import annotations
 import math
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-from diffvar.models.layers import Dense, softplus, timestep_embedding
+from diffvar.models.embedding import timestep_embedding
 
-ACTIVATIONS = {"softplus": softplus, "silu": nn.silu, "relu": nn.relu, "tanh": jnp.tanh}
+ACTIVATIONS = {"softplus": jax.nn.softplus, "silu": nn.silu, "relu": nn.relu, "tanh": jnp.tanh}
 TIME_EMBEDDINGS = ("concat", "sinusoidal")
 
 
 class MLP(nn.Module):
-    """y [B, ...], t [B] -> [B, ...]: `depth` hidden Dense(hidden) layers on concat(flatten(y), emb(t)).
+    """y [B, ...], t [B] -> [B, ...]: h_0 = concat(flatten(y), emb(t)), h_{i+1} = act(Dense(hidden)(h_i)) for
+    `depth` layers, out = Dense(d)(h_depth) reshaped to y's shape (d = the size of one example).
 
-    time_embedding 'concat' appends raw t (the PyTorch reference's toy MLP, d+1 -> 128 x 3 -> d);
-    'sinusoidal' appends a `hidden`-dim sinusoidal embedding of t * time_scale.
-    Trailing dims of y are flattened and restored, so any data shape works.
+    time_embedding 'concat': emb(t) = t, one column (the PyTorch reference's toy MLP, d+1 -> 128 x 3 -> d);
+    'sinusoidal': emb(t) = timestep_embedding(t * time_scale, hidden).
     """
 
     hidden: int = 128
@@ -40,5 +41,5 @@ class MLP(nn.Module):
         d = math.prod(y.shape[1:])
         h = jnp.concatenate([y.reshape(y.shape[0], d), temb], axis=1)
         for _ in range(self.depth):
-            h = act(Dense(self.hidden)(h))
-        return Dense(d)(h).reshape(y.shape)
+            h = act(nn.Dense(self.hidden)(h))
+        return nn.Dense(d)(h).reshape(y.shape)

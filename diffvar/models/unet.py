@@ -9,7 +9,7 @@ Time: t [B] is scaled by `time_scale` (default 1000) before the sinusoidal embed
 timesteps and score_sde's continuous VP models do. The PyTorch reference embeds t in [0, 1] directly, where
 all but the fastest few frequencies barely move; the scale changes no parameter count.
 
-Dense, Conv and GroupNorm are diffvar.models.layers': flax's layers, their sums and broadcasts as matmuls (faster on CPU).
+Layers are flax's nn.Conv (3x3 'SAME' unless said), nn.GroupNorm (min(32, C) groups, epsilon 1e-6) and nn.Dense.
 
 Parity: with time_scale=1 and the peer's weights copied in (benchmarks/quality.py's peer_params), the output
 matches benchmarks/torch_peer.py's UNet to 1e-5 relative (tests/test_peer.py, digits and mnist sizes).
@@ -22,7 +22,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from diffvar.models.layers import Conv, Dense, group_norm, per_example, timestep_embedding
+from diffvar.models.embedding import timestep_embedding
 
 
 def norm_channels(ch, ch_mult, num_res_blocks):
@@ -56,40 +56,49 @@ def check_unet_shape(height, width, ch, ch_mult, num_res_blocks):
     return None
 
 
+def group_norm(ch):
+    """nn.GroupNorm for `ch` channels: min(32, ch) groups, epsilon 1e-6 (as DDPM); call inside a compact module."""
+    return nn.GroupNorm(num_groups=min(32, ch), epsilon=1e-6)
+
+
 class ResBlock(nn.Module):
-    """x [B,H,W,Cin], temb [B,E] -> [B,H,W,out_ch]: conv(drop(act(norm(conv(act(norm x)) + dense temb)))) + skip."""
+    """x [B,H,W,Cin], temb [B,E] -> [B,H,W,out_ch]:
+    h = conv1(silu(norm(x))) + Dense(silu(temb))[:, None, None, :];  out = skip(x) + conv2(drop(silu(norm(h)))),
+    skip a 1x1 conv when Cin != out_ch, else the identity."""
 
     out_ch: int
     dropout: float = 0.0
 
     @nn.compact
     def __call__(self, x, temb, train=False):
-        h = Conv(self.out_ch, (3, 3), name="conv1")(nn.silu(group_norm(x.shape[-1])(x)))
-        temb = Dense(self.out_ch, name="temb_proj")(nn.silu(temb))                 # [B, out_ch] at every pixel
-        h = h + per_example(temb, h.shape[1] * h.shape[2]).reshape(h.shape)
+        h = nn.Conv(self.out_ch, (3, 3), name="conv1")(nn.silu(group_norm(x.shape[-1])(x)))
+        h = h + nn.Dense(self.out_ch, name="temb_proj")(nn.silu(temb))[:, None, None, :]
         h = nn.silu(group_norm(self.out_ch)(h))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        h = Conv(self.out_ch, (3, 3), name="conv2")(h)
+        h = nn.Conv(self.out_ch, (3, 3), name="conv2")(h)
         if x.shape[-1] != self.out_ch:
-            x = Conv(self.out_ch, (1, 1), name="skip")(x)
+            x = nn.Conv(self.out_ch, (1, 1), name="skip")(x)
         return x + h
 
 
 class AttnBlock(nn.Module):
-    """Single-head self-attention over the H*W positions, residual; x [B,H,W,C] -> [B,H,W,C]."""
+    """Single-head self-attention over the P = H*W positions, residual; x [B,H,W,C] -> [B,H,W,C]:
+    q, k, v = Dense(norm(x)) [B,P,C];  out = x + Dense(softmax(q k^T / sqrt(C)) v)."""
 
     @nn.compact
     def __call__(self, x):
         b, hh, ww, c = x.shape
         h = group_norm(c)(x).reshape(b, hh * ww, c)
-        q, k, v = (Dense(c, name=n)(h) for n in ("q", "k", "v"))
+        q, k, v = (nn.Dense(c, name=n)(h) for n in ("q", "k", "v"))
         w = nn.softmax(jnp.einsum("bic,bjc->bij", q, k) * c**-0.5, axis=-1)
-        out = Dense(c, name="out")(jnp.einsum("bij,bjc->bic", w, v))
+        out = nn.Dense(c, name="out")(jnp.einsum("bij,bjc->bic", w, v))
         return x + out.reshape(b, hh, ww, c)
 
 
 class UNet(nn.Module):
     """DDPM U-Net; y [B,H,W,C], t [B] -> [B,H,W,C], exactly 0 at initialisation (zero final conv).
+
+    Every ResBlock gets temb [B, 4 ch] = Dense(silu(Dense(timestep_embedding(t * time_scale, ch)))).
 
     `attn_resolutions` are compared with the current feature-map height. Dropout (inside every ResBlock,
     between the two convs) is active only with train=True and then uses the 'dropout' rng.
@@ -110,11 +119,11 @@ class UNet(nn.Module):
         if msg:
             raise ValueError(msg)
         temb = timestep_embedding(t * self.time_scale, self.ch)
-        temb = Dense(4 * self.ch)(temb)
-        temb = Dense(4 * self.ch)(nn.silu(temb))
+        temb = nn.Dense(4 * self.ch)(temb)
+        temb = nn.Dense(4 * self.ch)(nn.silu(temb))
 
         res = y.shape[1]
-        hs = [Conv(self.ch, (3, 3), name="conv_in")(y)]
+        hs = [nn.Conv(self.ch, (3, 3), name="conv_in")(y)]
         for i, mult in enumerate(self.ch_mult):
             for _ in range(self.num_res_blocks):
                 h = ResBlock(self.ch * mult, self.dropout)(hs[-1], temb, train)
@@ -123,7 +132,7 @@ class UNet(nn.Module):
                 hs.append(h)
             if i != len(self.ch_mult) - 1:
                 c = hs[-1].shape[-1]
-                hs.append(Conv(c, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))(hs[-1]))
+                hs.append(nn.Conv(c, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))(hs[-1]))
                 res //= 2
 
         h = hs[-1]
@@ -138,9 +147,9 @@ class UNet(nn.Module):
                     h = AttnBlock()(h)
             if i != 0:
                 h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
-                h = Conv(h.shape[-1], (3, 3))(h)
+                h = nn.Conv(h.shape[-1], (3, 3))(h)
                 res *= 2
         assert not hs
 
         h = nn.silu(group_norm(h.shape[-1])(h))
-        return Conv(y.shape[-1], (3, 3), kernel_init=nn.initializers.zeros, name="conv_out")(h)
+        return nn.Conv(y.shape[-1], (3, 3), kernel_init=nn.initializers.zeros, name="conv_out")(h)
