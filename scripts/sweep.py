@@ -19,7 +19,7 @@ from ml_collections import config_flags
 from diffvar import cli
 
 cli.tune_process()  # before jax starts: glibc's allocator settings (see diffvar/cli.py)
-from diffvar.errors import OptionError
+from diffvar.errors import OptionError, check_choice
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py) declaring get_hyper.",
                                 lock_config=True)
@@ -45,32 +45,47 @@ flags.DEFINE_list("slurm_args", [], "Slurm: more submitit parameters, key=value,
 FLAGS = flags.FLAGS
 
 
-def main():
-    if not FLAGS.workdir:
-        raise OptionError("--workdir is required")
-    if FLAGS.config is None and not FLAGS.report:
-        raise OptionError("--config is required (a configs/*.py file declaring get_hyper)")
-    from diffvar import config as config_lib
-    from diffvar import sweep
-    slurm = {"timeout_min": FLAGS.slurm_timeout_min, "nodes": FLAGS.slurm_nodes,
-             "gpus_per_node": FLAGS.slurm_gpus_per_node, "slurm_partition": FLAGS.slurm_partition,
-             "cpus_per_task": FLAGS.slurm_cpus_per_task, "mem_gb": FLAGS.slurm_mem_gb}
-    slurm = {k: v for k, v in slurm.items() if v is not None}
+EXECUTORS = ("local", "slurm")
+
+
+def slurm_params():
+    """submitit's parameters from the --slurm_* flags."""
+    params = {"timeout_min": FLAGS.slurm_timeout_min, "nodes": FLAGS.slurm_nodes,
+              "gpus_per_node": FLAGS.slurm_gpus_per_node, "slurm_partition": FLAGS.slurm_partition,
+              "cpus_per_task": FLAGS.slurm_cpus_per_task, "mem_gb": FLAGS.slurm_mem_gb}
+    params = {k: v for k, v in params.items() if v is not None}
     for item in FLAGS.slurm_args:
         key, sep, value = item.partition("=")
         if not sep:
             raise OptionError(f"--slurm_args item {item!r} is not key=value")
         try:
-            slurm[key.strip()] = ast.literal_eval(value)
+            params[key.strip()] = ast.literal_eval(value)
         except (SyntaxError, ValueError):
-            slurm[key.strip()] = value
-    config_path = config_flags.get_config_filename(FLAGS["config"]) if FLAGS.config is not None else None
-    base = config_flags.get_override_values(FLAGS["config"]) if FLAGS.config is not None else {}
-    sweep.run(FLAGS.config, config_path, FLAGS.workdir, sweep_name=FLAGS.sweep, base_overrides=base,
-              parallel=FLAGS.parallel, shard=FLAGS.shard, dry_run=FLAGS.dry_run, report=FLAGS.report,
-              executor=FLAGS.executor, max_retries=FLAGS.max_retries, retry_failed=FLAGS.retry_failed,
-              check_config=config_lib.validate if FLAGS.validate else None, slurm=slurm,
-              trainer=shlex.split(FLAGS.trainer) if FLAGS.trainer else sweep.TRAINER)
+            params[key.strip()] = value
+    return params
+
+
+def main():
+    if not FLAGS.workdir:
+        raise OptionError("--workdir is required")
+    from diffvar import sweep
+    if FLAGS.report:
+        sweep.report(FLAGS.workdir)
+        return
+    if FLAGS.config is None:
+        raise OptionError("--config is required (a configs/*.py file declaring get_hyper)")
+    from diffvar import config as config_lib
+    check_choice("--executor", FLAGS.executor, EXECUTORS, error=OptionError)
+    if FLAGS.executor == "slurm":
+        executor = sweep.SlurmExecutor(slurm_params(), max_retries=FLAGS.max_retries)
+    else:
+        executor = sweep.LocalExecutor(FLAGS.parallel, max_retries=FLAGS.max_retries)
+    shard = sweep.parse_shard(FLAGS.shard)
+    declared = sweep.load(FLAGS.config, config_flags.get_config_filename(FLAGS["config"]), FLAGS.workdir,
+                        name=FLAGS.sweep, base=config_flags.get_override_values(FLAGS["config"]),
+                        check_config=config_lib.validate if FLAGS.validate else None,
+                        trainer=shlex.split(FLAGS.trainer) if FLAGS.trainer else sweep.TRAINER)
+    sweep.run(declared, executor, shard=shard, retry_failed=FLAGS.retry_failed, dry_run=FLAGS.dry_run)
     sys.stdout.flush()
 
 

@@ -1,10 +1,10 @@
-"""diffvar.hyper: the exact semantics of sweep / product / zipit / chainit / fixed / named and the checks."""
+"""diffvar.sweep.declarations: the exact semantics of sweep / product / zipit / chainit / fixed / named and the checks."""
 import types
 
 import ml_collections
 import pytest
 
-from diffvar import hyper as h
+from diffvar.sweep import declarations as h
 from diffvar.errors import ConfigError
 
 

@@ -1,4 +1,4 @@
-"""The sweep runner (diffvar/sweep.py, scripts/sweep.py) with a fake trainer, and one real gmm2d sweep.
+"""The sweep runner (diffvar/sweep/, scripts/sweep.py) with a fake trainer, and one real gmm2d sweep.
 
 The fake trainer follows the trainer's contract: status.json (running / finished / interrupted / failed with
 a kind), metrics.jsonl, exit 0 on finish or SIGTERM, exit 1 with one `error: ...` line for a user error,
@@ -15,7 +15,9 @@ import time
 
 import pytest
 
-from diffvar import hyper, results, sweep
+from diffvar import config as config_lib
+from diffvar import sweep
+from diffvar.sweep import declarations, executors, results
 from diffvar.errors import ConfigError, OptionError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,12 +114,22 @@ def fake(tmp_path):
     return [sys.executable, str(path)]
 
 
-def run(config_path, workdir, fake, base=None, **kw):
-    """sweep.run in this process with the fake trainer; returns (rows, printed lines)."""
-    config = hyper.apply(sweep.load_module(config_path).get_config(), base or {})
+def run(config_path, workdir, fake, base=None, sweep_name=None, check_config=None, report=False, dry_run=False,
+        shard=None, retry_failed=False, executor="local", slurm=None, **kw):
+    """sweep.run (or sweep.report) in this process with the fake trainer; returns (rows, printed lines).
+    kw: the LocalExecutor's parallel, gpus, max_retries (or the SlurmExecutor's max_retries)."""
     lines = []
-    rows = sweep.run(config, config_path, str(workdir), base_overrides=base, trainer=fake, poll_s=0.05,
-                     out=lines.append, **kw)
+    if report:
+        return sweep.report(str(workdir), out=lines.append), lines
+    if executor == "slurm":
+        executor = sweep.SlurmExecutor(slurm, poll_s=0.05, **kw)
+    else:
+        executor = sweep.LocalExecutor(poll_s=0.05, **kw)
+    config = declarations.apply(config_lib.load_file(config_path), base or {})
+    declared = sweep.load(config, config_path, str(workdir), name=sweep_name, base=base, check_config=check_config,
+                          trainer=fake)
+    rows = sweep.run(declared, executor, shard=sweep.parse_shard(shard), retry_failed=retry_failed,
+                     dry_run=dry_run, out=lines.append)
     return rows, lines
 
 
@@ -257,10 +269,10 @@ def test_shards_partition_the_trials(tmp_path, fake):
 
 
 def test_parallel_slots_pin_cores_and_gpus(tmp_path, fake):
-    assert sweep.slots_for(2, [0, 1, 2, 3], []) == [{"cpus": [0, 1], "gpus": []}, {"cpus": [2, 3], "gpus": []}]
-    assert sweep.slots_for(3, [0, 1], ["0", "1"])[2] == {"cpus": [0], "gpus": ["0"]}
-    assert sweep.slots_for(2, [0, 1, 2], ["0", "1", "2", "3"])[1] == {"cpus": [1, 2], "gpus": ["2", "3"]}
-    assert sweep.slots_for(2, [0, 1], ["0"])[0]["gpus"] == []  # one GPU: not split
+    assert executors.slots_for(2, [0, 1, 2, 3], []) == [{"cpus": [0, 1], "gpus": []}, {"cpus": [2, 3], "gpus": []}]
+    assert executors.slots_for(3, [0, 1], ["0", "1"])[2] == {"cpus": [0], "gpus": ["0"]}
+    assert executors.slots_for(2, [0, 1, 2], ["0", "1", "2", "3"])[1] == {"cpus": [1, 2], "gpus": ["2", "3"]}
+    assert executors.slots_for(2, [0, 1], ["0"])[0]["gpus"] == []  # one GPU: not split
     cfg = write_config(tmp_path, 'None: h.sweep("seed", [0, 1, 2, 3])')
     wd = tmp_path / "sweep"
     run(cfg, wd, fake, base={"sleep": 0.4}, parallel=2, gpus=["0", "1"])
@@ -354,13 +366,13 @@ def test_cli_errors_are_one_line(tmp_path, fake):
 
 
 def test_slurm_helpers():
-    assert sweep.first_node("gpu[003-010,12],cpu1") == "gpu003"
-    assert sweep.first_node("node7,node8") == "node7" and sweep.first_node("solo") == "solo"
-    assert sweep.first_node("rack[2-3]-n") == "rack2-n"
+    assert executors.first_node("gpu[003-010,12],cpu1") == "gpu003"
+    assert executors.first_node("node7,node8") == "node7" and executors.first_node("solo") == "solo"
+    assert executors.first_node("rack[2-3]-n") == "rack2-n"
     env = {"SLURM_NTASKS": "4", "SLURM_PROCID": "2", "SLURM_JOB_NODELIST": "gpu[011-014]", "SLURM_JOB_ID": "123"}
-    assert sweep.distributed_flags(env) == ["--coordinator_address=gpu011:20123", "--num_processes=4",
+    assert executors.distributed_flags(env) == ["--coordinator_address=gpu011:20123", "--num_processes=4",
                                             "--process_id=2"]
-    assert sweep.distributed_flags({"SLURM_NTASKS": "1"}) == [] and sweep.distributed_flags({}) == []
+    assert executors.distributed_flags({"SLURM_NTASKS": "1"}) == [] and executors.distributed_flags({}) == []
 
 
 def test_slurm_executor_through_submitit_local(tmp_path, fake):

@@ -171,23 +171,23 @@ def counts(rows):
     return {s: sum(r["status"] == s for r in rows) for s in _ORDER}
 
 
-def _fmt_s(seconds):
-    seconds = int(max(0, seconds))
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
 def progress_line(rows, t_start, parallel, durations):
-    """"sweep: 3/8 finished, 2 running, 1 failed, 2 left | elapsed 1m10s | eta 2m05s"."""
+    """"sweep: 3/8 finished, 2 running, 1 failed, 2 left | elapsed 0:01:10 | eta 0:02:05"."""
+    from diffvar.logs import fmt_time  # not at the top: logs imports jax, and each Slurm job unpickles this module
     c = counts(rows)
     left = c["pending"] + c["interrupted"]
     line = (f"sweep: {c['finished']}/{len(rows)} finished, {c['running']} running, {c['failed']} failed, "
-            f"{left} left | elapsed {_fmt_s(time.time() - t_start)}")
+            f"{left} left | elapsed {fmt_time(time.time() - t_start)}")
     if durations and (left or c["running"]):
         frac = [min(1.0, (r["step"] or 0) / r["num_steps"]) if r["num_steps"] else 0.5
                 for r in rows if r["status"] == "running"]
         eta = sum(durations) / len(durations) * (left + sum(1 - f for f in frac)) / max(1, parallel)
-        line += f" | eta {_fmt_s(eta)}"
+        line += f" | eta {fmt_time(eta)}"
     return line
+
+
+# ----------------------------------------------------------------------------------------------
+# The tables: results.csv, results.md and, when seeds are swept, results_seeds.csv.
 
 
 def _sort_key(row):
@@ -223,6 +223,66 @@ def _cell(text, width=120):
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
+def _write_text(path, text):
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
+
+
+def _csv(header, rows):
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def trials_csv(rows, keys, metric):
+    """results.csv: one line per trial."""
+    header = ["trial", *keys, "status", metric, f"{metric}_stderr", "step", "num_steps", "wall_s", "attempts",
+              "kind", "error"]
+    return _csv(header, [[r["name"], *(r["overrides"].get(k, "") for k in keys), r["status"], _fmt(r["metric"], 6),
+                          _fmt(r["stderr"], 6), r["step"] if r["step"] is not None else "", r["num_steps"] or "",
+                          _fmt(r["wall_s"], 1), r["attempts"], r["kind"] or "", r["error"] or ""] for r in rows])
+
+
+def seeds_csv(seeds, others, metric):
+    """results_seeds.csv: one line per setting of the keys other than seed."""
+    header = [*others, f"{metric}_mean", f"{metric}_std", "seeds_finished", "seeds_total"]
+    return _csv(header, [[*(t["setting"][k] for k in others), _fmt(t["mean"], 6), _fmt(t["std"], 6), t["n"],
+                          t["total"]] for t in seeds])
+
+
+def _markdown_row(cells):
+    return "| " + " | ".join(cells) + " |"
+
+
+def trials_markdown(rows, keys, metric):
+    """The lines of results.md's trial table, with a title counting the trials by status."""
+    c = counts(rows)
+    lines = [f"# Sweep results ({len(rows)} trials: " + ", ".join(f"{n} {s}" for s, n in c.items() if n) + ")",
+             "", f"Sorted by {metric} (lower is better; ± one standard error).", "",
+             _markdown_row([*keys, "status", f"{metric} ± s.e.", "steps", "wall", "error"]),
+             "|" + "---|" * (len(keys) + 5)]
+    for r in rows:
+        value = f"{r['metric']:.4f} ± {_fmt(r['stderr'])}" if r["metric"] is not None else ""
+        steps = f"{r['step'] or 0}/{r['num_steps']}" if r["num_steps"] else str(r["step"] or "")
+        wall = f"{r['wall_s'] / 60:.1f} min" if r["wall_s"] else ""
+        error = f"{r['kind']}: {_cell(r['error'])}" if r["status"] == "failed" else ""
+        lines.append(_markdown_row([*(_cell(r["overrides"].get(k, "")) for k in keys), r["status"], value, steps,
+                                    wall, error]))
+    return lines
+
+
+def seeds_markdown(seeds, others, metric):
+    """The lines of results.md's table of means ± std over seeds."""
+    lines = ["", "## Mean ± std over seeds", "", _markdown_row([*others, f"{metric} mean ± std", "seeds finished"]),
+             "|" + "---|" * (len(others) + 2)]
+    for t in seeds:
+        value = f"{t['mean']:.4f} ± {_fmt(t['std'])}" if t["std"] is not None else _fmt(t["mean"])
+        lines.append(_markdown_row([*(t["setting"][k] for k in others), value, f"{t['n']}/{t['total']}"]))
+    return lines
+
+
 def write(workdir, rows=None, keys=None):
     """Writes results.csv, results.md and results.png (and results_seeds.csv when seeds are swept) in
     `workdir`, atomically; returns (rows, keys)."""
@@ -231,49 +291,13 @@ def write(workdir, rows=None, keys=None):
     rows = sorted(rows, key=_sort_key)
     units = sorted({r["unit"] for r in rows if r["unit"]})
     metric = f"test_{units[0]}" if len(units) == 1 else "metric"
-
-    header = ["trial", *keys, "status", metric, f"{metric}_stderr", "step", "num_steps", "wall_s", "attempts",
-              "kind", "error"]
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    for r in rows:
-        writer.writerow([r["name"], *(r["overrides"].get(k, "") for k in keys), r["status"], _fmt(r["metric"], 6),
-                         _fmt(r["stderr"], 6), r["step"] if r["step"] is not None else "", r["num_steps"] or "",
-                         _fmt(r["wall_s"], 1), r["attempts"], r["kind"] or "", r["error"] or ""])
-    with atomic_path(os.path.join(workdir, "results.csv")) as tmp, open(tmp, "w") as f:
-        f.write(buf.getvalue())
-
-    c = counts(rows)
-    lines = [f"# Sweep results ({len(rows)} trials: " + ", ".join(f"{n} {s}" for s, n in c.items() if n) + ")",
-             "", f"Sorted by {metric} (lower is better; ± one standard error).", "",
-             "| " + " | ".join([*keys, "status", f"{metric} ± s.e.", "steps", "wall", "error"]) + " |",
-             "|" + "---|" * (len(keys) + 5)]
-    for r in rows:
-        value = f"{r['metric']:.4f} ± {_fmt(r['stderr'])}" if r["metric"] is not None else ""
-        steps = f"{r['step'] or 0}/{r['num_steps']}" if r["num_steps"] else str(r["step"] or "")
-        wall = f"{r['wall_s'] / 60:.1f} min" if r["wall_s"] else ""
-        error = f"{r['kind']}: {_cell(r['error'])}" if r["status"] == "failed" else ""
-        lines.append("| " + " | ".join([*(_cell(r["overrides"].get(k, "")) for k in keys), r["status"], value,
-                                         steps, wall, error]) + " |")
-    seeds = seed_table(rows, keys)
+    _write_text(os.path.join(workdir, "results.csv"), trials_csv(rows, keys, metric))
+    lines = trials_markdown(rows, keys, metric)
+    seeds, others = seed_table(rows, keys), [k for k in keys if k != "seed"]
     if seeds:
-        others = [k for k in keys if k != "seed"]
-        lines += ["", "## Mean ± std over seeds", "",
-                  "| " + " | ".join([*others, f"{metric} mean ± std", "seeds finished"]) + " |",
-                  "|" + "---|" * (len(others) + 2)]
-        for t in seeds:
-            value = (f"{t['mean']:.4f} ± {_fmt(t['std'])}" if t["std"] is not None else _fmt(t["mean"]))
-            lines.append("| " + " | ".join([*(t["setting"][k] for k in others), value, f"{t['n']}/{t['total']}"]) + " |")
-        sbuf = io.StringIO()
-        sw = csv.writer(sbuf, lineterminator="\n")
-        sw.writerow([*others, f"{metric}_mean", f"{metric}_std", "seeds_finished", "seeds_total"])
-        for t in seeds:
-            sw.writerow([*(t["setting"][k] for k in others), _fmt(t["mean"], 6), _fmt(t["std"], 6), t["n"], t["total"]])
-        with atomic_path(os.path.join(workdir, "results_seeds.csv")) as tmp, open(tmp, "w") as f:
-            f.write(sbuf.getvalue())
-    with atomic_path(os.path.join(workdir, "results.md")) as tmp, open(tmp, "w") as f:
-        f.write("\n".join(lines) + "\n")
+        lines += seeds_markdown(seeds, others, metric)
+        _write_text(os.path.join(workdir, "results_seeds.csv"), seeds_csv(seeds, others, metric))
+    _write_text(os.path.join(workdir, "results.md"), "\n".join(lines) + "\n")
     plot(os.path.join(workdir, "results.png"), rows, keys, metric)
     return rows, keys
 
@@ -298,47 +322,57 @@ def plot(path, rows, keys, metric="metric"):
         return
     average_seeds = "seed" in varying and len({r["overrides"].get("seed") for r in done}) > 1
     for i, key in enumerate(varying):
-        ax = fig.add_subplot(1, len(varying), i + 1)
         others = [k for k in varying if k != key and not (average_seeds and k == "seed")]
-        series = {}
-        for r in done:
-            label = ", ".join(f"{k}={r['overrides'].get(k, '')}" for k in others)
-            series.setdefault(label, {}).setdefault(r["overrides"].get(key, ""), []).append(r)
-        xs_text = list(dict.fromkeys(r["overrides"].get(key, "") for r in done))
-        numeric = all(finite_number(x) is not None for x in xs_text)
-        values = [finite_number(x) for x in xs_text] if numeric else list(range(len(xs_text)))
-        logx = numeric and min(values) > 0 and max(values) / min(values) >= 20
-        for j, (label, points) in enumerate(series.items()):
-            xs, ys, es = [], [], []
-            for x_text, members in points.items():
-                ms = [m["metric"] for m in members]
-                x = values[xs_text.index(x_text)]
-                xs.append(x if numeric else x + 0.08 * (j - (len(series) - 1) / 2))
-                ys.append(float(np.mean(ms)))
-                if len(ms) > 1:
-                    es.append(float(np.std(ms, ddof=1)))
-                else:
-                    es.append(members[0]["stderr"] if members[0]["stderr"] is not None else math.nan)
-            order = np.argsort(xs)
-            ax.errorbar(np.array(xs)[order], np.array(ys)[order], yerr=np.array(es)[order],
-                        fmt="o-" if numeric else "o", ms=4, capsize=3, lw=1, label=label or None)
-        if logx:
-            ax.set_xscale("log")
-        if numeric and all(float(v).is_integer() for v in values):
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if not numeric:
-            ax.set_xlim(-0.5, len(values) - 0.5)
-            ax.set_xticks(values)
-            ax.set_xticklabels(xs_text, rotation=20 if max(len(x) for x in xs_text) > 6 else 0, fontsize=8)
-        ax.set_xlabel(key)
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-        if len(series) > 1 and len(series) <= 8:
-            ax.legend(fontsize=7)
+        ax = fig.add_subplot(1, len(varying), i + 1)
+        panel(ax, done, key, others, metric)
         bars = "± std over seeds" if average_seeds and key != "seed" else "± 1 s.e."
         ax.set_title(f"{metric} vs {key} ({bars})", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def _point(members):
+    """(mean, error bar) of the trials at one x: ± std over several, else the one trial's standard error."""
+    ms = [m["metric"] for m in members]
+    if len(ms) > 1:
+        return float(np.mean(ms)), float(np.std(ms, ddof=1))
+    return float(ms[0]), members[0]["stderr"] if members[0]["stderr"] is not None else math.nan
+
+
+def panel(ax, done, key, others, metric):
+    """The metric of the finished trials `done` against `key`, one series per setting of the `others` keys."""
+    series = {}
+    for r in done:
+        label = ", ".join(f"{k}={r['overrides'].get(k, '')}" for k in others)
+        series.setdefault(label, {}).setdefault(r["overrides"].get(key, ""), []).append(r)
+    xs_text = list(dict.fromkeys(r["overrides"].get(key, "") for r in done))
+    numeric = all(finite_number(x) is not None for x in xs_text)
+    values = [finite_number(x) for x in xs_text] if numeric else list(range(len(xs_text)))
+    for j, (label, points) in enumerate(series.items()):
+        shift = 0.0 if numeric else 0.08 * (j - (len(series) - 1) / 2)  # categories: series side by side
+        xs = [values[xs_text.index(x)] + shift for x in points]
+        ys, es = zip(*(_point(members) for members in points.values()))
+        order = np.argsort(xs)
+        ax.errorbar(np.array(xs)[order], np.array(ys)[order], yerr=np.array(es)[order],
+                    fmt="o-" if numeric else "o", ms=4, capsize=3, lw=1, label=label or None)
+    _axis(ax, xs_text, values, numeric)
+    ax.set_xlabel(key)
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    if 1 < len(series) <= 8:
+        ax.legend(fontsize=7)
+
+
+def _axis(ax, xs_text, values, numeric):
+    """A numeric x axis (log when the values span >= 20x), or one tick per category."""
+    if numeric and min(values) > 0 and max(values) / min(values) >= 20:
+        ax.set_xscale("log")
+    if numeric and all(float(v).is_integer() for v in values):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if not numeric:
+        ax.set_xlim(-0.5, len(values) - 0.5)
+        ax.set_xticks(values)
+        ax.set_xticklabels(xs_text, rotation=20 if max(len(x) for x in xs_text) > 6 else 0, fontsize=8)
 
 
 def write_manifest(workdir, manifest):

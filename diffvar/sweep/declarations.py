@@ -1,6 +1,7 @@
 """Sweep declarations: sweep / product / zipit / chainit / fixed / named, and their checks against a config.
 
-A config file declares its sweeps next to get_config(), XManager-style; `h` is this module:
+A config file declares its sweeps next to get_config(), XManager-style; `h` is this module
+(diffvar.sweep.declarations):
 
     def get_hyper(h, name=None):
         return h.named(name, {
