@@ -14,8 +14,8 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from diffvar.errors import check_choice
 from diffvar.sampling import probability_flow_drift, solve_adaptive
 from diffvar.sde import TIME_SAMPLINGS, bcast, time_proposal
 
@@ -24,15 +24,11 @@ DIVERGENCES = ("hutchinson", "exact")
 PROBES = ("rademacher", "gaussian")
 
 
-def _check_choice(name, value, allowed):
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-
-
 def check_x(x, name="x"):
-    """Raises ValueError unless x is a floating-point array [B, ...] (B >= 1, at least one data dimension)
-    whose values, when they are concrete (not traced), are all finite. Model-space data: dequantize integer
-    levels first (to_model_space)."""
+    """Raises ValueError unless x is a floating-point array [B, ...] (B >= 1, at least one data dimension).
+
+    Only shapes and dtypes are checked, so a call behaves the same under jit as outside it. Model-space
+    data: dequantize integer levels first (to_model_space)."""
     shape, dtype = getattr(x, "shape", None), getattr(x, "dtype", None)
     if shape is None or dtype is None:
         raise ValueError(f"{name} must be an array [B, ...], got {type(x).__name__}")
@@ -42,8 +38,6 @@ def check_x(x, name="x"):
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"{name} must be a floating-point array (model space; integer levels go through "
                          f"to_model_space first), got dtype {dtype}")
-    if not isinstance(x, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(x))):
-        raise ValueError(f"{name} holds non-finite values (NaN or inf)")
 
 
 def per_example_sum(v):
@@ -53,7 +47,7 @@ def per_example_sum(v):
 
 def draw_probe(rng, shape, kind="rademacher"):
     """Hutchinson probe v of `shape` with E[v v^T] = I: Rademacher (+-1) or standard normal entries."""
-    _check_choice("probe", kind, PROBES)
+    check_choice("probe", kind, PROBES, error=ValueError)
     if kind == "rademacher":
         return jax.random.rademacher(rng, shape, dtype=jnp.float32)
     return jax.random.normal(rng, shape)
@@ -65,7 +59,7 @@ def value_and_divergence(fn, y, rng=None, divergence="hutchinson", probe_kind="r
     hutchinson: v . (J v) with one probe v (one JVP), drawn from `rng` or, if given, the fixed probe `v`
     (shape of y); exact: sum_i (J e_i)_i (d JVPs, small d only).
     """
-    _check_choice("divergence", divergence, DIVERGENCES)
+    check_choice("divergence", divergence, DIVERGENCES, error=ValueError)
     out_shape = jax.eval_shape(fn, y).shape
     if out_shape != y.shape:
         raise ValueError(f"score_fn must return an array of the input's shape {y.shape}, got {out_shape}")
@@ -94,24 +88,26 @@ def ism_integrand(score_fn, sde, y, t, rng=None, divergence="hutchinson", probe_
     return 0.5 * g2 * per_example_sum(score**2) + g2 * div - sde.div_drift(t, d)
 
 
+def score_residual(score_fn, sde, y, eps, t):
+    """score(y, t) + eps / sigma(t) = score - grad_y log q_t(y | x), shape of y; eps is the noise that made y."""
+    _, sigma = sde.alpha_sigma(t)
+    return score_fn(y, t) + eps / bcast(sigma, eps)
+
+
 def dsm_integrand(score_fn, sde, y, eps, t):
     """g^2 |score + eps / sigma|^2 / 2 - g^2 d / (2 sigma^2) - div f, [B]; eps is the noise that made y."""
     g2 = sde.g2(t)
     d = math.prod(y.shape[1:])
-    _, sigma = sde.alpha_sigma(t)
-    resid = score_fn(y, t) + eps / bcast(sigma, eps)
-    return 0.5 * g2 * per_example_sum(resid**2) - 0.5 * g2 * d / sigma**2 - sde.div_drift(t, d)
+    resid = score_residual(score_fn, sde, y, eps, t)
+    return 0.5 * g2 * per_example_sum(resid**2) - 0.5 * g2 * d / sde.sigma2(t) - sde.div_drift(t, d)
 
 
-def _elbo_once(score_fn, sde, x, rng, form, divergence, probe_kind, time_sampling, t_eps):
-    """One-sample ELBO estimate, [B]."""
+def _elbo_once(score_fn, sde, x, rng, form, divergence, probe_kind, q, t_eps):
+    """One-sample ELBO estimate with times t ~ q, [B]."""
     b = x.shape[0]
     k_t, k_eps, k_T, k_div = jax.random.split(rng, 4)
-    q = time_proposal(time_sampling, sde, t_eps)
     t = q.sample(k_t, b)
-    mean, sigma = sde.marginal(x, t)
-    eps = jax.random.normal(k_eps, x.shape)
-    y = mean + bcast(sigma, x) * eps
+    y, eps = sde.perturb(k_eps, x, t)
     ism = lambda: ism_integrand(score_fn, sde, y, t, k_div, divergence, probe_kind)
     if form == "ism":
         integrand = ism()
@@ -119,8 +115,7 @@ def _elbo_once(score_fn, sde, x, rng, form, divergence, probe_kind, time_samplin
         # Below t_eps the DSM integrand's variance blows up like 1/t^2; the ISM one has the same mean there.
         ts = jnp.maximum(t, t_eps)
         integrand = jnp.where(t < t_eps, ism(), dsm_integrand(score_fn, sde, y, eps, ts))
-    mean_T, sigma_T = sde.marginal(x, jnp.full((b,), sde.T))
-    y_T = mean_T + bcast(sigma_T, x) * jax.random.normal(k_T, x.shape)
+    y_T, _ = sde.perturb(k_T, x, jnp.full((b,), sde.T))
     return sde.prior_logp(y_T) - integrand / q.density(t)
 
 
@@ -128,20 +123,24 @@ def elbo(score_fn, sde, x, rng, num_samples=1, form="ism", divergence="hutchinso
          time_sampling="uniform", t_eps=1e-3):
     """Continuous-time ELBO of the plug-in reverse SDE (lambda = 0) at x [B, ...] -> [B] nats.
 
-    Unbiased Monte-Carlo estimate averaged over `num_samples` draws of (s, Y_s, Y_T, probe).
+    Unbiased Monte-Carlo estimate averaged over `num_samples` draws of (s, Y_s, Y_T, probe), unrolled.
+    time_sampling: a proposal object with sample(rng, n) and density(t) on [0, T] (diffvar.sde's
+    UniformTime, ImportanceTime), or its name in TIME_SAMPLINGS (ImportanceTime flat below t_eps).
     """
-    _check_choice("form", form, FORMS)
-    _check_choice("divergence", divergence, DIVERGENCES)
-    _check_choice("probe", probe, PROBES)
-    _check_choice("time_sampling", time_sampling, TIME_SAMPLINGS)
+    check_choice("form", form, FORMS, error=ValueError)
+    check_choice("divergence", divergence, DIVERGENCES, error=ValueError)
+    check_choice("probe", probe, PROBES, error=ValueError)
     check_x(x)
     if not (isinstance(num_samples, int) and num_samples >= 1):
         raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
-    one = lambda k: _elbo_once(score_fn, sde, x, k, form, divergence, probe, time_sampling, t_eps)
+    q = time_sampling
+    if isinstance(q, str):
+        q = time_proposal(check_choice("time_sampling", q, TIME_SAMPLINGS, error=ValueError), sde, t_eps)
     keys = jax.random.split(rng, num_samples)
-    if num_samples == 1:  # no loop: XLA:CPU runs convolution gradients inside while loops on a naive kernel
-        return one(keys[0])
-    return jnp.mean(jax.lax.map(one, keys), axis=0)
+    # Unrolled: under jit on XLA:CPU (jaxlib 0.10.2), jax.vmap over one draw gave wrong values (see
+    # tests/test_likelihood.py::test_elbo_under_jit_equals_elbo_run_op_by_op).
+    draws = [_elbo_once(score_fn, sde, x, k, form, divergence, probe, q, t_eps) for k in keys]
+    return sum(draws) / num_samples
 
 
 def ode_logp(score_fn, sde, x, rng, rtol=1e-5, atol=1e-5, divergence="exact", probe="rademacher",
@@ -156,8 +155,8 @@ def ode_logp(score_fn, sde, x, rng, rtol=1e-5, atol=1e-5, divergence="exact", pr
     `prior_logp(y_T) -> [B]` replaces the SDE's prior, e.g. by the exact p_T of a test mixture, which removes
     the (tiny) prior mismatch from the comparison.
     """
-    _check_choice("divergence", divergence, DIVERGENCES)
-    _check_choice("probe", probe, PROBES)
+    check_choice("divergence", divergence, DIVERGENCES, error=ValueError)
+    check_choice("probe", probe, PROBES, error=ValueError)
     check_x(x)
     b = x.shape[0]
     v = draw_probe(rng, x.shape, probe) if divergence == "hutchinson" else None
@@ -205,12 +204,7 @@ def to_model_space(rng, x, levels, transform="logit", alpha=0.05):
     """
     if levels is None:
         return x, jnp.zeros(x.shape[:1], x.dtype)
-    _check_choice("data.transform", transform, TRANSFORMS)
-    if not isinstance(x, jax.core.Tracer):
-        values = np.asarray(x)
-        if values.ndim < 2 or not np.all((values >= 0) & (values <= levels - 1) & (values == np.round(values))):
-            raise ValueError(f"x must be integer levels in {{0, ..., {levels - 1}}} of shape [B, ...], got shape "
-                             f"{values.shape} with values in [{float(values.min()):g}, {float(values.max()):g}]")
+    check_choice("transform", transform, TRANSFORMS, error=ValueError)
     z = dequantize(rng, x, levels)
     if transform == "logit":
         return logit_transform(z, alpha)
@@ -219,7 +213,7 @@ def to_model_space(rng, x, levels, transform="logit", alpha=0.05):
 
 def from_model_space(y, transform="logit", alpha=0.05):
     """The inverse of to_model_space's transform: y -> z in [0, 1] (images to look at)."""
-    _check_choice("data.transform", transform, TRANSFORMS)
+    check_choice("transform", transform, TRANSFORMS, error=ValueError)
     if transform == "logit":
         return logit_inverse(y, alpha)
     return jnp.clip(0.5 * (y + 1.0), 0.0, 1.0)

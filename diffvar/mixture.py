@@ -41,10 +41,6 @@ class GaussianMixture:
     def dim(self):
         return self.means.shape[-1]
 
-    @property
-    def covs(self):
-        return jnp.einsum("kij,kj,klj->kil", self.evecs, self.evals, self.evecs)
-
     def _coeffs(self, sde, t):
         """alpha(t) [B] and the marginal covariance eigenvalues alpha^2 evals + sigma^2, [B, K, d]."""
         alpha, sigma = sde.alpha_sigma(t)
@@ -80,8 +76,8 @@ class GaussianMixture:
         return self.means[comp] + jnp.einsum("nij,nj->ni", self.evecs[comp], z)
 
 
-def score_fn_for(mixture, sde, shape=None):
-    """score_fn(y, t) for likelihood code; `shape` reshapes flat [B, d] mixtures to [B, *shape] data."""
+def score_fn_for(mixture, sde):
+    """score_fn(y [B, ...], t [B]) -> [B, ...] of the mixture's marginal at t; y is flattened to [B, d]."""
     def score_fn(y, t):
         flat = jnp.reshape(y, (y.shape[0], -1))
         return jnp.reshape(mixture.score(sde, flat, t), y.shape)

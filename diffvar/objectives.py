@@ -27,32 +27,23 @@ import math
 
 import jax
 
-from diffvar.likelihood import PROBES, check_x, dsm_integrand, elbo, per_example_sum, value_and_divergence
+from diffvar.errors import check_choice
+from diffvar.likelihood import (PROBES, check_x, dsm_integrand, elbo, per_example_sum, score_residual,
+                                value_and_divergence)
 from diffvar.sde import ImportanceTime, UniformTime, bcast
 
 OBJECTIVES = ("dsm", "dsm_is", "dsm_lw", "elbo", "ssm")
 
 
 # ----------------------------------------------------------------------------------------------
-# The perturbed data (times on [t_eps, T] come from diffvar.sde's UniformTime / ImportanceTime).
-
-
-def perturb(rng, sde, x, t):
-    """(y, eps): y = alpha(t) x + sigma(t) eps with eps ~ N(0, I), both shape of x [B, ...]."""
-    eps = jax.random.normal(rng, x.shape, x.dtype)
-    mean, sigma = sde.marginal(x, t)
-    return mean + bcast(sigma, x) * eps, eps
-
-
-# ----------------------------------------------------------------------------------------------
-# The losses. Each: (score_fn, sde, x [B, ...], rng, ...) -> [B].
+# The losses. Each: (score_fn, sde, x [B, ...], rng, ...) -> [B]; Y_t is sde.perturb(rng, x, t).
 
 
 def dsm_loss(score_fn, sde, x, rng, t_eps=1e-3):
     """|sigma score(y, t) + eps|^2 / 2, t ~ U[t_eps, T]: the eps-loss (score weighted by sigma^2), [B]."""
     k_t, k_eps = jax.random.split(rng)
     t = UniformTime(T=sde.T, t_min=t_eps).sample(k_t, x.shape[0])
-    y, eps = perturb(k_eps, sde, x, t)
+    y, eps = sde.perturb(k_eps, x, t)
     _, sigma = sde.alpha_sigma(t)
     return 0.5 * per_example_sum((bcast(sigma, x) * score_fn(y, t) + eps) ** 2)
 
@@ -65,20 +56,19 @@ def dsm_is_loss(score_fn, sde, x, rng, t_eps=1e-3):
     k_t, k_eps = jax.random.split(rng)
     q = ImportanceTime(sde=sde, t_eps=t_eps, truncated=True)
     t = q.sample(k_t, x.shape[0])
-    y, eps = perturb(k_eps, sde, x, t)
+    y, eps = sde.perturb(k_eps, x, t)
     return dsm_integrand(score_fn, sde, y, eps, t) / q.density(t)
 
 
 def dsm_lw_loss(score_fn, sde, x, rng, t_eps=1e-3):
     """(T - t_eps) g^2 |score + eps / sigma|^2 / 2, t ~ U[t_eps, T]: likelihood-weighted DSM, [B].
 
-    E[loss] = E[dsm_is] + (d / 2) (lambda(T) - lambda(t_eps)) + d (log alpha(T) - log alpha(t_eps)).
+    E[loss] = E[dsm_is] + (d / 2) (gamma(T) - gamma(t_eps)) + d (log alpha(T) - log alpha(t_eps)).
     """
     k_t, k_eps = jax.random.split(rng)
     t = UniformTime(T=sde.T, t_min=t_eps).sample(k_t, x.shape[0])
-    y, eps = perturb(k_eps, sde, x, t)
-    _, sigma = sde.alpha_sigma(t)
-    resid = score_fn(y, t) + eps / bcast(sigma, x)
+    y, eps = sde.perturb(k_eps, x, t)
+    resid = score_residual(score_fn, sde, y, eps, t)
     return (sde.T - t_eps) * 0.5 * sde.g2(t) * per_example_sum(resid**2)
 
 
@@ -92,19 +82,17 @@ def ssm_loss(score_fn, sde, x, rng, t_eps=1e-3, probe="rademacher"):
     """sigma^2 (|score|^2 / 2 + v^T J_score v), t ~ U[t_eps, T], y ~ N(alpha x, sigma^2 I), one probe v, [B]."""
     k_t, k_eps, k_v = jax.random.split(rng, 3)
     t = UniformTime(T=sde.T, t_min=t_eps).sample(k_t, x.shape[0])
-    y, _ = perturb(k_eps, sde, x, t)
+    y, _ = sde.perturb(k_eps, x, t)
     score, div = value_and_divergence(lambda z: score_fn(z, t), y, k_v, "hutchinson", probe)
     return sde.sigma2(t) * (0.5 * per_example_sum(score**2) + div)
 
 
 def get_objective(name, sde, t_eps=1e-3, probe="rademacher"):
     """The loss called `name` (one of OBJECTIVES) for `sde`: loss(score_fn, x [B, ...], rng) -> [B]."""
-    if name not in OBJECTIVES:
-        raise ValueError(f"objective.name must be one of {OBJECTIVES}, got {name!r}")
-    if probe not in PROBES:
-        raise ValueError(f"objective.probe must be one of {PROBES}, got {probe!r}")
+    check_choice("name", name, OBJECTIVES, error=ValueError)
+    check_choice("probe", probe, PROBES, error=ValueError)
     if not (isinstance(t_eps, (int, float)) and math.isfinite(t_eps) and 0.0 < t_eps < sde.T):
-        raise ValueError(f"objective.t_eps must be in (0, T={sde.T}), got {t_eps!r}")
+        raise ValueError(f"t_eps must be in (0, T={sde.T}), got {t_eps!r}")
     fns = {
         "dsm": functools.partial(dsm_loss, t_eps=t_eps),
         "dsm_is": functools.partial(dsm_is_loss, t_eps=t_eps),

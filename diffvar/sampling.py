@@ -15,47 +15,24 @@ diffvar.likelihood.ode_logp.
 """
 from __future__ import annotations
 
-import math
-import numbers
-import operator
-
 import diffrax
 import jax
 import jax.numpy as jnp
 
+from diffvar.errors import check_number
 from diffvar.sde import bcast
 
 
-def _check_lam(lam):
-    if isinstance(lam, jax.core.Tracer):  # a traced lam cannot be checked; the caller owns it
-        return lam
-    try:
-        value = float(lam)
-    except (TypeError, ValueError):
-        raise ValueError(f"lam must be a number in [0, 1], got {lam!r}") from None
-    if not 0.0 <= value <= 1.0:  # also rejects NaN
-        raise ValueError(f"lam must be in [0, 1] (0: reverse SDE, 1: probability-flow ODE), got {lam!r}")
-    return value
-
-
-def _check_steps(steps):
-    if isinstance(steps, bool):
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    try:
-        n = operator.index(steps)
-    except TypeError:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}") from None
-    if n < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    return n
-
-
-def _check_t_min(t_min, T):
-    if isinstance(t_min, jax.core.Tracer):
-        return t_min
-    if not (isinstance(t_min, (int, float)) and 0.0 <= t_min < T):
-        raise ValueError(f"t_min must be a number in [0, T={T}), got {t_min!r}")
-    return float(t_min)
+def _check_static(lam=0.0, steps=1, t_min=0.0, T=1.0, rtol=1.0, atol=1.0):
+    """Raises ValueError naming the argument unless lam in [0, 1], steps an int >= 1, 0 <= t_min < T and the
+    tolerances > 0: plain Python numbers (static under jit: close over them)."""
+    check_number("lam", lam, 0.0, 1.0, error=ValueError)
+    check_number("steps", steps, 1, integer=True, error=ValueError)
+    check_number("t_min", t_min, 0.0, error=ValueError)
+    if t_min >= T:
+        raise ValueError(f"t_min={t_min!r} must be < T={T}")
+    check_number("rtol", rtol, 0.0, strict=True, error=ValueError)
+    check_number("atol", atol, 0.0, strict=True, error=ValueError)
 
 
 def _check_shape(shape):
@@ -63,14 +40,6 @@ def _check_shape(shape):
     if len(shape) < 2 or any(s < 1 for s in shape):
         raise ValueError(f"shape must be [B, ...] with at least one data dimension and positive sizes, got {shape}")
     return shape
-
-
-def _check_tol(name, tol):
-    if isinstance(tol, jax.core.Tracer):  # a traced tolerance cannot be checked; the caller owns it
-        return tol
-    if isinstance(tol, bool) or not (isinstance(tol, numbers.Real) and math.isfinite(tol) and tol > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {tol!r}")
-    return float(tol)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -98,7 +67,7 @@ def solve_adaptive(vector_field, y0, t0, t1, rtol, atol, max_steps=4096, throw=T
     first (FSAL), an int32 scalar array. After `max_steps` steps it raises (inside the solve), or with
     throw=False returns nfe = -1 (no host callback in the program: nothing to partition over devices).
     """
-    rtol, atol = _check_tol("rtol", rtol), _check_tol("atol", atol)
+    _check_static(rtol=rtol, atol=atol)
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(lambda s, y, args: vector_field(s, y)), diffrax.Tsit5(), t0=t0, t1=t1, dt0=None, y0=y0,
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
@@ -135,9 +104,7 @@ def sample_lambda(score_fn, sde, rng, shape, lam=0.0, steps=1000, t_min=1e-3):
     Returns:
       x, shape `shape`.
     """
-    lam = _check_lam(lam)
-    steps = _check_steps(steps)
-    t_min = _check_t_min(t_min, sde.T)
+    _check_static(lam=lam, steps=steps, t_min=t_min, T=sde.T)
     shape = _check_shape(shape)
     b = shape[0]
     k_prior, k_steps = jax.random.split(rng)
@@ -167,7 +134,7 @@ def sample_ode(score_fn, sde, rng, shape, rtol=1e-5, atol=1e-5, t_min=1e-3, max_
       (x [shape], nfe): nfe counts the drift evaluations of the solver (6 per attempted Tsit5 step plus the
       first, by FSAL), as in `diffvar.likelihood.ode_logp`; an int32 scalar array.
     """
-    t_min = _check_t_min(t_min, sde.T)
+    _check_static(t_min=t_min, T=sde.T)
     shape = _check_shape(shape)
     b = shape[0]
 

@@ -4,11 +4,13 @@ Every SDE here is linear: dY = f(s) Y ds + g(s) dW with Y_s | x ~ N(alpha(s) x, 
 Each is a frozen dataclass and a pytree (its hyperparameters are static), with pure jnp methods.
 Shapes: `y` is [B, ...] (batch first, any trailing shape), `t` is [B].
 
-Useful identity used by the importance proposal: with lambda(s) = log(sigma^2 / alpha^2)
-(minus the log signal-to-noise ratio), g(s)^2 / sigma(s)^2 = d lambda / ds for every linear SDE.
+gamma(s) = log(sigma(s)^2 / alpha(s)^2) is the log noise-to-signal ratio (VDM's gamma, minus the log-SNR);
+g(s)^2 / sigma(s)^2 = d gamma / ds for every linear SDE, which is why the importance proposal is uniform in
+gamma.
 """
 from __future__ import annotations
 
+import abc
 import math
 
 import jax
@@ -28,10 +30,38 @@ def _check_positive(name, value):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
 
-class _LinearSDE:
-    """Shared methods; subclasses define drift_coef, g2, log_alpha, sigma2, lam, lam_inv, prior_std."""
+class SDE(abc.ABC):
+    """A linear forward SDE dY = drift_coef(s) Y ds + g(s) dW on [0, T] with Y_0 = x.
+
+    Subclasses define the abstract coefficients below and prior_std; the rest follows from them.
+    """
 
     T: float
+    prior_std: float
+
+    @abc.abstractmethod
+    def drift_coef(self, t):
+        """f(y, t) / y, [B]."""
+
+    @abc.abstractmethod
+    def g2(self, t):
+        """g(t)^2, [B]."""
+
+    @abc.abstractmethod
+    def log_alpha(self, t):
+        """log alpha(t), [B]: the mean of Y_t | x is alpha(t) x."""
+
+    @abc.abstractmethod
+    def sigma2(self, t):
+        """sigma(t)^2, [B]: the variance of Y_t | x per dimension."""
+
+    @abc.abstractmethod
+    def gamma(self, t):
+        """gamma(t) = log(sigma(t)^2 / alpha(t)^2), [B], increasing in t."""
+
+    @abc.abstractmethod
+    def gamma_inv(self, gamma):
+        """The time t with gamma(t) = gamma, [B]."""
 
     def drift(self, y, t):
         """f(y, t) = drift_coef(t) y, shape of y."""
@@ -54,6 +84,12 @@ class _LinearSDE:
         alpha, sigma = self.alpha_sigma(t)
         return bcast(alpha, x) * x, sigma
 
+    def perturb(self, rng, x, t):
+        """(y, eps): y = alpha(t) x + sigma(t) eps, eps ~ N(0, I), a draw of Y_t | Y_0 = x; both shape of x."""
+        eps = jax.random.normal(rng, x.shape, x.dtype)
+        mean, sigma = self.marginal(x, t)
+        return mean + bcast(sigma, x) * eps, eps
+
     def prior_logp(self, z):
         """log N(z; 0, prior_std^2 I) summed over trailing dims, [B]."""
         d = math.prod(z.shape[1:])
@@ -62,15 +98,16 @@ class _LinearSDE:
         return -0.5 * sq / s**2 - d * (0.5 * _LOG_2PI + math.log(s))
 
     def prior_sample(self, rng, shape):
+        """z ~ N(0, prior_std^2 I) of `shape`."""
         return self.prior_std * jax.random.normal(rng, shape)
 
     def nll_weight(self, t):
-        """g(t)^2 / sigma(t)^2, [B]: the ELBO weight that turns the eps-loss into likelihood weighting."""
+        """g(t)^2 / sigma(t)^2 = d gamma / dt, [B]: the weight that turns the eps-loss into likelihood weighting."""
         return self.g2(t) / self.sigma2(t)
 
 
 @struct.dataclass
-class VPSDE(_LinearSDE):
+class VPSDE(SDE):
     """Variance-preserving SDE, beta(s) = b0 + s (b1 - b0) on s in [0, T]."""
 
     beta_min: float = struct.field(pytree_node=False, default=0.1)
@@ -105,12 +142,12 @@ class VPSDE(_LinearSDE):
     def sigma2(self, t):
         return -jnp.expm1(-self.int_beta(t))
 
-    def lam(self, t):
+    def gamma(self, t):
         """log(sigma^2 / alpha^2) = log(exp(B) - 1)."""
         return jnp.log(jnp.expm1(self.int_beta(t)))
 
-    def lam_inv(self, lam):
-        return self._int_beta_inv(jnp.logaddexp(lam, 0.0))
+    def gamma_inv(self, gamma):
+        return self._int_beta_inv(jnp.logaddexp(gamma, 0.0))
 
     def _int_beta_inv(self, b):
         """Solves B(t) = b for t >= 0."""
@@ -128,16 +165,16 @@ class SubVPSDE(VPSDE):
     def sigma2(self, t):
         return jnp.expm1(-self.int_beta(t)) ** 2
 
-    def lam(self, t):
+    def gamma(self, t):
         """log(sigma^2 / alpha^2) = log(4 sinh(B/2)^2)."""
         return 2.0 * jnp.log(2.0 * jnp.sinh(0.5 * self.int_beta(t)))
 
-    def lam_inv(self, lam):
-        return self._int_beta_inv(2.0 * jnp.arcsinh(0.5 * jnp.exp(0.5 * lam)))
+    def gamma_inv(self, gamma):
+        return self._int_beta_inv(2.0 * jnp.arcsinh(0.5 * jnp.exp(0.5 * gamma)))
 
 
 @struct.dataclass
-class VESDE(_LinearSDE):
+class VESDE(SDE):
     """Variance-exploding SDE: S(s) = smin (smax/smin)^(s/T), g^2 = d S^2/ds, sigma^2 = S^2 - smin^2."""
 
     sigma_min: float = struct.field(pytree_node=False, default=0.01)
@@ -174,11 +211,12 @@ class VESDE(_LinearSDE):
     def sigma2(self, t):
         return self.sigma_min**2 * jnp.expm1(2.0 * self._log_ratio * t / self.T)
 
-    def lam(self, t):
+    def gamma(self, t):
+        """log sigma^2 (alpha = 1)."""
         return jnp.log(self.sigma2(t))
 
-    def lam_inv(self, lam):
-        return self.T * jnp.log1p(jnp.exp(lam) / self.sigma_min**2) / (2.0 * self._log_ratio)
+    def gamma_inv(self, gamma):
+        return self.T * jnp.log1p(jnp.exp(gamma) / self.sigma_min**2) / (2.0 * self._log_ratio)
 
 
 SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
@@ -210,11 +248,11 @@ class UniformTime:
 
 @struct.dataclass
 class ImportanceTime:
-    """q(s) proportional to w(s) = g(s)^2 / sigma(s)^2 = d lambda/ds on [t_eps, T]; below t_eps it is flat at
+    """q(s) proportional to w(s) = g(s)^2 / sigma(s)^2 = d gamma/ds on [t_eps, T]; below t_eps it is flat at
     w(t_eps) (truncated=False, for evaluation on [0, T]) or zero (truncated=True, for losses on [t_eps, T]).
 
-    Normaliser Z = m + lambda(T) - lambda(t_eps), with mass m = t_eps w(t_eps) below t_eps (0 if truncated).
-    Sampled by the exact inverse CDF: lambda is monotone, the CDF above t_eps is (m + lambda(s) - lambda(t_eps)) / Z.
+    Normaliser Z = m + gamma(T) - gamma(t_eps), with mass m = t_eps w(t_eps) below t_eps (0 if truncated).
+    Sampled by the exact inverse CDF: gamma is monotone, the CDF above t_eps is (m + gamma(s) - gamma(t_eps)) / Z.
     """
 
     sde: object = struct.field(pytree_node=False)
@@ -228,12 +266,12 @@ class ImportanceTime:
             raise ValueError(f"truncated must be a bool, got {self.truncated!r}")
 
     def _parts(self):
-        """(w(t_eps), lambda(t_eps), mass below t_eps, Z), scalars."""
+        """(w(t_eps), gamma(t_eps), mass below t_eps, Z), scalars."""
         ends = jnp.asarray([self.t_eps, self.sde.T], jnp.float32)
-        lam = self.sde.lam(ends)
+        gamma = self.sde.gamma(ends)
         w_eps = self.sde.nll_weight(ends[:1])[0]
         flat_mass = 0.0 if self.truncated else self.t_eps * w_eps
-        return w_eps, lam[0], flat_mass, flat_mass + lam[1] - lam[0]
+        return w_eps, gamma[0], flat_mass, flat_mass + gamma[1] - gamma[0]
 
     @property
     def Z(self):
@@ -248,12 +286,12 @@ class ImportanceTime:
 
     def sample(self, rng, n):
         """t ~ q, [n]."""
-        w_eps, lam_eps, flat_mass, Z = self._parts()
+        w_eps, gamma_eps, flat_mass, Z = self._parts()
         u = jax.random.uniform(rng, (n,))
         if self.truncated:
-            return jnp.clip(self.sde.lam_inv(lam_eps + u * Z), self.t_eps, self.sde.T)
+            return jnp.clip(self.sde.gamma_inv(gamma_eps + u * Z), self.t_eps, self.sde.T)
         m = u * Z
-        t_up = self.sde.lam_inv(lam_eps + jnp.maximum(m - flat_mass, 0.0))
+        t_up = self.sde.gamma_inv(gamma_eps + jnp.maximum(m - flat_mass, 0.0))
         return jnp.clip(jnp.where(m < flat_mass, m / w_eps, t_up), 0.0, self.sde.T)
 
 
@@ -263,11 +301,11 @@ def time_proposal(name, sde, t_eps=1e-3):
         return UniformTime(T=sde.T)
     if name == "importance":
         return ImportanceTime(sde=sde, t_eps=t_eps)
-    raise ValueError(f"time_sampling must be one of {TIME_SAMPLINGS}, got {name!r}")
+    raise ValueError(f"name={name!r} is not allowed; choose one of {', '.join(TIME_SAMPLINGS)}")
 
 
 def make_sde(name, **kwargs):
     """Builds an SDE by name: 'vp', 'subvp' or 've'."""
     if name not in SDES:
-        raise ValueError(f"sde name must be one of {tuple(SDES)}, got {name!r}")
+        raise ValueError(f"name={name!r} is not allowed; choose one of {', '.join(SDES)}")
     return SDES[name](**kwargs)

@@ -15,7 +15,7 @@ from jax.flatten_util import ravel_pytree
 from diffvar.likelihood import ism_integrand
 from diffvar.mixture import random_mixture, score_fn_for
 from diffvar.models import MLP
-from diffvar.objectives import OBJECTIVES, get_objective, perturb
+from diffvar.objectives import OBJECTIVES, get_objective
 from diffvar.sde import SubVPSDE, VESDE, VPSDE, UniformTime, bcast
 
 T_EPS = 1e-3
@@ -36,7 +36,7 @@ def neg_ism_elbo_on(sde, t_eps=T_EPS):
     def loss(score_fn, x, rng):
         k_t, k_y = jax.random.split(rng)
         t = UniformTime(T=sde.T, t_min=t_eps).sample(k_t, x.shape[0])
-        y, _ = perturb(k_y, sde, x, t)
+        y, _ = sde.perturb(k_y, x, t)
         return (sde.T - t_eps) * ism_integrand(score_fn, sde, y, t, divergence="exact")
     return loss
 
@@ -160,8 +160,8 @@ def exact_values():
     def target(x, rng):
         k_eps, k_T = jax.random.split(rng)
         t_eps, t_T = jnp.full(x.shape[:1], T_EPS), jnp.full(x.shape[:1], sde.T)
-        y_eps, _ = perturb(k_eps, sde, x, t_eps)
-        y_T, _ = perturb(k_T, sde, x, t_T)
+        y_eps, _ = sde.perturb(k_eps, x, t_eps)
+        y_T, _ = sde.perturb(k_T, x, t_T)
         return sde.prior_logp(y_T) - MIX.marginal_logp(sde, y_eps, t_eps)
 
     vals["target"] = np.asarray(target(x, jax.random.PRNGKey(20)), np.float64)
@@ -187,8 +187,8 @@ def test_dsm_lw_value_is_dsm_is_plus_constant(exact_values):
     sde, x, v = exact_values
     d = x.shape[1]
     ends = jnp.array([T_EPS, sde.T])
-    lam, log_alpha = sde.lam(ends), sde.log_alpha(ends)
-    const = float(0.5 * d * (lam[1] - lam[0]) + d * (log_alpha[1] - log_alpha[0]))
+    gamma, log_alpha = sde.gamma(ends), sde.log_alpha(ends)
+    const = float(0.5 * d * (gamma[1] - gamma[0]) + d * (log_alpha[1] - log_alpha[0]))
     _check_mean(v["dsm_lw"] - v["dsm_is"], const, "dsm_lw - dsm_is")
 
 
@@ -227,11 +227,11 @@ def test_shapes(name, shape):
 
 def test_unknown_name_and_bad_options():
     sde = VPSDE()
-    with pytest.raises(ValueError, match=r"objective\.name.*dsm_is"):
+    with pytest.raises(ValueError, match=r"name='sliced' is not allowed.*dsm_is"):
         get_objective("sliced", sde)
-    with pytest.raises(ValueError, match=r"objective\.probe"):
+    with pytest.raises(ValueError, match=r"probe='uniform' is not allowed"):
         get_objective("ssm", sde, probe="uniform")
-    with pytest.raises(ValueError, match=r"objective\.t_eps"):
+    with pytest.raises(ValueError, match=r"t_eps must be in \(0, T=1.0\)"):
         get_objective("dsm_is", sde, t_eps=0.0)
     with pytest.raises(ValueError, match="shape"):
         get_objective("dsm", sde)(lambda y, t: y, jnp.zeros((3,)), jax.random.PRNGKey(0))

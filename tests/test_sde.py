@@ -42,11 +42,11 @@ def test_marginal_matches_euler_maruyama(sde, t_end):
 
 @pytest.mark.parametrize("sde", SDES, ids=lambda s: type(s).__name__)
 def test_nll_weight_is_derivative_of_lambda(sde):
-    """g^2 / sigma^2 = d/ds log(sigma^2 / alpha^2), and lam_inv inverts lam."""
+    """g^2 / sigma^2 = d/ds log(sigma^2 / alpha^2), and gamma_inv inverts gamma."""
     t = jnp.linspace(0.01, 1.0, 50)
-    dlam = jax.vmap(jax.grad(lambda s: sde.lam(s[None])[0]))(t)
-    np.testing.assert_allclose(dlam, sde.nll_weight(t), rtol=2e-4)
-    np.testing.assert_allclose(sde.lam_inv(sde.lam(t)), t, atol=1e-5)
+    dgamma = jax.vmap(jax.grad(lambda s: sde.gamma(s[None])[0]))(t)
+    np.testing.assert_allclose(dgamma, sde.nll_weight(t), rtol=2e-4)
+    np.testing.assert_allclose(sde.gamma_inv(sde.gamma(t)), t, atol=1e-5)
 
 
 def test_vp_prior_matches_marginal_at_T():
@@ -92,7 +92,7 @@ def test_truncated_importance_time(sde):
     n = 50_000
     t = np.sort(np.asarray(q.sample(jax.random.PRNGKey(0), n)))
     assert t.min() >= t_eps and t.max() <= sde.T
-    cdf = np.asarray((sde.lam(jnp.asarray(t)) - sde.lam(jnp.array([t_eps]))) / q.Z, np.float64)
+    cdf = np.asarray((sde.gamma(jnp.asarray(t)) - sde.gamma(jnp.array([t_eps]))) / q.Z, np.float64)
     ks = np.max(np.abs(cdf - np.arange(1, n + 1) / n))
     assert ks < 1.95 / math.sqrt(n)  # Kolmogorov-Smirnov at the 0.1% level
     # Zero below t_eps; above it the same shape as the untruncated proposal, renormalised.
@@ -132,7 +132,7 @@ def test_sde_is_jittable_argument():
     (lambda: SubVPSDE(beta_min=-0.1), "beta_min"),
     (lambda: VESDE(sigma_min=5.0, sigma_max=1.0), "sigma_min"),
     (lambda: VESDE(T=0.0), "T"),
-    (lambda: time_proposal("lognormal", VPSDE()), "time_sampling.*uniform.*importance"),
+    (lambda: time_proposal("lognormal", VPSDE()), "name=.lognormal.*uniform.*importance"),
     (lambda: ImportanceTime(sde=VPSDE(), t_eps=2.0), "t_eps"),
     (lambda: ImportanceTime(sde=VPSDE(), t_eps=1e-3, truncated="yes"), "truncated.*bool"),
     (lambda: UniformTime(T=1.0, t_min=1.0), r"t_min.*\[0, T=1.0\)"),
