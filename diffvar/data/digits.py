@@ -18,12 +18,12 @@ Prepare ahead of time (e.g. on a shared file system before a multi-host run) wit
 """
 from __future__ import annotations
 
-import inspect
 import os
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
+
+from diffvar.data.builders import Builder
 
 TFDS_NAME = "sklearn_digits"
 LEVELS = 17
@@ -39,20 +39,12 @@ def split_indices(split: str) -> np.ndarray:
     return {"train": perm[:NUM_TRAIN], "test": perm[NUM_TRAIN:]}[split]
 
 
-class SklearnDigits(tfds.core.GeneratorBasedBuilder):
+class SklearnDigits(Builder):
     """scikit-learn's 8x8 handwritten digits (values 0..16), fixed 1500/297 train/test split."""
 
     name = TFDS_NAME
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release: 1500/297 split from permutation seed 0."}
-
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls) -> epath.Path:
-        # TFDS 4.9.10's default checks against the `importlib_resources` backport, which it only
-        # requires on Python < 3.9 (so preparing a builder from outside TFDS fails without it).
-        # The class's file is what that default returns for an ordinary package anyway.
-        return epath.Path(inspect.getfile(cls))
 
     def _info(self) -> tfds.core.DatasetInfo:
         # Built directly (not via dataset_info_from_configs, which reads metadata files that a

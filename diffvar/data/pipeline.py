@@ -30,13 +30,14 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from diffvar.data import digits, toy
+from diffvar.data import builders, digits, prepare, toy
 from diffvar.errors import DataNotPreparedError
 
-DATASETS = ("digits", "mnist", "cifar10", "gmm2d", "swissroll", "moons", "checkerboard")
+DATASETS = ("digits", *builders.BUILDERS, *toy.TOY_DATASETS)
 SPLITS = ("train", "test")
-# Our name -> (TFDS name, number of levels K).
-_IMAGE_DATASETS = {"digits": (digits.TFDS_NAME, digits.LEVELS), "mnist": ("mnist", 256), "cifar10": ("cifar10", 256)}
+# Our split -> the TFDS split it reads, where they differ: downsampled ImageNet has no test split, and its
+# bpd are reported on its validation split.
+_TFDS_SPLITS = {"imagenet32": {"test": "validation"}, "imagenet64": {"test": "validation"}}
 _DEFAULT_DATA_DIR = "~/tensorflow_datasets"
 _READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
 _READ_CHUNK = 1024  # records per data-source read when loading a split
@@ -47,7 +48,7 @@ class DataInfo:
     """What the trainer needs to know about a dataset.
 
     shape: per-example shape, e.g. (8, 8, 1) or (2,).
-    levels: K for discrete data (17 digits, 256 mnist/cifar10), None for continuous toys.
+    levels: K for discrete data (17 digits, 256 the other images), None for continuous toys.
     exact_logp: jnp-traceable x [B, *shape] -> [B] log density in nats (gmm2d only), else None.
     """
 
@@ -113,33 +114,38 @@ def prepare_command(name: str, directory: str) -> str:
     """The shell command that prepares image dataset `name` (our name) into `directory`."""
     if name == "digits":
         return "python -c " + shlex.quote(f"from diffvar.data import digits; digits.prepare({directory!r})")
-    return f"tfds build {_IMAGE_DATASETS[name][0]} --data_dir={shlex.quote(directory)} --file_format=array_record"
+    return prepare.command(name, directory, None if builders.make(name, directory).URLS_ALIVE else "FOLDER")
+
+
+def tfds_split(name: str, split: str) -> str:
+    """The TFDS split that our `split` of dataset `name` reads ("test" of imagenet64 is "validation")."""
+    return _TFDS_SPLITS.get(name, {}).get(split, split)
 
 
 def load_builder(name: str, directory: str) -> tfds.core.DatasetBuilder:
     """The prepared TFDS builder of image dataset `name` (our name) in `directory`.
 
-    digits is prepared on first use (offline). mnist and cifar10 must already be there as
-    array_record (or another random-access format): otherwise DataNotPreparedError, raised
-    before anything is downloaded.
+    digits is prepared on first use (offline). The others must have been prepared by
+    scripts/prepare_data.py: otherwise DataNotPreparedError, which names the command.
     """
-    tfds_name = _IMAGE_DATASETS[name][0]
     if name == "digits":
         builder = digits.prepare(directory)
     else:
-        builder = tfds.builder(tfds_name, data_dir=directory)  # offline: reads local metadata only
+        builder = builders.make(name, directory)  # offline: reads local metadata only
         if not builder.is_prepared():
+            hint = ("" if builder.URLS_ALIVE else
+                    f", FOLDER holding {', '.join(f.name for f in builder.official_files())}")
             raise DataNotPreparedError(
-                f"TFDS dataset {tfds_name!r} is not prepared in data_dir={directory!r} (looked for "
-                f"{builder.data_dir}) and is not downloaded at run time: on a machine with internet access run "
-                f"`{prepare_command(name, directory)}`, then copy that directory here (or point "
-                f"data.data_dir / $DIFFVAR_DATA_DIR at the copy)"
+                f"dataset {name!r} ({builder.name}) is not prepared in data_dir={directory!r} (looked for "
+                f"{builder.data_dir}) and is not downloaded at run time: run "
+                f"`{prepare_command(name, directory)}`{hint} (--source=FOLDER prepares offline from the "
+                f"official files), or point data.data_dir / $DIFFVAR_DATA_DIR at a prepared copy"
             )
     random_access = set(tfds.core.FileFormat.with_random_access())
     if not set(builder.info.available_file_formats()) & random_access:
-        dataset_dir = os.path.join(directory, tfds_name)
+        dataset_dir = os.path.join(directory, builder.name)
         raise DataNotPreparedError(
-            f"TFDS dataset {tfds_name!r} in data_dir={directory!r} is stored as "
+            f"TFDS dataset {builder.name!r} in data_dir={directory!r} is stored as "
             f"{builder.info.file_format.value}, which cannot be read without TensorFlow; it must be "
             f"array_record: convert it in place with `tfds convert_format "
             f"--dataset_dir={shlex.quote(dataset_dir)} --out_file_format=array_record`, or delete "
@@ -151,11 +157,12 @@ def load_builder(name: str, directory: str) -> tfds.core.DatasetBuilder:
 def _read_images(source) -> np.ndarray:
     """All images of a TFDS data source, in stored order, as uint8 [N, H, W, C]."""
     n = len(source)
-    chunks = [
-        np.stack([ex["image"] for ex in source.__getitems__(list(range(i, min(n, i + _READ_CHUNK))))])
-        for i in range(0, n, _READ_CHUNK)
-    ]
-    return np.concatenate(chunks).astype(np.uint8, copy=False)
+    first = np.asarray(source[0]["image"]) if n else np.zeros((0,), np.uint8)
+    images = np.empty((n, *first.shape), np.uint8)
+    for i in range(0, n, _READ_CHUNK):
+        chunk = source.__getitems__(list(range(i, min(n, i + _READ_CHUNK))))
+        images[i:i + len(chunk)] = np.stack([ex["image"] for ex in chunk])
+    return images
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -177,10 +184,26 @@ def get_info(cfg) -> DataInfo:
     return DataInfo(
         name=name,
         shape=tuple(int(s) for s in info.features["image"].shape),
-        levels=_IMAGE_DATASETS[name][1],
-        num_train=info.splits["train"].num_examples,
-        num_test=info.splits["test"].num_examples,
+        levels=digits.LEVELS if name == "digits" else 256,
+        num_train=info.splits[tfds_split(name, "train")].num_examples,
+        num_test=info.splits[tfds_split(name, "test")].num_examples,
     )
+
+
+def label(cfg, split: str) -> dict:
+    """What an evaluation of `split` ran on: {"name", "builder" (TFDS name, "toy" for the 2-D toys),
+    "version", "split" (the TFDS split read), "num_examples", "verified" (official files; always True for
+    the toys and digits)}. Reads only metadata."""
+    _check_split(split)
+    name = dataset_name(cfg)
+    if name in toy.TOY_DATASETS:
+        return {"name": name, "builder": "toy", "version": toy.VERSION, "split": split,
+                "num_examples": {"train": toy.NUM_TRAIN, "test": toy.NUM_TEST}[split], "verified": True}
+    builder = load_builder(name, data_dir(cfg))
+    tfds_name = builder.name + (f"/{builder.builder_config.name}" if builder.builder_config else "")
+    return {"name": name, "builder": tfds_name, "version": str(builder.version), "split": tfds_split(name, split),
+            "num_examples": builder.info.splits[tfds_split(name, split)].num_examples,
+            "verified": name == "digits" or builders.verified(builder)}
 
 
 def load_split(cfg, split: str) -> np.ndarray:
@@ -189,7 +212,7 @@ def load_split(cfg, split: str) -> np.ndarray:
     name = dataset_name(cfg)
     if name in toy.TOY_DATASETS:
         return toy.load_split(name, split)
-    return _read_images(load_builder(name, data_dir(cfg)).as_data_source(split=split))
+    return _read_images(load_builder(name, data_dir(cfg)).as_data_source(split=tfds_split(name, split)))
 
 
 def _epoch_order(seed: int, n: int) -> Callable[[int], np.ndarray]:

@@ -20,6 +20,7 @@ import numpy as np
 from diffvar.mixture import GaussianMixture
 
 TOY_DATASETS = ("gmm2d", "swissroll", "moons", "checkerboard")
+VERSION = "1.0.0"  # of the samplers and split seeds below: bump when a change alters the points
 NUM_TRAIN = 65536
 NUM_TEST = 8192
 SPLIT_SEEDS = {"train": 0, "test": 1}
