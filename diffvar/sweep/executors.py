@@ -20,6 +20,7 @@ import time
 
 from diffvar.errors import OptionError, check_number
 from diffvar.sweep import results
+from diffvar.sweep.runner import Trial
 
 
 class Executor(abc.ABC):
@@ -31,7 +32,8 @@ class Executor(abc.ABC):
 
     @abc.abstractmethod
     def run(self, jobs, stop, monitor):
-        """Runs `jobs` ([(Trial, argv)]); `monitor.show(slots)` each poll, `monitor.out` for news."""
+        """Runs `jobs` ([(Trial, argv)]); `monitor.show(slots)` each poll, `monitor.out` for news,
+        `monitor.finished(seconds)` for each trial that finished here (for the ETA)."""
 
 
 @dataclasses.dataclass
@@ -134,7 +136,7 @@ class LocalExecutor(Executor):
         final = "interrupted" if retry else ("failed" if status == "crashed" else status)
         results.end(trial.workdir, attempt.t0, status=final, returncode=rc, error=error, kind=kind)
         if status == "finished":
-            monitor.durations.append(time.time() - attempt.t0)
+            monitor.finished(time.time() - attempt.t0)
         if status in ("failed", "crashed"):
             again = f"; retrying ({pool.tries[trial.name]}/{self.max_retries})" if retry else ""
             monitor.out(f"sweep: {trial.name} {status} [{kind}]: {error}{again}")

@@ -199,8 +199,8 @@ def report(workdir, out=print):
 
 
 class Monitor:
-    """The progress line of this runner's trials, printed when the counts change and at least each minute;
-    `durations` are the wall times of the trials that finished here (for the ETA)."""
+    """The progress line of this runner's trials, printed when the counts change and at least each minute,
+    with an ETA from the wall times of the trials that finished here."""
 
     def __init__(self, workdir, names, out=print):
         self.workdir, self.names, self.out = workdir, names, out
@@ -212,6 +212,9 @@ class Monitor:
         if line.split(" | ")[0] != self.shown.split(" | ")[0] or time.time() - self.t_shown > 60:
             self.out(line)
             self.shown, self.t_shown = line, time.time()
+
+    def finished(self, seconds):
+        self.durations.append(seconds)
 
     def write(self):
         results.write(self.workdir)
