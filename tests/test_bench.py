@@ -1,5 +1,5 @@
-"""Smoke runs of the benchmarks (bench.py, ab.py, toy_matmuls.py, quality.py), each as short as it goes: every
-figure is there and finite. No timing is asserted (timings are bench figures, never test results)."""
+"""Smoke runs of the benchmarks (bench.py, quality.py), each as short as it goes: every figure is there and
+finite. No timing is asserted (timings are bench figures, never test results)."""
 import json
 import math
 import os
@@ -31,35 +31,6 @@ def test_bench_smoke_run_writes_every_figure(tmp_path):
     assert d["batch"] == 512 and d["steps_per_call"] == 50 and d["model"].startswith("mlp hidden=128 depth=3")
     assert w["peer"] is None and all(w[key] is None for key in COMPARISON)
     assert "toy2d" in r.stdout and "diffvar" in r.stdout and f"wrote {out}" in r.stdout
-
-
-def test_ab_smoke_run_compares_two_programs_of_one_function():
-    """benchmarks/ab.py, toy2d against flax's nn.Dense for one short round: the baseline compiles to another
-    program that computes the same ELBO (to float rounding), and every figure is there."""
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "ab.py"), "--workload=toy2d",
-                        "--baseline=flax_dense", "--rounds=1", "--seconds=0.2"], capture_output=True, text=True,
-                       timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
-    assert r.returncode == 0, r.stdout + r.stderr
-    res = json.loads(r.stdout.strip().splitlines()[-1])
-    assert res["programs_differ"] is True
-    assert res["elbo_max_abs_diff"] <= 1e-5 * res["elbo_max_abs"], res
-    for variant in ("baseline", "current"):
-        for key in ("train_steps_per_sec", "elbo_examples_per_sec"):
-            assert len(res["rounds_figures"][variant][key]) == 1 and res["median"][variant][key] > 0
-    assert set(res["ratio"]) == {"train_steps_per_sec", "elbo_examples_per_sec"}
-
-
-def test_toy_matmuls_times_the_gradient_of_two_layers():
-    """benchmarks/toy_matmuls.py: the chain it times is the gradient of |x W1 W2|^2 / 2 (checked against jax.grad
-    in the run), and both sides' figures are there."""
-    pytest.importorskip("torch", reason="the bench extra (pip install -e '.[bench]') provides torch")
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "toy_matmuls.py"), "--seconds=0.05"],
-                       capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
-    assert r.returncode == 0, r.stdout + r.stderr
-    res = json.loads(r.stdout.strip().splitlines()[-1])
-    assert res["gradient_rel_err"] < 1e-5, res
-    for side in ("jax", "torch"):
-        assert res["chains_per_sec"][side] > 0 and res["gflops"][side] > 0
 
 
 def test_quality_smoke_run_trains_and_evaluates_both_sides(tmp_path):
