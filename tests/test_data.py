@@ -1,4 +1,5 @@
-"""Data pipelines: TF-free TFDS preparation of digits, the shared grain pipeline, toy densities."""
+"""Data pipelines: TF-free TFDS preparation of digits, the shared grain pipeline, toy densities (the benchmark
+datasets' builders are tested in test_datasets.py)."""
 import io
 import json
 import math
@@ -116,60 +117,34 @@ def test_data_dir_default(monkeypatch):
     assert data.data_dir(cfg_for("digits", "/x/y")) == "/x/y"
 
 
-@pytest.mark.parametrize("name, tfds_name", [("mnist", "mnist"), ("cifar10", "cifar10")])
-def test_unprepared_tfds_dataset_fails_fast(tmp_path, name, tfds_name):
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10", "imagenet32", "imagenet64"])
+def test_unprepared_dataset_fails_fast(tmp_path, name):
     directory = str(tmp_path / "tfds")
     cfg = cfg_for(name, directory)
-    for call in (lambda: data.get_info(cfg), lambda: data.make_train_iter(cfg, 8, 0)):
+    for call in (lambda: data.get_info(cfg), lambda: data.make_train_iter(cfg, 8, 0), lambda: data.label(cfg, "test")):
         with pytest.raises(data.DataNotPreparedError) as err:
             call()
         msg = str(err.value)
         assert directory in msg
-        assert f"tfds build {tfds_name} --data_dir={directory} --file_format=array_record" in msg
+        source = " --source=FOLDER" if name.startswith("imagenet") else ""
+        assert f"`python scripts/prepare_data.py --dataset={name}{source} --data_dir={directory}`" in msg
     assert isinstance(err.value, ValueError)
     assert not os.path.exists(directory)  # nothing downloaded, nothing created
 
 
-def _png(image):
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image[..., 0]).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def test_prepared_mnist_is_read_through_same_path(tmp_path):
-    """A tiny stand-in for `tfds build mnist --file_format=array_record` (real MNIST features, PNG)."""
-    rng = np.random.default_rng(0)
-    images = {s: rng.integers(0, 256, size=(n, 28, 28, 1), dtype=np.uint8) for s, n in (("train", 24), ("test", 8))}
-
-    class FakeMNIST(tfds.builder_cls("mnist"), skip_registration=True):
-        name = "mnist"
-
-        @tfds.core.utils.classproperty
-        @classmethod
-        def code_path(cls):  # see SklearnDigits.code_path
-            return epath.Path(__file__)
-
-        def _split_generators(self, dl_manager):
-            return {s: self._generate_examples(s) for s in images}
-
-        def _generate_examples(self, split):
-            for i, im in enumerate(images[split]):
-                yield i, {"image": _png(im), "label": i % 10}
-
-    FakeMNIST(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
-    cfg = cfg_for("mnist", str(tmp_path))
-    assert data.get_info(cfg) == data.DataInfo("mnist", (28, 28, 1), 256, 24, 8, None)
-    x = data.load_split(cfg, "test")
-    key = lambda a: sorted(im.tobytes() for im in a)  # noqa: E731 (stored order is TFDS's key hash)
-    assert key(x) == key(images["test"])
-    batch = next(data.make_train_iter(cfg, 16, 0))
-    assert batch.shape == (16, 28, 28, 1) and batch.dtype == np.float32
+def test_label_of_toys_and_digits(digits_dir):
+    assert data.label(cfg_for("moons"), "train") == {
+        "name": "moons", "builder": "toy", "version": toy.VERSION, "split": "train", "num_examples": 65536,
+        "verified": True}
+    assert data.label(cfg_for("digits", digits_dir), "test") == {
+        "name": "digits", "builder": "sklearn_digits", "version": "1.0.0", "split": "test", "num_examples": 297,
+        "verified": True}
+    with pytest.raises(ValueError, match="valid"):
+        data.label(cfg_for("moons"), "valid")
 
 
 def test_unknown_dataset_and_split():
-    with pytest.raises(ValueError, match=r"data\.name='imagenet'.*digits.*checkerboard"):
+    with pytest.raises(ValueError, match=r"data\.name='imagenet'.*digits.*imagenet64.*checkerboard"):
         data.get_info(cfg_for("imagenet"))
     with pytest.raises(ValueError, match=r"data\.name"):
         data.make_train_iter(cfg_for("imagenet"), 8, 0)
