@@ -1,7 +1,8 @@
 """The only module that touches orbax: open, save, restore, resolve 'latest' | 'best' | N, plausibility checks.
 
 A checkpoint at step N is workdir/checkpoints/N with three items: state (the TrainState), data (the training
-iterator's state, JSON) and meta (JSON: step, test_metric, best_metric, unit). Saves are synchronous and
+iterator's state, JSON) and meta (JSON: step, test_metric, unit). The test metric is also orbax's metric of
+the step, so orbax keeps the best checkpoint and names it (best_fn, best_step()). Saves are synchronous and
 atomic (orbax writes a temporary directory and renames it). The trainer opens the manager read-write;
 evaluation and sampling open it read-only and never write under checkpoints/.
 """
@@ -32,14 +33,15 @@ def directory(workdir):
 
 
 def manager(workdir, keep=3, read_only=False):
-    """orbax CheckpointManager over workdir/checkpoints: keeps the latest `keep` plus the best by meta's test
+    """orbax CheckpointManager over workdir/checkpoints: keeps the latest `keep` plus the best by the test
     metric (lower is better)."""
     policy = ocp.checkpoint_managers.AnyPreservationPolicy([
         ocp.checkpoint_managers.LatestN(n=keep),
         ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m["test_metric"], reverse=True, n=1,
                                       keep_checkpoints_without_metrics=False),
     ])
-    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=not read_only,
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=lambda m: m["test_metric"],
+                                           best_mode="min", create=not read_only,
                                            enable_async_checkpointing=False, read_only=read_only,
                                            cleanup_tmp_directories=not read_only)  # a save cut short by a kill
     return ocp.CheckpointManager(directory(workdir), item_names=ITEMS, options=options)
@@ -61,16 +63,6 @@ def restore(mngr, step, abstract_state=None, items=ITEMS):
     args = {"state": ocp.args.StandardRestore(abstract_state), "data": ocp.args.JsonRestore(),
             "meta": ocp.args.JsonRestore()}
     return dict(mngr.restore(step, args=ocp.args.Composite(**{k: args[k] for k in items})))
-
-
-def best_step(mngr):
-    """The kept step with the lowest test metric, or None when no kept checkpoint has one."""
-    best = None
-    for step in mngr.all_steps():
-        meta = restore(mngr, step, items=("meta",))["meta"]
-        if meta.get("test_metric") is not None and (best is None or meta["test_metric"] < best[1]):
-            best = (step, meta["test_metric"])
-    return None if best is None else best[0]
 
 
 def parse_step(spec):
@@ -95,11 +87,7 @@ def resolve_step(mngr, spec, ckpt_dir):
     if spec == "latest":
         return steps[-1]
     if spec == "best":
-        try:
-            best = best_step(mngr)
-        except Exception as e:  # noqa: BLE001 - an unreadable meta item
-            raise CheckpointError(f"cannot read the checkpoints' metadata in {ckpt_dir} to find the best step: "
-                                  f"{_first_line(e)}") from None
+        best = mngr.best_step()
         if best is None:
             raise CheckpointError(f"no checkpoint in {ckpt_dir} has a test metric, so there is no 'best' one; "
                                   f"use --checkpoint_step=latest or one of: {_steps_list(steps)}")

@@ -4,8 +4,9 @@
     state = init_state(exp, config.seed)
     step = make_train_step(exp)                   # jitted (state, batches [K, B, ...]) -> (state, losses [K])
     elbo = make_elbo_fn(exp, form="ism", ...)     # jitted (params, x [B, ...], rng) -> [B] in exp.unit
+    draw = make_sampler(exp, num=64)              # jitted (params, rng) -> (samples in data space, NFE or -1)
 
-Nothing here touches devices or files: the runtime (estimate, checkpoints, samples) and the programs
+Nothing here touches devices or files: the runtime (evaluator, checkpoints, plots) and the programs
 (train, evaluate) call these. Report unit: bits/dim for discrete image data (an upper bound on the discrete
 NLL: bpd = -(log p(y) + log|dy/dz|) / (d ln 2) + log2 K), nats per example (-log p) for 2-D toys.
 """
@@ -23,7 +24,7 @@ from flax import struct
 
 from diffvar import config as config_lib
 from diffvar import data as data_lib
-from diffvar import likelihood
+from diffvar import likelihood, sampling
 from diffvar.errors import ConfigError
 from diffvar.models import make_model
 from diffvar.models.param import make_score_fn
@@ -220,3 +221,25 @@ def make_ode_fn(exp, rtol=1e-5, atol=1e-5, divergence="exact", probe="rademacher
         return exp.to_unit(logp, logdet), nfe
 
     return jax.jit(fn)
+
+
+def make_sampler(exp, num, lam=0.0, steps=1000, ode=False, rtol=1e-5, atol=1e-5, score=None):
+    """Jitted (params, rng) -> (samples [num, ...] in data space, NFE or -1), built once per run.
+
+    ode=False: the lambda-family Euler-Maruyama sampler with `steps` steps (lam = 0 reverse SDE ... 1
+    probability-flow ODE); ode=True: the probability-flow ODE by an adaptive solver (Tsit5, rtol/atol; lam
+    and steps unused). Both stop at t = objective.t_eps.
+    """
+    score = score or exp.score_fn
+    shape = (num,) + exp.info.shape
+    t_min = exp.config.objective.t_eps
+
+    def draw(params, rng):
+        if ode:
+            y, nfe = sampling.sample_ode(score(params), exp.sde, rng, shape, rtol=rtol, atol=atol, t_min=t_min)
+        else:
+            y = sampling.sample_lambda(score(params), exp.sde, rng, shape, lam=lam, steps=steps, t_min=t_min)
+            nfe = jnp.asarray(-1, jnp.int32)
+        return exp.to_data_space(y), nfe
+
+    return jax.jit(draw)

@@ -14,6 +14,7 @@ import socket
 import time
 
 from diffvar import distributed, plots
+from diffvar.errors import DiffvarError
 from diffvar.files import atomic_path, write_json_atomic
 
 
@@ -118,20 +119,40 @@ class MetricsLog:
             self.tb.close()
 
 
-STATUSES = ("running", "finished", "interrupted", "failed")
+def metric_key(unit):
+    """The metrics.jsonl key of the test-set metric in `unit` ("test_bpd", "test_nats"); + "_stderr": its s.e."""
+    return f"test_{unit}"
 
 
-def write_status(workdir, status, step, num_steps, error=None, kind=None, result=None):
-    """workdir/status.json, atomically: {status, step, num_steps, pid, host, error, kind, result, updated}.
+class Status:
+    """workdir/status.json, for people and the sweep runner: why the run stopped.
 
-    running: written at the start and at each checkpoint (a killed process leaves it with a dead pid);
-    finished: result holds the final test metric; interrupted: SIGTERM, a checkpoint was saved;
-    failed: error is the message and kind the DiffvarError kind ("non_finite", "data", ...) or "crash".
+    {status, step, num_steps, pid, host, error, kind, result, updated}. running: written on entry and at each
+    checkpoint (a killed process leaves it with a dead pid); finished: result holds the final test metric;
+    interrupted: SIGTERM, a checkpoint was saved; failed: error is the message, kind the DiffvarError's kind
+    ("non_finite", "data", ...) or "crash". As a context manager it records any exception leaving the block
+    as failed, then lets it propagate. Only process 0 writes.
     """
-    if not distributed.is_chief():
-        return
-    with contextlib.suppress(OSError):  # advisory: a full disk must not hide the error being recorded
-        write_json_atomic(os.path.join(workdir, "status.json"), {
-            "status": status, "step": int(step), "num_steps": int(num_steps), "pid": os.getpid(),
-            "host": socket.gethostname(), "error": error, "kind": kind, "result": result,
-            "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+
+    def __init__(self, workdir, num_steps, step=0):
+        self.path, self.num_steps, self.step = os.path.join(workdir, "status.json"), num_steps, step
+
+    def write(self, status, error=None, kind=None, result=None):
+        if not distributed.is_chief():
+            return
+        with contextlib.suppress(OSError):  # advisory: a full disk must not hide the error being recorded
+            write_json_atomic(self.path, {
+                "status": status, "step": int(self.step), "num_steps": int(self.num_steps), "pid": os.getpid(),
+                "host": socket.gethostname(), "error": error, "kind": kind, "result": result,
+                "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+
+    def __enter__(self):
+        self.write("running")
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if isinstance(error, DiffvarError):
+            self.write("failed", error=str(error), kind=error.kind)
+        elif isinstance(error, Exception):
+            self.write("failed", error=f"{type(error).__name__}: {error}", kind="crash")
+        return False

@@ -1,4 +1,4 @@
-"""Figures written to files: image grids, 2-D sample scatters, training curves.
+"""Figures written to files: image grids, 2-D sample scatters, a model's samples, training curves.
 
 Matplotlib is used through its object-oriented API on the Agg canvas (`Figure` + `FigureCanvasAgg`), never
 through pyplot, so importing this module changes no global matplotlib state and works headless. Every
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -252,3 +253,18 @@ def save_training_curves(path, metrics_jsonl_path):
     ax_eval.grid(alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def save_samples(info, samples, png_path, npz_path=None, title=None, **meta):
+    """Samples drawn from a model of dataset `info` (data.DataInfo): a PNG grid (images; quantized to the
+    data's levels) or a scatter over the exact density (2-D toys); with npz_path also an .npz holding
+    `samples` and `meta` (values that are None are left out). Atomic writes."""
+    if info.levels is None:
+        logp = (lambda p: np.asarray(info.exact_logp(p))) if info.exact_logp else None
+        save_scatter_2d(png_path, samples, logp_fn=logp, title=title)
+    else:
+        save_image_grid(png_path, samples, levels=info.levels)
+    if npz_path:
+        os.makedirs(os.path.dirname(os.path.abspath(npz_path)), exist_ok=True)
+        with atomic_path(npz_path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, samples=samples, **{k: np.asarray(v) for k, v in meta.items() if v is not None})

@@ -15,7 +15,7 @@ from absl import flags
 
 from diffvar import cli
 
-cli.tune_process()  # before jax starts: glibc's allocator settings (see diffvar/cli.py)
+cli.tune_process()  # before jax starts: the CPU's allocator settings (see diffvar/platform.py)
 from diffvar.errors import OptionError, check_number
 
 flags.DEFINE_string("workdir", None, "Training workdir (holds config.json and checkpoints/).")
@@ -43,10 +43,9 @@ def main():
     else:
         check_number("--lam", FLAGS.lam, 0, 1, error=OptionError)
         check_number("--steps", FLAGS.steps, 1, integer=True, error=OptionError)
-    cli.use_xla_flags(cli.model_of(FLAGS.workdir))  # one device: sample counts need not divide
     import jax
     import numpy as np
-    from diffvar import checkpoints, logs, samples
+    from diffvar import checkpoints, experiment, logs, plots
     exp, params, step, _ = checkpoints.restore_params(FLAGS.workdir, FLAGS.checkpoint_step)
     sampler = "ode" if FLAGS.ode else f"lam{FLAGS.lam:g}_steps{FLAGS.steps}"
     out = FLAGS.out or os.path.join(FLAGS.workdir, "samples", f"sample_{step:08d}_{sampler}")
@@ -54,15 +53,16 @@ def main():
             else f"lambda={FLAGS.lam:g}, {FLAGS.steps} Euler-Maruyama steps")
     logs.say("sampling %d from %s step %d: %s", FLAGS.num, FLAGS.workdir, step, what)
     start = time.time()
-    draw = samples.make_sampler(exp, FLAGS.num, FLAGS.lam, FLAGS.steps, ode=FLAGS.ode, rtol=FLAGS.rtol,
-                                atol=FLAGS.atol)
+    draw = experiment.make_sampler(exp, FLAGS.num, FLAGS.lam, FLAGS.steps, ode=FLAGS.ode, rtol=FLAGS.rtol,
+                                   atol=FLAGS.atol)
     x, nfe = draw(params, jax.random.PRNGKey(FLAGS.seed))
     x, nfe = np.asarray(x), (int(nfe) if FLAGS.ode else None)
     seconds = time.time() - start
     title = f"{exp.info.name}, step {step}: " + ("adaptive ODE" if FLAGS.ode else f"lambda={FLAGS.lam:g}, "
                                                  f"{FLAGS.steps} steps")
-    samples.write(exp, x, out + ".png", out + ".npz", title=title, step=step, lam=None if FLAGS.ode else FLAGS.lam,
-                  steps=None if FLAGS.ode else FLAGS.steps, ode=FLAGS.ode, nfe=nfe, seed=FLAGS.seed)
+    plots.save_samples(exp.info, x, out + ".png", out + ".npz", title=title, step=step,
+                       lam=None if FLAGS.ode else FLAGS.lam, steps=None if FLAGS.ode else FLAGS.steps, ode=FLAGS.ode,
+                       nfe=nfe, seed=FLAGS.seed)
     bad = int((~np.isfinite(x)).reshape(len(x), -1).any(axis=1).sum())
     print(f"wrote {out}.png and {out}.npz: {FLAGS.num} samples in {seconds:.1f} s"
           + (f", NFE {nfe}" if nfe is not None else "") + (f"; {bad} non-finite" if bad else ""), flush=True)

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from diffvar import checkpoints, distributed, estimate, experiment
+from diffvar import checkpoints, distributed, evaluator, experiment
 from diffvar import config as config_lib
 from diffvar import evaluate as ev
 from diffvar import train as train_lib
@@ -98,11 +98,11 @@ def test_exact_score_through_the_evaluation_path_gives_the_exact_density(run):
     exp, params, step, _ = checkpoints.restore_params(run)
     assert step == STEPS
     score = lambda p: score_fn_for(mix, exp.sde)
-    batches = estimate.split_batches(exp, distributed.make_mesh(), "test", 1024, 2048)
-    exact = estimate.exact_nll(exp, batches)
+    batches = evaluator.split_batches(exp, distributed.make_mesh(), "test", 1024, 2048)
+    exact = evaluator.exact_nll(exp, batches)
     fn = experiment.make_ode_fn(exp, rtol=1e-5, atol=1e-5, score=score)
     key = jax.random.PRNGKey(0)
-    ode = estimate.ode(estimate.compile(fn, params, batches[0][0], key)[0], params, key, batches)
+    ode = evaluator.ode_pass(evaluator.compile_ahead(fn, params, batches[0][0], key)[0], params, key, batches)
     err = ode["values"] - exact["values"]
     assert np.max(np.abs(err)) < 0.01 and abs(err.mean()) < 1e-3, (np.max(np.abs(err)), err.mean())
     before = listing(run)
@@ -223,28 +223,28 @@ def test_option_checks_name_the_flag():
 
 def test_evaluation_batches_split_the_examples_evenly():
     """The fewest batches of at most the configured size, equal in size, rounded up to the device count."""
-    assert estimate.batch_size(256, 0, 1, 297) == 149      # 2 batches (298 computed), not 2 x 256
-    assert estimate.batch_size(256, 0, 2, 297) == 150
-    assert estimate.batch_size(256, 0, 1, 512) == 256
-    assert estimate.batch_size(256, 100, 2, 297) == 100    # max_examples caps the pass
-    assert estimate.batch_size(8192, 1024, 1, 8192) == 1024
-    assert estimate.batch_size(256, 0, 4, 0) == 256        # split size unknown: the configured batch
+    assert evaluator.batch_size(256, 0, 1, 297) == 149      # 2 batches (298 computed), not 2 x 256
+    assert evaluator.batch_size(256, 0, 2, 297) == 150
+    assert evaluator.batch_size(256, 0, 1, 512) == 256
+    assert evaluator.batch_size(256, 100, 2, 297) == 100    # max_examples caps the pass
+    assert evaluator.batch_size(8192, 1024, 1, 8192) == 1024
+    assert evaluator.batch_size(256, 0, 4, 0) == 256        # split size unknown: the configured batch
     for n in range(1, 700, 7):
-        b = estimate.batch_size(256, 0, 2, n)
+        b = evaluator.batch_size(256, 0, 2, n)
         assert b <= 256 + 1 and b % 2 == 0 and -(-n // b) == -(-n // 256), (n, b)
 
 
 def test_an_ode_solve_that_runs_out_of_steps_is_one_solver_error(run):
     """likelihood.ode_logp marks a solve past max_steps with NFE -1 (no host callback inside the program);
-    estimate.ode turns it into a SolverError, the one line scripts/evaluate.py prints."""
+    evaluator.ode_pass turns it into a SolverError, the one line scripts/evaluate.py prints."""
     from diffvar.errors import SolverError
     exp, params, _, _ = checkpoints.restore_params(run)
-    batches = estimate.split_batches(exp, distributed.make_mesh(), "test", 64, 64)
+    batches = evaluator.split_batches(exp, distributed.make_mesh(), "test", 64, 64)
     key = jax.random.PRNGKey(0)
-    fn = estimate.compile(experiment.make_ode_fn(exp, rtol=1e-5, atol=1e-5, max_steps=3), params, batches[0][0],
+    fn = evaluator.compile_ahead(experiment.make_ode_fn(exp, rtol=1e-5, atol=1e-5, max_steps=3), params, batches[0][0],
                           key)[0]
     assert int(fn(params, batches[0][0], key)[1]) == -1
     with pytest.raises(SolverError, match="more than 3 steps"):
-        estimate.ode(fn, params, key, batches, max_steps=3)
-    ok = estimate.compile(experiment.make_ode_fn(exp, rtol=1e-5, atol=1e-5), params, batches[0][0], key)[0]
-    assert estimate.ode(ok, params, key, batches)["nfe"] > 6 * 3 + 1
+        evaluator.ode_pass(fn, params, key, batches, max_steps=3)
+    ok = evaluator.compile_ahead(experiment.make_ode_fn(exp, rtol=1e-5, atol=1e-5), params, batches[0][0], key)[0]
+    assert evaluator.ode_pass(ok, params, key, batches)["nfe"] > 6 * 3 + 1
