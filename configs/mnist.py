@@ -1,4 +1,14 @@
-"""MNIST 28x28 (256 levels) with the sdeflow-light / score_sde settings. Needs the TFDS data prepared offline."""
+"""MNIST 28x28 (256 levels, diffvar_mnist: TFDS mnist's examples and order) with the sdeflow-light / score_sde
+U-Net settings (ch 32, ch_mult (1, 2, 2), attention at 16x16, dropout 0.1, batch 64).
+
+Prepare first: python scripts/prepare_data.py --dataset=mnist [--source=FOLDER]
+
+Published anchor: none recorded here. Neither score_sde, score_flow nor VDM report MNIST; Huang et al. (2021)
+train MNIST with this setup but their MNIST bpd is not restated here (check their paper before quoting one).
+What the number means here: uniform dequantization at t = 0, logit transform (a = 0.05), ELBO (ISM form),
+test split of 10,000 (DESIGN.md, "Dequantization conventions"). Compute: 100,000 steps at batch 64, about
+1.5M parameters; an accelerator job of hours, not a CPU one.
+"""
 from diffvar.config import defaults
 
 
