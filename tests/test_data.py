@@ -1,6 +1,5 @@
 """Data pipelines: TF-free TFDS preparation of digits, the shared grain pipeline, toy densities (the benchmark
 datasets' builders are tested in test_datasets.py)."""
-import io
 import json
 import math
 import os
