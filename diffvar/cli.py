@@ -2,46 +2,42 @@
 
     cli.define_multihost_flags()
     cli.run(main)          # absl app.run; any DiffvarError -> one `error: ...` line on stderr, exit status 1
+
+A multi-process run (--num_processes > 1) runs its program in a child process that the started one waits
+for: when another process of the run stops, jax's distributed runtime ends the survivors from C++ (SIGABRT)
+within distributed.HEARTBEAT_SECONDS, and the waiting parent turns that into the one `error:` line.
 """
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
+import signal
+import subprocess
 import sys
 
 from absl import app, flags, logging
 
+from diffvar import platform
 from diffvar.errors import DiffvarError, OptionError
 
-
-# glibc reads MALLOC_* only when a process starts: without these it maps and unmaps XLA's per-call temporary
-# buffer (66 MB for the digits step) on every call. What each setting bought is measured in the README's
-# Performance section.
-TUNED_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
-# XLA:CPU's YNNPACK fusion types per model (--xla_cpu_experimental_ynn_fusion_type): the U-Nets run faster
-# without YNN's reductions (GroupNorm's); the MLPs' small matmuls and elementwise loops run faster on XLA's own
-# code than on YNN's, so they get none (each measured in the README).
-YNN_FUSION_TYPES = {"unet": "-reduce", "mlp": ""}
-# XLA:CPU keeps only about 1.3 of 2 cores busy running one U-Net program. Splitting every batch over one CPU
-# device per core (data parallel, as over GPUs) keeps both busy. Measured on 2 cores only, hence the cap; the
-# MLPs of the 2-D toys are dispatch-bound: no gain measured (within the noise), so they keep one device.
-MAX_CPU_DEVICES = 2
-SPLIT_MODELS = ("unet",)
+ERRORS_FD = "DIFFVAR_ERRORS_FD"  # names, in a multi-process run's child, the pipe its `error:` line goes to
+_errors_fd = int(os.environ.pop(ERRORS_FD, 2))  # taken out of the environment: no grandchild inherits it
+_cpp_log_level = os.environ.get("TF_CPP_MIN_LOG_LEVEL")  # the user's, read before jax sets its default
 
 
 def tune_process():
-    """Re-executes this program once with TUNED_ENV added to its environment (values the user set win); then
-    use_tuning(model) adds the model's settings. DIFFVAR_TUNE=0 turns all of it off. Call it first thing in a
-    script, before jax is imported."""
-    env = dict(os.environ)
-    if env.get("DIFFVAR_TUNE") in ("0", "done"):
-        return
-    for key, value in TUNED_ENV.items():
-        env.setdefault(key, value)
-    env["DIFFVAR_TUNE"] = "done"
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable] + sys.argv, env)
+    """platform.tune_process(): the CPU's allocator settings, by re-executing once before jax starts."""
+    platform.tune_process()
+
+
+# The names benchmarks/ called before diffvar.platform held the tuning; to go once they call it directly.
+use_tuning = platform.setup
+MAX_CPU_DEVICES = platform.MAX_CPU_DEVICES
+
+
+def use_xla_flags(model):
+    """Nothing: XLA gets no per-model flags any more (see diffvar/platform.py)."""
 
 
 def define_multihost_flags():
@@ -51,34 +47,13 @@ def define_multihost_flags():
     flags.DEFINE_integer("process_id", 0, "Multi-host: this process's index.")
 
 
-def cpu_devices(model):
-    """How many CPU devices a tuned process makes for a `model` (config model.name): for SPLIT_MODELS one per
-    core it may run on, at most MAX_CPU_DEVICES; else 0 (jax's default, one), as when untuned or when the user
-    chose (JAX_NUM_CPU_DEVICES, or XLA_FLAGS' --xla_force_host_platform_device_count). A batch is then split
-    over them: batch sizes must divide."""
-    env = os.environ
-    if model not in SPLIT_MODELS or env.get("DIFFVAR_TUNE") != "done" or "JAX_NUM_CPU_DEVICES" in env or \
-            "xla_force_host_platform_device_count" in env.get("XLA_FLAGS", ""):
-        return 0
-    return min(len(os.sched_getaffinity(0)), MAX_CPU_DEVICES)
-
-
-def use_xla_flags(model):
-    """In a tuned process, before anything initialises jax: XLA_FLAGS gets the YNN fusion types of `model`
-    (config model.name), unless the user set them."""
-    xla_flags = os.environ.get("XLA_FLAGS", "")
-    if os.environ.get("DIFFVAR_TUNE") == "done" and model in YNN_FUSION_TYPES and \
-            "xla_cpu_experimental_ynn_fusion_type" not in xla_flags:
-        flag = f"--xla_cpu_experimental_ynn_fusion_type={YNN_FUSION_TYPES[model]}"
-        os.environ["XLA_FLAGS"] = f"{xla_flags} {flag}".strip()
-
-
-def use_cpu_devices(model):
-    """Makes jax create cpu_devices(model) CPU devices (when not 0). Before anything initialises jax."""
-    import jax  # not before tune_process() has run
-    n = cpu_devices(model)
-    if n:
-        jax.config.update("jax_num_cpu_devices", n)
+def initialize(model):
+    """The platform's settings for `model` (config model.name, or None), then joins the multi-host run the
+    flags describe (nothing to do without --coordinator_address). Before anything else uses jax."""
+    platform.setup(model)
+    from diffvar import distributed
+    f = flags.FLAGS
+    distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
 
 
 def model_of(workdir):
@@ -90,28 +65,13 @@ def model_of(workdir):
         return None
 
 
-def use_tuning(model):
-    """use_xla_flags(model) and use_cpu_devices(model): what a tuned process gives jax for `model`."""
-    use_xla_flags(model)
-    use_cpu_devices(model)
-
-
-def initialize(model):
-    """use_tuning(model), then joins the multi-host run the flags describe (nothing to do without
-    --coordinator_address). Before anything else uses jax."""
-    use_tuning(model)
-    from diffvar import distributed
-    f = flags.FLAGS
-    distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
-
-
 def fail(message):
-    """One line on stderr and exit status 1. os._exit: a failed orbax read leaves coroutines behind that
-    would print tracebacks while the interpreter shuts down."""
+    """One `error: ...` line on stderr (in a multi-process run's child: to its parent, which prints it) and
+    exit status 1."""
     sys.stdout.flush()
     sys.stderr.flush()
-    os.write(2, f"error: {message}\n".encode())  # one write: no other thread's output inside the line
-    os._exit(1)
+    os.write(_errors_fd, f"error: {message}\n".encode())  # one write: no other thread's output inside the line
+    sys.exit(1)
 
 
 def _parse_flags(argv):
@@ -133,16 +93,84 @@ def _parse_flags(argv):
         fail(" ".join(str(e).split()))
 
 
+def _die_with_parent():
+    """In the child before exec: SIGKILL when the parent dies (Linux), so that killing the started process
+    stops the run's process as it would without a parent."""
+    import ctypes
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _run_child():
+    """Runs this program again in a child and waits for it: SIGTERM is passed on, the child's `error:` line
+    printed as it comes, its exit status returned; a child ended by a signal (jax's distributed runtime
+    aborts a process whose peer stopped) is reported as one `error:` line and exit status 1."""
+    read, write = os.pipe()
+    # jaxlib's C++ log is a page at such an abort (the user's TF_CPP_MIN_LOG_LEVEL wins): the line says it all
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=_cpp_log_level or "4", **{ERRORS_FD: str(write)})
+    child = subprocess.Popen([sys.executable] + sys.argv, env=env, pass_fds=(write,), preexec_fn=_die_with_parent)
+    os.close(write)
+    signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the child itself (same process group)
+    reported = False
+    while chunk := os.read(read, 4096):  # until the child exits
+        os.write(2, chunk)
+        reported = True
+    status = child.wait()
+    if status >= 0:
+        return status
+    if not reported:
+        fail(_ended_by(-status))
+    return 1
+
+
+def _ended_by(signum):
+    """The line for a multi-process run's child ended by signal `signum`."""
+    f = flags.FLAGS
+    if signum == signal.SIGABRT:
+        what = (f"another process of this {f.num_processes}-process run stopped (jax's distributed runtime "
+                f"ended process {f.process_id})")
+    else:
+        what = f"process {f.process_id} of this {f.num_processes}-process run was killed by {signal.Signals(signum).name}"
+    step = _latest_checkpoint(f.workdir) if "workdir" in f else None
+    if step is None:
+        return f"{what}: restart every process"
+    return f"{what}; the checkpoint at step {step} is intact: restart every process to resume from it"
+
+
+def _latest_checkpoint(workdir):
+    """The latest committed checkpoint step of a training workdir (orbax's step directories), or None."""
+    from diffvar import checkpoints
+    try:
+        return max((int(d) for d in os.listdir(checkpoints.directory(workdir)) if d.isdigit()), default=None)
+    except OSError:
+        return None
+
+
 def run(main):
     """absl's app.run(main) with INFO logs off, positional arguments refused, and every DiffvarError turned
-    into one `error: ...` line and exit status 1 (other exceptions keep their traceback: they are bugs)."""
+    into one `error: ...` line and exit status 1 (other exceptions keep their traceback: they are bugs). With
+    --num_processes > 1, main runs in a child (see the module docstring)."""
     def wrapped(argv):
         try:
             if len(argv) > 1:
                 raise OptionError(f"unexpected arguments {argv[1:]}")
+            if "num_processes" in flags.FLAGS and flags.FLAGS.num_processes > 1:
+                if _errors_fd == 2:
+                    return _run_child()
+                # A peer that stops fails every collective in flight: not news, the parent's line says it all.
+                faulthandler.disable()  # absl's: it prints every thread's stack at jaxlib's abort
+                logging.set_verbosity(logging.FATAL)  # orbax's save threads log each failed collective
             main()
         except DiffvarError as e:
             fail(e)
+        except Exception:
+            if "jax" in sys.modules:
+                from diffvar import distributed
+                distributed.stop_if_peer_lost()
+            raise
 
     logging.set_verbosity(logging.ERROR)  # orbax's and absl's INFO/WARNING lines are not news
     app.run(wrapped, flags_parser=_parse_flags)

@@ -15,7 +15,7 @@ from absl import flags
 
 from diffvar import cli
 
-cli.tune_process()  # before jax starts: glibc's allocator settings (see diffvar/cli.py)
+cli.tune_process()  # before jax starts: the CPU's allocator settings (see diffvar/platform.py)
 
 flags.DEFINE_string("workdir", None, "Training workdir (holds config.json and checkpoints/).")
 flags.DEFINE_string("checkpoint_step", "latest", "Checkpoint to evaluate: a step number, 'latest' or 'best'.")

@@ -11,7 +11,7 @@ from ml_collections import config_flags
 
 from diffvar import cli
 
-cli.tune_process()  # before jax starts: glibc's allocator settings (see diffvar/cli.py)
+cli.tune_process()  # before jax starts: the CPU's allocator settings (see diffvar/platform.py)
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, samples; re-use it to resume.")
@@ -22,12 +22,12 @@ FLAGS = flags.FLAGS
 
 def main():
     cli.initialize(FLAGS.config.model.name)
-    from diffvar import distributed, train
+    from diffvar import distributed, logs, train
     summary = train.train(FLAGS.config, FLAGS.workdir)
     if distributed.is_chief() and not summary.get("interrupted"):
-        unit = summary["unit"]
-        result = (f"test {unit} {summary[f'test_{unit}']:.4f} +- {summary[f'test_{unit}_stderr']:.4f}"
-                  if f"test_{unit}" in summary else "no evaluation")
+        unit, key = summary["unit"], logs.metric_key(summary["unit"])
+        result = (f"test {unit} {summary[key]:.4f} +- {summary[f'{key}_stderr']:.4f}" if key in summary
+                  else "no evaluation")
         if "test_gap_nats" in summary:
             result += f" (gap to exact log p: {summary['test_gap_nats']:.4f} +- {summary['test_gap_nats_stderr']:.4f} nats)"
         print(f"done: step {summary['step']} in {summary['minutes']:.1f} min | {result} | "

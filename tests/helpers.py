@@ -22,8 +22,7 @@ def load_benchmark(name):
 
 def load_config(name):
     """configs/<name>.py's get_config(), loaded by path as scripts/train.py's --config does."""
-    import runpy
-    return runpy.run_path(os.path.join(ROOT, "configs", f"{name}.py"))["get_config"]()
+    return config_lib.load_file(os.path.join(ROOT, "configs", f"{name}.py"))
 
 
 def tiny_config(**overrides):
@@ -59,10 +58,11 @@ TINY_FLAGS = ("--config.model.hidden=32", "--config.training.steps_per_call=10",
 
 
 def run_script(name, *flags, env=None, wait=True, timeout=600):
-    """Runs scripts/<name>.py with `flags` in a fresh process (JAX on the CPU); a CompletedProcess, or a
-    Popen with stdout piped (text, stderr merged) when wait=False."""
+    """Runs scripts/<name>.py with `flags` in a fresh process (JAX on the CPU; `env` added to this process's
+    environment, a None value removing a key); a CompletedProcess, or a Popen with stdout piped (text,
+    stderr merged) when wait=False."""
     cmd = [sys.executable, os.path.join(ROOT, "scripts", f"{name}.py"), *flags]
-    full_env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
+    full_env = {k: v for k, v in dict(os.environ, JAX_PLATFORMS="cpu", **(env or {})).items() if v is not None}
     if not wait:
         return subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)

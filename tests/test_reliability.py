@@ -169,14 +169,18 @@ def test_missing_config_file_and_missing_workdir_flag(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("victim", [1, 0])
 def test_one_of_two_processes_killed_stops_the_other_and_both_resume(tmp_path, victim):
+    """SIGKILL to one process of a 2-process run (process 0 hosts jax's coordination service): the other
+    exits 1 within the heartbeat with one line naming the checkpoint to resume from; restarting both resumes."""
     import socket
 
     def start(workdir, steps):
         with socket.socket() as s:
             s.bind(("localhost", 0))
             port = s.getsockname()[1]
+        # as from a shell: without the TF_CPP_MIN_LOG_LEVEL that importing jax here put in os.environ
         return [train_script(workdir, f"--config.training.num_steps={steps}", f"--coordinator_address=localhost:{port}",
-                             "--num_processes=2", f"--process_id={i}", wait=False) for i in range(2)]
+                             "--num_processes=2", f"--process_id={i}", env={"TF_CPP_MIN_LOG_LEVEL": None}, wait=False)
+                for i in range(2)]
 
     workdir = str(tmp_path / "run")
     procs = start(workdir, 100000)
@@ -189,7 +193,10 @@ def test_one_of_two_processes_killed_stops_the_other_and_both_resume(tmp_path, v
     start_wait = time.time()
     out, _ = other.communicate(timeout=120)
     assert other.returncode == 1 and time.time() - start_wait < 60, out
-    assert "error: another process of this 2-process run stopped" in out and "restart every process" in out
+    errors = [line for line in out.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "another process of this 2-process run stopped" in errors[0], out
+    assert "the checkpoint at step" in errors[0] and "restart every process" in errors[0], out
+    assert not any(s in out for s in ("Traceback", "Fatal Python error", "Check failure")), out
     procs = start(workdir, 40)
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
