@@ -22,8 +22,10 @@ $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
 	touch $(TEST_STAMP)
 
-# One pytest worker per core (pytest-xdist); each test file runs on one worker, so its module fixtures are built once.
+# The layers contract (import-linter, pyproject.toml), then one pytest worker per core (pytest-xdist); each test
+# file runs on one worker, so its module fixtures are built once.
 test: $(TEST_STAMP)
+	$(VENV)/bin/lint-imports
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n auto --dist loadfile tests
 
 train: install

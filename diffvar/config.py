@@ -253,19 +253,26 @@ def from_workdir(workdir):
 # file or a misspelt key is one clear line, not a traceback from inside the flag parser).
 
 
-def load_file(path):
-    """get_config() of the config file at `path`; ConfigError (one line) when the file is missing, does not
-    import, has no get_config, or returns something other than a ConfigDict."""
+def load_module(path):
+    """The globals of the config file at `path` (get_config, and get_hyper where a sweep is declared);
+    ConfigError (one line) when the file is missing or does not import."""
     import runpy
     path = path.split(":")[0]  # config_flags' "file.py:arg" form passes arg to get_config
     if not os.path.isfile(path):
         raise ConfigError(f"--config={path}: no such file")
     try:
-        module = runpy.run_path(path)
+        return runpy.run_path(path)
     except SyntaxError as e:
         raise ConfigError(f"--config={path}: syntax error at line {e.lineno}: {e.msg}") from None
     except Exception as e:  # noqa: BLE001 - whatever the file raises while importing
         raise ConfigError(f"--config={path} does not import: {type(e).__name__}: {e}") from None
+
+
+def load_file(path):
+    """get_config() of the config file at `path`; ConfigError (one line) when the file is missing, does not
+    import, has no get_config, or returns something other than a ConfigDict."""
+    path = path.split(":")[0]
+    module = load_module(path)
     if not callable(module.get("get_config")):
         raise ConfigError(f"--config={path} defines no get_config() (a config file is a get_config() returning "
                           f"an ml_collections.ConfigDict, e.g. built on diffvar.config.defaults())")

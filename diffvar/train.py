@@ -139,9 +139,64 @@ def as_user_error(e, step, mngr, workdir):
     return None
 
 
+def log_training(log, exp, step, losses, progress, last_eval, deadline):
+    """A metrics.jsonl record of the steps since the last one (mean loss, learning rate, rate) and its line."""
+    rec = {"step": step, "loss": float(np.mean(losses)), "lr": float(exp.schedule(step)),
+           "steps_per_sec": progress.rate()}
+    log.write(rec)
+    key = logs.metric_key(exp.unit)
+    latest = f" | test {exp.unit} {last_eval[key]:.4f}" if last_eval else ""
+    logs.say("step %d/%d | loss %.4f | %.1f steps/s%s | elapsed %s | eta %s", step, exp.config.training.num_steps,
+             rec["loss"], rec["steps_per_sec"], latest, logs.fmt_time(progress.elapsed()),
+             logs.fmt_time(progress.eta(deadline)))
+    progress.mark()
+
+
+def loop(exp, workdir, mesh, mngr, state, train_iter, log, status, stop):
+    """Trains from state.step to training.num_steps (or max_minutes, or SIGTERM): logs, evaluates, checkpoints
+    and draws samples when due. Returns (state, the last evaluation's record or None, progress, the sampler)."""
+    config, t_cfg, e_cfg = exp.config, exp.config.training, exp.config.eval
+    train_step = experiment.make_train_step(exp)
+    evaluator = Evaluator(exp, mesh, EvalSpec.from_config(config))
+    draw = experiment.make_sampler(exp, config.sampling.num, config.sampling.lam, config.sampling.steps)
+    step, key, k = int(state.step), logs.metric_key(exp.unit), t_cfg.steps_per_call
+    last_eval, losses = log.last(key), []
+    deadline = time.time() + 60 * t_cfg.max_minutes if t_cfg.max_minutes else None
+    progress = logs.Progress(t_cfg.num_steps, done=step)
+    while step < t_cfg.num_steps:
+        batches = np.stack([next(train_iter) for _ in range(k)])
+        state, call_losses = train_step(state, distributed.global_array(mesh, batches, P(None, "data")))
+        step = status.step = step + k
+        check_finite(np.asarray(call_losses), step, workdir, config)
+        losses.extend(np.asarray(call_losses).tolist())
+        progress.update(step)
+        final = step >= t_cfg.num_steps or (deadline is not None and time.time() > deadline)
+        if due(step, t_cfg.log_every, final or stop.requested):
+            log_training(log, exp, step, losses, progress, last_eval, deadline)
+            losses = []
+        if stop.requested:  # SIGTERM: save what we have, no evaluation
+            checkpoints.save(mngr, state, train_iter.get_state(), {"step": step, "unit": exp.unit})
+            break
+        with progress.paused():  # the rate counts training steps only
+            rec = None
+            if due(step, e_cfg.every, final):
+                repeats = (e_cfg.final_repeats or e_cfg.repeats) if final else e_cfg.repeats
+                rec = last_eval = evaluate(evaluator, state.ema_params, step, repeats)
+                log.write(rec)
+            if due(step, t_cfg.ckpt_every, final):
+                meta = {"step": step, "test_metric": rec[key] if rec else None, "unit": exp.unit}
+                checkpoints.save(mngr, state, train_iter.get_state(), meta)
+                status.write("running")
+            if distributed.is_chief() and not final and due(step, config.sampling.every):
+                write_samples(exp, draw, state.ema_params, workdir, step)
+        if final:
+            break
+    return state, last_eval, progress, draw
+
+
 def run(exp, workdir):
     """The run itself, in a workdir this process holds: setup, the loop, finish."""
-    config, t_cfg, e_cfg = exp.config, exp.config.training, exp.config.eval
+    config, t_cfg = exp.config, exp.config.training
     # ---------------------------------------------------------------- setup
     mesh = distributed.make_mesh()
     mngr = open_workdir(exp, workdir)
@@ -152,64 +207,22 @@ def run(exp, workdir):
         logs.say("training %s for %d steps on %d %s device(s) in %d process(es), batch %d", config.model.name,
                  t_cfg.num_steps, len(d), d[0].platform, jax.process_count(), t_cfg.batch_size)
     log = logs.MetricsLog(workdir, step)
-    key = logs.metric_key(exp.unit)
-    last_eval = log.last(key)
-    train_step = experiment.make_train_step(exp)
-    evaluator = Evaluator(exp, mesh, EvalSpec.from_config(config))
-    draw = experiment.make_sampler(exp, config.sampling.num, config.sampling.lam, config.sampling.steps)
-    k = t_cfg.steps_per_call
-    deadline = time.time() + 60 * t_cfg.max_minutes if t_cfg.max_minutes else None
-    progress = logs.Progress(t_cfg.num_steps, done=step)
-    pending = []
     # ---------------------------------------------------------------- the loop
     with logs.Status(workdir, t_cfg.num_steps, step) as status, StopOnSigterm() as stop:
         try:
-            while step < t_cfg.num_steps:
-                batches = np.stack([next(train_iter) for _ in range(k)])
-                state, losses = train_step(state, distributed.global_array(mesh, batches, P(None, "data")))
-                losses = np.asarray(losses)
-                step = status.step = step + k
-                check_finite(losses, step, workdir, config)
-                pending.extend(losses.tolist())
-                progress.update(step)
-                final = step >= t_cfg.num_steps or (deadline is not None and time.time() > deadline)
-                if due(step, t_cfg.log_every, final or stop.requested):
-                    rec = {"step": step, "loss": float(np.mean(pending)), "lr": float(exp.schedule(step)),
-                           "steps_per_sec": progress.rate()}
-                    log.write(rec)
-                    latest = f" | test {exp.unit} {last_eval[key]:.4f}" if last_eval else ""
-                    logs.say("step %d/%d | loss %.4f | %.1f steps/s%s | elapsed %s | eta %s", step, t_cfg.num_steps,
-                             rec["loss"], rec["steps_per_sec"], latest, logs.fmt_time(progress.elapsed()),
-                             logs.fmt_time(progress.eta(deadline)))
-                    pending = []
-                    progress.mark()
-                if stop.requested:  # SIGTERM: save what we have, no evaluation
-                    checkpoints.save(mngr, state, train_iter.get_state(), {"step": step, "unit": exp.unit})
-                    break
-                with progress.paused():  # the rate counts training steps only
-                    rec = None
-                    if due(step, e_cfg.every, final):
-                        repeats = (e_cfg.final_repeats or e_cfg.repeats) if final else e_cfg.repeats
-                        rec = last_eval = evaluate(evaluator, state.ema_params, step, repeats)
-                        log.write(rec)
-                    if due(step, t_cfg.ckpt_every, final):
-                        meta = {"step": step, "test_metric": rec[key] if rec else None, "unit": exp.unit}
-                        checkpoints.save(mngr, state, train_iter.get_state(), meta)
-                        status.write("running")
-                    if distributed.is_chief() and not final and due(step, config.sampling.every):
-                        write_samples(exp, draw, state.ema_params, workdir, step)
-                if final:
-                    break
+            state, last_eval, progress, draw = loop(exp, workdir, mesh, mngr, state, train_iter, log, status,
+                                                     stop)
         except DiffvarError:
             raise
         except Exception as e:
-            error = as_user_error(e, step, mngr, workdir)
+            error = as_user_error(e, status.step, mngr, workdir)
             if error is None:
                 raise
             raise error from None
         finally:
             log.close()
         # ------------------------------------------------------------ finish
+        step = int(state.step)
         if stop.requested:
             status.write("interrupted")
             logs.say("SIGTERM: saved a checkpoint at step %d in %s; re-run to resume", step, workdir)

@@ -16,7 +16,6 @@ import collections
 import dataclasses
 import os
 import re
-import runpy
 import shlex
 import signal
 import socket
@@ -76,7 +75,8 @@ def load(config, config_path, workdir, name=None, base=None, check_config=None, 
     applied; check_config: optional callable validating each trial's full config. Raises ConfigError, before
     anything runs, for an unknown key, a wrong type, a trial that check_config rejects or two trials sharing
     a directory name."""
-    module = types.SimpleNamespace(**runpy.run_path(config_path))  # for get_hyper; get_config ran already
+    from diffvar.config import load_module  # here: the Slurm jobs import this module and need no jax
+    module = types.SimpleNamespace(**load_module(config_path))  # for get_hyper; get_config ran already
     overrides = declarations.load(module, config, name, source=config_path)
     for trial in overrides if check_config else ():
         _check_trial(check_config, declarations.apply(config, trial), declarations.trial_name(trial))
