@@ -21,8 +21,8 @@ from absl import app, flags, logging
 from diffvar import platform
 from diffvar.errors import DiffvarError, OptionError
 
-ERRORS_FD = "DIFFVAR_ERRORS_FD"  # names, in a multi-process run's child, the pipe its `error:` line goes to
-_errors_fd = int(os.environ.pop(ERRORS_FD, 2))  # taken out of the environment: no grandchild inherits it
+ERRORS_FD = "DIFFVAR_ERRORS_FD"  # set in a multi-process run's child: the pipe its `error:` line goes to
+_parent_pipe = os.environ.pop(ERRORS_FD, None)  # taken out of the environment: no grandchild inherits it
 _cpp_log_level = os.environ.get("TF_CPP_MIN_LOG_LEVEL")  # the user's, read before jax sets its default
 
 
@@ -70,7 +70,7 @@ def fail(message):
     exit status 1."""
     sys.stdout.flush()
     sys.stderr.flush()
-    os.write(_errors_fd, f"error: {message}\n".encode())  # one write: no other thread's output inside the line
+    os.write(2 if _parent_pipe is None else int(_parent_pipe), f"error: {message}\n".encode())  # one write: no other thread's output inside the line
     sys.exit(1)
 
 
@@ -158,7 +158,7 @@ def run(main):
             if len(argv) > 1:
                 raise OptionError(f"unexpected arguments {argv[1:]}")
             if "num_processes" in flags.FLAGS and flags.FLAGS.num_processes > 1:
-                if _errors_fd == 2:
+                if _parent_pipe is None:
                     return _run_child()
                 # A peer that stops fails every collective in flight: not news, the parent's line says it all.
                 faulthandler.disable()  # absl's: it prints every thread's stack at jaxlib's abort
