@@ -2,8 +2,6 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import jax
@@ -96,56 +94,6 @@ def test_sigkill_at_any_moment_then_resume_is_bitwise_identical(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert_same_params(params_at(killed, 200)[1], params_at(ref, 200)[1])
     assert losses(killed) == losses(ref)
-
-
-def test_scripts_make_one_cpu_device_per_core(tmp_path, monkeypatch):
-    """Under the scripts' tuning a batch is split over one CPU device per usable core, at most
-    cli.MAX_CPU_DEVICES; the user's own choice, or DIFFVAR_TUNE=0, leaves jax's default of one. (A digits run
-    of scripts/train.py on one device per core is checked by test_bench's quality smoke run, which makes one.)"""
-    from diffvar import cli
-    r = train_script(str(tmp_path / "gmm2d"), "--config.training.num_steps=20")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "on 1 cpu device(s) in 1 process(es)" in r.stdout.splitlines()[0], r.stdout  # the toys' MLPs keep one
-    for key in ("JAX_NUM_CPU_DEVICES", "XLA_FLAGS"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("DIFFVAR_TUNE", "done")
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
-    assert cli.cpu_devices("unet") == cli.MAX_CPU_DEVICES and cli.cpu_devices("mlp") == 0
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})  # a sweep trial pinned to one core
-    assert cli.cpu_devices("unet") == 1
-    monkeypatch.setenv("JAX_NUM_CPU_DEVICES", "4")
-    assert cli.cpu_devices("unet") == 0
-    monkeypatch.delenv("JAX_NUM_CPU_DEVICES")
-    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=3")
-    assert cli.cpu_devices("unet") == 0
-    monkeypatch.setenv("XLA_FLAGS", "")
-    monkeypatch.setenv("DIFFVAR_TUNE", "0")
-    assert cli.cpu_devices("unet") == 0
-
-
-def test_scripts_give_xla_the_models_ynn_fusion_types(monkeypatch):
-    """cli.use_xla_flags(model), called before jax starts, reaches the compiled program: a convolution runs in a
-    YNNPACK fusion under the U-Nets' types and not under the MLPs' (none); the user's choice wins."""
-    from diffvar import cli
-    program = ("import os, sys; os.environ['DIFFVAR_TUNE'] = 'done'; from diffvar import cli; "
-               "cli.use_xla_flags(sys.argv[1]); import jax, jax.numpy as jnp; "
-               "conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME', "
-               "dimension_numbers=('NHWC', 'HWIO', 'NHWC')); "
-               "print('ynn' in jax.jit(conv).lower(jnp.ones((8, 8, 8, 32)), jnp.ones((3, 3, 32, 32))).compile()"
-               ".as_text(), os.environ['XLA_FLAGS'])")
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    for model, ynn in [("unet", True), ("mlp", False)]:
-        r = subprocess.run([sys.executable, "-c", program, model], env=env, capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
-        assert r.stdout.split() == [str(ynn), f"--xla_cpu_experimental_ynn_fusion_type={cli.YNN_FUSION_TYPES[model]}"]
-    monkeypatch.setenv("DIFFVAR_TUNE", "done")
-    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=eltwise")
-    cli.use_xla_flags("mlp")
-    assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=eltwise"
-    monkeypatch.setenv("DIFFVAR_TUNE", "0")
-    monkeypatch.setenv("XLA_FLAGS", "")
-    cli.use_xla_flags("unet")
-    assert os.environ["XLA_FLAGS"] == ""
 
 
 def test_sigterm_saves_and_exits_zero(tmp_path):
