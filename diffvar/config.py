@@ -31,7 +31,8 @@ def defaults():
     c.seed = 0                        # seeds init, data order, noise; a run is a pure function of config + seed
 
     c.data = d = ml_collections.ConfigDict()
-    d.name = "digits"                 # digits | mnist | cifar10 | gmm2d | swissroll | moons | checkerboard
+    d.name = "digits"                 # digits | mnist | fashion_mnist | cifar10 | imagenet32 | imagenet64 |
+                                      # gmm2d | swissroll | moons | checkerboard
     d.data_dir = ""                   # TFDS data_dir; "" = $DIFFVAR_DATA_DIR or ~/tensorflow_datasets
     d.random_flip = False             # random horizontal flips of training images
     d.transform = "logit"             # images: logit (y = logit(a + (1-2a) z)) | scale (y = 2z - 1)

@@ -104,7 +104,7 @@ def _result(exp, workdir, step, spec, evaluator, estimates, filled):
     """The eval/<step>.json record: the run, the split, each estimate (without per-example values) and the
     paired differences of the estimators on the same examples."""
     unit = exp.unit
-    res = {"workdir": os.path.abspath(workdir), "step": step, "dataset": exp.info.name, "split": spec.split,
+    res = {"workdir": os.path.abspath(workdir), "step": step, "dataset": evaluator.dataset, "split": spec.split,
            "unit": unit if unit == "bpd" else "nats per example (the bpd_* fields hold nats for 2-D toy data)",
            "num_examples": evaluator.num_examples, "batch_size": evaluator.batch_size,
            "num_devices": len(jax.devices()), "seed": spec.seed,
@@ -154,8 +154,11 @@ def format_table(res):
                      "", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-    out = [f"{res['dataset']} {res['split']} split, step {res['step']}, {res['num_examples']} examples; "
-           f"{res['unit']}", line(rows[0]), "  ".join("-" * w for w in widths)] + [line(r) for r in rows[1:]]
+    d = res["dataset"]
+    files = "official files" if d["verified"] else "UNVERIFIED files (not the official ones)"
+    out = [f"{d['name']} ({d['builder']} {d['version']}, {files}), {d['split']} split: {res['num_examples']} of "
+           f"{d['num_examples']} examples; step {res['step']}; {res['unit']}", line(rows[0]),
+           "  ".join("-" * w for w in widths)] + [line(r) for r in rows[1:]]
     if res.get("differences"):
         out.append("differences on the same examples, with paired s.e."
                    + (" (EXACT: the data's -log p(x)):" if "exact_nll_nats" in res else ":"))

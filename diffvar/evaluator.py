@@ -244,6 +244,7 @@ class Evaluator:
                                      exp.info.size(spec.split))
         self.batches = split_batches(exp, mesh, spec.split, self.batch_size, spec.max_examples)
         self.num_examples = int(sum(m.sum() for _, m in self.batches))
+        self.dataset = data_lib.label(exp.config.data, spec.split)  # name, version, split, count, verified
         self.exact = exact_nll(exp, self.batches)
         self._compiled = {}
 

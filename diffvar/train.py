@@ -95,7 +95,7 @@ def evaluate(evaluator, params, step, repeats):
     est = results[evaluator.spec.forms[0]]
     rec = {"step": step, key: est["mean"], f"{key}_stderr": est["stderr"], "eval_examples": est["num_examples"],
            "eval_repeats": est["repeats"], "eval_seconds": est["seconds"],
-           "eval_compile_seconds": est["compile_seconds"]}
+           "eval_compile_seconds": est["compile_seconds"], "eval_data_verified": evaluator.dataset["verified"]}
     gap = ""
     if "exact" in results:  # -ELBO - (-log p) = log p - ELBO, >= 0 in expectation
         rec["test_gap_nats"], rec["test_gap_nats_stderr"] = paired_difference(est["values"],
@@ -103,6 +103,8 @@ def evaluate(evaluator, params, step, repeats):
         rec["test_exact_nll_nats"] = results["exact"]["mean"]
         gap = f" | gap to exact log p {rec['test_gap_nats']:.4f} +- {rec['test_gap_nats_stderr']:.4f} nats"
     compile_note = f" + {est['compile_seconds']:.1f} s compile" if est["compile_seconds"] else ""
+    if not evaluator.dataset["verified"]:
+        gap += " | on UNVERIFIED data files"
     logs.say("step %d | test %s %.4f +- %.4f (%d examples, %.1f s%s)%s", step, evaluator.exp.unit, est["mean"],
              est["stderr"], est["num_examples"], est["seconds"], compile_note, gap)
     return rec
