@@ -13,6 +13,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 
 HEARTBEAT_SECONDS = 20  # a process that stops answering for this long ends the run of all the others
+_peers_checked = False  # stop_if_peer_lost() has waited
 
 
 def initialize(coordinator_address=None, num_processes=1, process_id=0):
@@ -63,8 +64,10 @@ def stop_if_peer_lost():
     """Returns only if no other process stopped. In a multi-process run, after an unexpected error, waits
     HEARTBEAT_SECONDS + 10 s: when the error came from another process stopping (a collective's connection
     closed), jax's distributed runtime ends this one (SIGABRT) meanwhile, and the parent that supervises it
-    reports that in one line (cli.run). Nothing to wait for in a single-process run."""
-    if jax.distributed.is_initialized() and jax.process_count() > 1:
+    reports that in one line (cli.run). Nothing to wait for in a single-process run, or a second time."""
+    global _peers_checked
+    if not _peers_checked and jax.distributed.is_initialized() and jax.process_count() > 1:
+        _peers_checked = True
         time.sleep(HEARTBEAT_SECONDS + 10)
 
 
