@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from diffvar.errors import check_choice
 from diffvar.sampling import probability_flow_drift, solve_adaptive
-from diffvar.sde import TIME_SAMPLINGS, bcast, time_proposal
+from diffvar.sde import TIME_SAMPLINGS, ImportanceTime, UniformTime, bcast, time_proposal
 
 FORMS = ("ism", "dsm")
 DIVERGENCES = ("hutchinson", "exact")
@@ -94,38 +94,79 @@ def score_residual(score_fn, sde, y, eps, t):
     return score_fn(y, t) + eps / bcast(sigma, eps)
 
 
-def dsm_integrand(score_fn, sde, y, eps, t):
-    """g^2 |score + eps / sigma|^2 / 2 - g^2 d / (2 sigma^2) - div f, [B]; eps is the noise that made y."""
+def dsm_integrand(score_fn, sde, y, eps, t, sigma=None):
+    """g^2 |score + eps / sigma|^2 / 2 - g^2 d / (2 sigma^2) - div f, [B]; eps is the noise that made y.
+
+    sigma [B]: the std of the kernel that made y = mean + sigma eps; default sigma(t), the kernel from s = 0
+    (from a later start t0 it is the conditional std, see perturb_from)."""
     g2 = sde.g2(t)
     d = math.prod(y.shape[1:])
-    resid = score_residual(score_fn, sde, y, eps, t)
-    return 0.5 * g2 * per_example_sum(resid**2) - 0.5 * g2 * d / sde.sigma2(t) - sde.div_drift(t, d)
+    if sigma is None:
+        resid = score_residual(score_fn, sde, y, eps, t)
+        sigma2 = sde.sigma2(t)
+    else:
+        resid = score_fn(y, t) + eps / bcast(sigma, eps)
+        sigma2 = sigma**2
+    return 0.5 * g2 * per_example_sum(resid**2) - 0.5 * g2 * d / sigma2 - sde.div_drift(t, d)
 
 
-def _elbo_once(score_fn, sde, x, rng, form, divergence, probe_kind, q, t_eps):
-    """One-sample ELBO estimate with times t ~ q, [B]."""
+def perturb_from(sde, rng, y0, t0, t):
+    """(y, eps, s): a draw y = a y0 + s eps of Y_t | Y_{t0} = y0, eps ~ N(0, I) (shape of y0), s [B].
+
+    a = alpha(t) / alpha(t0), s^2 = sigma(t)^2 - a^2 sigma(t0)^2 (the linear SDE's transition from t0 to t);
+    t0 = 0 is sde.perturb itself (same draws). t [B] >= t0, a float."""
+    if t0 == 0.0:
+        y, eps = sde.perturb(rng, y0, t)
+        return y, eps, sde.alpha_sigma(t)[1]
+    t0s = jnp.full_like(t, t0)
+    log_a = sde.log_alpha(t) - sde.log_alpha(t0s)
+    s = jnp.sqrt(jnp.maximum(sde.sigma2(t) - jnp.exp(2.0 * log_a) * sde.sigma2(t0s), 1e-12))
+    eps = jax.random.normal(rng, y0.shape, y0.dtype)
+    return bcast(jnp.exp(log_a), y0) * y0 + bcast(s, y0) * eps, eps, s
+
+
+def _elbo_once(score_fn, sde, x, rng, form, divergence, probe_kind, q, t_eps, t_min):
+    """One-sample ELBO estimate of log p_{t_min}(x) with times t ~ q on [t_min, T], [B]."""
     b = x.shape[0]
     k_t, k_eps, k_T, k_div = jax.random.split(rng, 4)
     t = q.sample(k_t, b)
-    y, eps = sde.perturb(k_eps, x, t)
+    y, eps, sigma = perturb_from(sde, k_eps, x, t_min, t)
     ism = lambda: ism_integrand(score_fn, sde, y, t, k_div, divergence, probe_kind)
     if form == "ism":
         integrand = ism()
     else:
-        # Below t_eps the DSM integrand's variance blows up like 1/t^2; the ISM one has the same mean there.
-        ts = jnp.maximum(t, t_eps)
-        integrand = jnp.where(t < t_eps, ism(), dsm_integrand(score_fn, sde, y, eps, ts))
-    y_T, _ = sde.perturb(k_T, x, jnp.full((b,), sde.T))
+        # Below t_min + t_eps the DSM integrand's variance blows up like 1/(t - t_min)^2; the ISM one has the
+        # same mean there.
+        t_dsm = t_min + t_eps
+        ts = jnp.maximum(t, t_dsm)
+        s_dsm = sigma if t_min == 0.0 else jnp.maximum(sigma, perturb_from(sde, k_eps, x, t_min, ts)[2])
+        integrand = jnp.where(t < t_dsm, ism(), dsm_integrand(score_fn, sde, y, eps, ts,
+                                                              None if t_min == 0.0 else s_dsm))
+    y_T, _, _ = perturb_from(sde, k_T, x, t_min, jnp.full((b,), sde.T))
     return sde.prior_logp(y_T) - integrand / q.density(t)
 
 
+def _time_proposal_from(name, sde, t_eps, t_min):
+    """The proposal `name` on [0, T] (t_min = 0) or on [t_min, T] (uniform; importance: q ∝ g^2 / sigma^2)."""
+    name = check_choice("time_sampling", name, TIME_SAMPLINGS, error=ValueError)
+    if t_min == 0.0:
+        return time_proposal(name, sde, t_eps)
+    if name == "uniform":
+        return UniformTime(T=sde.T, t_min=t_min)
+    return ImportanceTime(sde=sde, t_eps=t_min, truncated=True)
+
+
 def elbo(score_fn, sde, x, rng, num_samples=1, form="ism", divergence="hutchinson", probe="rademacher",
-         time_sampling="uniform", t_eps=1e-3):
+         time_sampling="uniform", t_eps=1e-3, t_min=0.0):
     """Continuous-time ELBO of the plug-in reverse SDE (lambda = 0) at x [B, ...] -> [B] nats.
 
-    Unbiased Monte-Carlo estimate averaged over `num_samples` draws of (s, Y_s, Y_T, probe), unrolled.
-    time_sampling: a proposal object with sample(rng, n) and density(t) on [0, T] (diffvar.sde's
-    UniformTime, ImportanceTime), or its name in TIME_SAMPLINGS (ImportanceTime flat below t_eps).
+    A lower bound on log p_{t_min}(x), the model's density of Y at t_min (t_min = 0: of the data):
+        E[ log p_prior(Y_T) - int_{t_min}^T (|a|^2 / 2 + div(g a - f))(Y_s, s) ds ],  Y_{t_min} = x,
+    Y_s | x from the SDE's transition kernel (perturb_from). Unbiased Monte-Carlo estimate averaged over
+    `num_samples` draws of (s, Y_s, Y_T, probe), unrolled. time_sampling: a proposal object with
+    sample(rng, n) and density(t) on [t_min, T] (diffvar.sde's UniformTime, ImportanceTime), or its name in
+    TIME_SAMPLINGS (on [0, T]: ImportanceTime flat below t_eps; on [t_min, T]: q ∝ g^2 / sigma^2 there).
+    The DSM form uses the ISM integrand on [t_min, t_min + t_eps).
     """
     check_choice("form", form, FORMS, error=ValueError)
     check_choice("divergence", divergence, DIVERGENCES, error=ValueError)
@@ -133,14 +174,33 @@ def elbo(score_fn, sde, x, rng, num_samples=1, form="ism", divergence="hutchinso
     check_x(x)
     if not (isinstance(num_samples, int) and num_samples >= 1):
         raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+    if not (isinstance(t_min, (int, float)) and 0.0 <= t_min < sde.T):
+        raise ValueError(f"t_min must be a number in [0, T={sde.T}), got {t_min!r}")
     q = time_sampling
     if isinstance(q, str):
-        q = time_proposal(check_choice("time_sampling", q, TIME_SAMPLINGS, error=ValueError), sde, t_eps)
+        q = _time_proposal_from(q, sde, t_eps, float(t_min))
     keys = jax.random.split(rng, num_samples)
     # Unrolled: under jit on XLA:CPU (jaxlib 0.10.2), jax.vmap over one draw gave wrong values (see
     # tests/test_likelihood.py::test_elbo_under_jit_equals_elbo_run_op_by_op).
-    draws = [_elbo_once(score_fn, sde, x, k, form, divergence, probe, q, t_eps) for k in keys]
+    draws = [_elbo_once(score_fn, sde, x, k, form, divergence, probe, q, t_eps, float(t_min)) for k in keys]
     return sum(draws) / num_samples
+
+
+def elbo_mean_and_variance(score_fn, sde, x, rng, num_draws, **kwargs):
+    """(mean [B], variance of that mean [B]) of `num_draws` independent ELBO draws at x [B, ...].
+
+    The draws run as one batch of num_draws * B (x tiled; no vmap), so memory grows num_draws-fold; the
+    variance is the draws' sample variance / num_draws (NaN-free: 0 for num_draws = 1, which cannot estimate
+    it). kwargs: elbo's (form, divergence, probe, time_sampling, t_eps, t_min)."""
+    if not (isinstance(num_draws, int) and num_draws >= 1):
+        raise ValueError(f"num_draws must be an int >= 1, got {num_draws!r}")
+    b = x.shape[0]
+    tiled = jnp.tile(x, (num_draws,) + (1,) * (x.ndim - 1))
+    draws = jnp.reshape(elbo(score_fn, sde, tiled, rng, num_samples=1, **kwargs), (num_draws, b))
+    mean = jnp.mean(draws, axis=0)
+    if num_draws == 1:
+        return mean, jnp.zeros_like(mean)
+    return mean, jnp.var(draws, axis=0, ddof=1) / num_draws
 
 
 def ode_logp(score_fn, sde, x, rng, rtol=1e-5, atol=1e-5, divergence="exact", probe="rademacher",
@@ -223,3 +283,132 @@ def bpd(logp_y, logdet, d, levels):
     """-(log p(y) + log|dy/dz|) / (d ln 2) + log2 K: an upper bound on the discrete NLL in bits/dim, [B]."""
     return -(logp_y + logdet) / (d * math.log(2.0)) + math.log2(levels)
 
+
+
+# ----------------------------------------------------------------------------------------------
+# Dequantization as a choice of evaluation: lower bounds on the discrete log P(x) of x in {0..L-1}^d.
+#
+# A monotone per-dimension transform h (TRANSFORMS) maps x's bin [x/L, (x+1)/L) to a box [lo, hi) in model
+# space. Every convention draws y ~ q(y | x) inside (a scaled copy of) that box and bounds
+#     log P(x) >= E_q[ log p_{t0}(y) - log q(y | x) ]                                  (Jensen)
+#     log P(x) >= E[ log mean_k exp(log p_{t0}(y_k) - log q(y_k | x)) ],  y_1..y_K iid ~ q   (importance-weighted)
+# and bpd = -bound / (d ln 2): no other constant, every one of them is inside log q (docs/likelihood.md).
+
+DEQUANTIZATIONS = ("uniform", "truncated_normal")
+
+
+def dequantization_time(dequantization, t_eps):
+    """t0, the time whose model density the dequantized y is scored under: 0 (uniform) or t_eps."""
+    check_choice("dequantization", dequantization, DEQUANTIZATIONS, error=ValueError)
+    return 0.0 if dequantization == "uniform" else float(t_eps)
+
+
+def _transform(z, transform, alpha):
+    """y = h(z) elementwise: logit(alpha + (1 - 2 alpha) z) or 2 z - 1."""
+    if transform == "logit":
+        p = alpha + (1.0 - 2.0 * alpha) * z
+        return jnp.log(p) - jnp.log1p(-p)
+    return 2.0 * z - 1.0
+
+
+def bin_box(x, levels, transform="logit", alpha=0.05):
+    """(lo, hi, centre), each the shape of x: x's bin [x/L, (x+1)/L) in model space, [h(x/L), h((x+1)/L)), and
+    the image of its centre h((x + 1/2)/L). x: integer levels in {0..L-1} as floats [B, ...]."""
+    check_choice("transform", transform, TRANSFORMS, error=ValueError)
+    h = lambda z: _transform(z, transform, alpha)
+    return h(x / levels), h((x + 1.0) / levels), h((x + 0.5) / levels)
+
+
+def dequantize_uniform(rng, x, levels, transform="logit", alpha=0.05):
+    """(y, log q(y | x) [B]): uniform dequantization at t0 = 0, y = h((x + u) / L), u ~ U[0,1)^d.
+
+    q(y | x) = L^d / |dy/dz| on the box, so log q = d log L - log|dy/dz| and the bound
+    log p_0(y) - log q = log p_0(y) + log|dy/dz| - d log L is today's bpd formula times -d ln 2.
+    The same draws as to_model_space with the same rng."""
+    y, logdet = to_model_space(rng, x, levels, transform, alpha)
+    return y, math.prod(x.shape[1:]) * math.log(levels) - logdet
+
+
+def normal_mass_log(a, b):
+    """log(Phi(b) - Phi(a)) elementwise for a < b, stable in both tails (computed on the side a + b <= 0)."""
+    flip = a + b > 0
+    lo, hi = jnp.where(flip, -b, a), jnp.where(flip, -a, b)
+    log_hi, log_lo = jax.scipy.special.log_ndtr(hi), jax.scipy.special.log_ndtr(lo)
+    return log_hi + jnp.log1p(-jnp.exp(jnp.minimum(log_lo - log_hi, -1e-7)))
+
+
+def truncated_standard_normal(rng, a, b):
+    """(e, log density of e) elementwise: e ~ N(0, 1) truncated to [a, b], by the inverse CDF on the side
+    a + b <= 0 (where Phi has its precision). log density = -e^2/2 - log(2 pi)/2 - log(Phi(b) - Phi(a))."""
+    flip = a + b > 0
+    lo, hi = jnp.where(flip, -b, a), jnp.where(flip, -a, b)
+    u = jax.random.uniform(rng, a.shape, a.dtype)
+    c_lo, c_hi = jax.scipy.special.ndtr(lo), jax.scipy.special.ndtr(hi)
+    e = jnp.clip(jax.scipy.special.ndtri(c_lo + u * (c_hi - c_lo)), lo, hi)
+    e = jnp.where(flip, -e, e)
+    return e, -0.5 * e**2 - 0.5 * math.log(2 * math.pi) - normal_mass_log(a, b)
+
+
+def dequantize_truncated_normal(rng, x, levels, sde, t_eps, transform="logit", alpha=0.05):
+    """(y, log q(y | x) [B]): truncated-normal dequantization at t0 = t_eps (i-DODE), y of the shape of x.
+
+    With (lo, hi, c) = bin_box(x) and alpha, sigma = alpha(t_eps), sigma(t_eps): y = alpha c + sigma e,
+    e ~ N(0, I) truncated to [alpha (lo - c) / sigma, alpha (hi - c) / sigma] per dimension, i.e. the diffusion
+    kernel N(alpha c, sigma^2 I) restricted to Y / alpha in x's box. Its density, per dimension,
+        log q = -e^2/2 - log(2 pi)/2 - log sigma - log(Phi(b) - Phi(a)).
+    The discrete model behind the bound is P(x) = P_model(Y_{t_eps} / alpha in x's box) (boxes are disjoint,
+    so sum_x P(x) <= 1); y is scored by the model's density at t_eps itself, with no Jacobian: the bound is
+    log p_{t_eps}(y) - log q(y | x). Any centre c gives a valid bound; h((x + 1/2)/L) is the training data's."""
+    lo, hi, c = bin_box(x, levels, transform, alpha)
+    t = jnp.full(x.shape[:1], t_eps, x.dtype)
+    a_t, s_t = (bcast(v, x) for v in sde.alpha_sigma(t))
+    e, log_e = truncated_standard_normal(rng, a_t * (lo - c) / s_t, a_t * (hi - c) / s_t)
+    return a_t * c + s_t * e, per_example_sum(log_e - jnp.log(s_t))
+
+
+def dequantize_as(rng, x, levels, dequantization, sde=None, t_eps=1e-3, transform="logit", alpha=0.05):
+    """(y, log q(y | x) [B]) by `dequantization` (one of DEQUANTIZATIONS); y is scored at dequantization_time."""
+    check_choice("dequantization", dequantization, DEQUANTIZATIONS, error=ValueError)
+    check_x(x)
+    if dequantization == "uniform":
+        return dequantize_uniform(rng, x, levels, transform, alpha)
+    if sde is None:
+        raise ValueError("dequantization='truncated_normal' needs sde (its kernel at t_eps), got None")
+    return dequantize_truncated_normal(rng, x, levels, sde, t_eps, transform, alpha)
+
+
+def importance_weighted_bound(log_density, rng, x, levels, dequantization="uniform", importance_samples=1,
+                              sde=None, t_eps=1e-3, transform="logit", alpha=0.05):
+    """(bound [B], jensen_correction [B]): a lower bound on the discrete log P(x) in nats, x [B, ...] levels.
+
+        bound = log (1/K) sum_k exp(w_k) - max_k v_k / 2,   w_k = log p^(y_k) - log q(y_k | x),  y_k ~ q iid,
+    K = importance_samples (unrolled), `log_density(rng, y) -> (log p^(y) [B], v [B])` an estimate of the
+    model's log p_{t0}(y) (t0 = dequantization_time) and the variance of that estimate (0 when exact).
+    K = 1 is the plain bound E_q[log p - log q], linear in the estimate, so an unbiased estimate of an ELBO
+    keeps it a bound and nothing is subtracted. For K > 1 the log-mean-exp is convex: noise e_k in w_k pushes
+    its expectation up, by at most log E exp(e_k) = v_k / 2 for Gaussian noise (the mean of several ELBO draws,
+    by the CLT), since E log sum_k r_k exp(e_k) <= log sum_k r_k E exp(e_k) <= max_k v_k / 2. Subtracting
+    max_k v_k / 2 (returned as jensen_correction) keeps the bound below log P(x); its size says how many
+    ELBO draws per sample are needed for it to be small (the ODE with the exact trace has v = 0).
+    """
+    if not (isinstance(importance_samples, int) and importance_samples >= 1):
+        raise ValueError(f"importance_samples must be an int >= 1, got {importance_samples!r}")
+    log_w, var = [], []
+    for k in jax.random.split(rng, importance_samples):
+        k_q, k_p = jax.random.split(k)
+        y, log_q = dequantize_as(k_q, x, levels, dequantization, sde, t_eps, transform, alpha)
+        log_p, v = log_density(k_p, y)
+        log_w.append(log_p - log_q)
+        var.append(v)
+    if importance_samples == 1:
+        return log_w[0], jnp.zeros_like(log_w[0])
+    correction = 0.5 * jnp.max(jnp.stack(var), axis=0)
+    lme = jax.nn.logsumexp(jnp.stack(log_w), axis=0) - math.log(importance_samples)
+    return lme - correction, correction
+
+
+def bpd_of_bound(bound, d):
+    """-bound / (d ln 2): bits per dimension of a lower bound on the discrete log P(x) [B] (an upper bound on
+    the discrete NLL). Every convention's constants (log2 L, log|dy/dz|, the truncated normal's mass) are
+    already inside the bound's log q."""
+    return -bound / (d * math.log(2.0))

@@ -13,6 +13,8 @@ import numpy as np
 import jax.numpy as jnp
 from flax import struct
 
+from diffvar.likelihood import normal_mass_log
+
 
 @struct.dataclass
 class GaussianMixture:
@@ -36,6 +38,36 @@ class GaussianMixture:
             raise ValueError(f"covs must be symmetric positive definite, got eigenvalues down to {evals.min()!r}")
         cast = lambda a: jnp.asarray(a, dtype)
         return cls(cast(weights), cast(means), cast(evecs), cast(evals))
+
+    @classmethod
+    def create_diagonal(cls, weights, means, variances, dtype=jnp.float32):
+        """From weights [K], means [K, d] and per-dimension variances [K, d] (C_k = diag(variances_k)); the
+        eigenbasis is the identity exactly, as box_logp needs."""
+        variances = np.asarray(variances, np.float64)
+        if np.any(variances <= 0):
+            raise ValueError(f"variances must be > 0, got down to {variances.min()!r}")
+        evecs = np.broadcast_to(np.eye(variances.shape[-1]), variances.shape + variances.shape[-1:])
+        cast = lambda a: jnp.asarray(a, dtype)
+        return cls(cast(weights), cast(means), cast(evecs), cast(variances))
+
+    def box_logp(self, lo, hi, sde=None, t=None):
+        """log P(Y_t / alpha(t) in [lo, hi)) [B] for boxes lo, hi [B, d] (t = None: of Y_0, the data), for a
+        mixture with diagonal covariances (create_diagonal; the diagonal of C_k is used, so a full covariance
+        gives a wrong answer):
+            log sum_k w_k prod_j [Phi((alpha hi_j - alpha m_kj) / s_kj) - Phi((alpha lo_j - alpha m_kj) / s_kj)],
+        s_kj^2 = alpha^2 C_k,jj + sigma^2. With the boxes of a quantized variable (likelihood.bin_box) this is
+        the exact discrete log P(x) (t = None) and its counterpart at t (truncated-normal dequantization)."""
+        var = jnp.einsum("kdj,kj->kd", self.evecs**2, self.evals)[None]  # [1, K, d]
+        if t is None:
+            scale = jnp.ones(lo.shape[:1] + (1, 1), lo.dtype)
+        else:
+            alpha, sigma = sde.alpha_sigma(t)
+            scale = alpha[:, None, None]
+            var = scale**2 * var + (sigma**2)[:, None, None]
+        sd = jnp.sqrt(var)
+        a = scale * (lo[:, None, :] - self.means[None]) / sd
+        b = scale * (hi[:, None, :] - self.means[None]) / sd
+        return jax.nn.logsumexp(jnp.log(self.weights) + jnp.sum(normal_mass_log(a, b), axis=-1), axis=1)
 
     @property
     def dim(self):
