@@ -33,7 +33,7 @@ from jax.sharding import PartitionSpec as P
 
 from diffvar import config as config_lib
 from diffvar import data as data_lib
-from diffvar import cli, distributed, estimate, experiment, evaluate
+from diffvar import distributed, evaluator, experiment, platform
 from timing import rate  # benchmarks/timing.py, shared with the peer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -110,7 +110,7 @@ def max_rss_mb():
 def prepare(name):
     """(exp, mesh, host batches [K, B, ...]) of a workload, in a process tuned as the scripts tune theirs."""
     config = workload_config(name)
-    cli.use_tuning(config.model.name)  # as the scripts do (under bench.py's tuning): before jax starts
+    platform.setup(config.model.name)  # as the scripts do (under bench.py's tuning): before jax starts
     synthetic = WORKLOADS[name][2]
     exp = build_synthetic(config, *synthetic) if synthetic else experiment.build(config)
     return exp, distributed.make_mesh(), train_batches(exp, name, config.training.steps_per_call)
@@ -122,11 +122,11 @@ def compile_workload(exp, mesh, host):
     train call and the current state, the compiled ELBO with its (x, key), and both compile times."""
     batches = distributed.global_array(mesh, host, P(None, "data"))
     state = jax.device_put(experiment.init_state(exp, exp.config.seed), distributed.replicated(mesh))
-    train, train_compile = estimate.compile(experiment.make_train_step(exp), state, batches)
+    train, train_compile = evaluator.compile_ahead(experiment.make_train_step(exp), state, batches)
     x = distributed.global_array(mesh, host[0])
     key = jax.random.PRNGKey(1)
     elbo_fn = experiment.make_elbo_fn(exp, "ism", "uniform", "rademacher", "hutchinson")
-    elbo, elbo_compile = estimate.compile(elbo_fn, state.params, x, key)
+    elbo, elbo_compile = evaluator.compile_ahead(elbo_fn, state.params, x, key)
     w = {"train": train, "state": state, "elbo": elbo, "elbo_args": (x, key),
          "train_compile_seconds": train_compile, "elbo_compile_seconds": elbo_compile}
 
@@ -175,11 +175,11 @@ def measure_workload(name, seconds):
 
 
 def measure_ode(workdir="", train_steps=200, max_examples=0, rtol=1e-5, atol=1e-5):
-    """Digits test-set ODE bpd wall time, through scripts/evaluate.py's code (estimate.split_batches,
-    experiment.make_ode_fn, estimate.ode; the trace it picks for 'auto'): on the EMA parameters of the latest
+    """Digits test-set ODE bpd wall time, through scripts/evaluate.py's code (evaluator.split_batches,
+    experiment.make_ode_fn, evaluator.ode_pass; the trace it picks for 'auto'): on the EMA parameters of the latest
     checkpoint in `workdir` when given, else on configs/digits.py's model trained `train_steps` steps here (its NFE,
     and so its time, is then lower than a fully trained model's: pass a trained workdir for the real figure)."""
-    cli.use_tuning("unet")  # the digits U-Net, as scripts/evaluate.py does: before jax starts
+    platform.setup("unet")  # the digits U-Net, as scripts/evaluate.py does: before jax starts
     mesh = distributed.make_mesh()
     if workdir:
         from diffvar import checkpoints
@@ -197,13 +197,13 @@ def measure_ode(workdir="", train_steps=200, max_examples=0, rtol=1e-5, atol=1e-
         model = (f"configs/digits.py model, freshly initialised and trained {train_steps} steps here (raw, not "
                  f"EMA, parameters)" if train_steps else "configs/digits.py model, freshly initialised")
     e = exp.config.eval
-    divergence = "exact" if exp.dim <= evaluate.EXACT_TRACE_MAX_DIM else "hutchinson"
-    batch_size = estimate.batch_size(e.batch_size, max_examples, len(jax.devices()), exp.info.size("test"))
-    batches = estimate.split_batches(exp, mesh, "test", batch_size, max_examples)
-    key = estimate.pass_key(exp.config.seed + 1, 0, "ode")
+    divergence = "exact" if exp.dim <= evaluator.EXACT_TRACE_MAX_DIM else "hutchinson"
+    batch_size = evaluator.batch_size(e.batch_size, max_examples, len(jax.devices()), exp.info.size("test"))
+    batches = evaluator.split_batches(exp, mesh, "test", batch_size, max_examples)
+    key = evaluator.pass_key(exp.config.seed + 1, 0, "ode")
     fn = experiment.make_ode_fn(exp, rtol, atol, divergence, e.probe)
-    compiled, compile_seconds = estimate.compile(fn, params, batches[0][0], key)
-    est = estimate.ode(compiled, params, key, batches)
+    compiled, compile_seconds = evaluator.compile_ahead(fn, params, batches[0][0], key)
+    est = evaluator.ode_pass(compiled, params, key, batches)
     return {"model": model, "rtol": rtol, "atol": atol, "divergence": divergence, "batch": batch_size,
             "num_examples": est["num_examples"], "bpd": est["mean"], "bpd_stderr": est["stderr"], "nfe": est["nfe"],
             "nfe_max": est["nfe_max"], "seconds": est["seconds"], "compile_seconds": compile_seconds,

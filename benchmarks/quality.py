@@ -33,7 +33,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from diffvar import cli
+from diffvar import cli, platform
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -110,7 +110,7 @@ def run(cmd, log_path):
 def evaluate_both(diffvar_workdir, peer_weights):
     """Test-set ELBO (bpd) of diffvar's EMA parameters and of the peer's weights, same examples and keys."""
     import jax
-    from diffvar import checkpoints, distributed, estimate, experiment
+    from diffvar import checkpoints, distributed, evaluator, experiment
     mesh = distributed.make_mesh()
     exp, params, step, _ = checkpoints.restore_params(diffvar_workdir, "latest", mesh)
     config = exp.config
@@ -119,15 +119,15 @@ def evaluate_both(diffvar_workdir, peer_weights):
     peer_exp = experiment.build(peer_config)
     peer = jax.device_put(peer_params(peer_weights, peer_exp.model, exp.info.shape), distributed.replicated(mesh))
     e = config.eval  # the trainer's final evaluation, key included: diffvar's bpd is the one its run printed
-    batches = estimate.split_batches(exp, mesh, e.split, estimate.batch_size(
+    batches = evaluator.split_batches(exp, mesh, e.split, evaluator.batch_size(
         e.batch_size, e.max_examples, len(jax.devices()), exp.info.size(e.split)), e.max_examples)
-    key, repeats = estimate.pass_key(config.seed + 1, step, e.form), e.final_repeats or e.repeats
+    key, repeats = evaluator.pass_key(config.seed + 1, step, e.form), e.final_repeats or e.repeats
     out = {}
     for name, ex, p in (("diffvar", exp, params), ("peer", peer_exp, peer)):
         fn = experiment.make_elbo_fn(ex, e.form, e.time_sampling, e.probe, e.divergence)
-        compiled, _ = estimate.compile(fn, p, batches[0][0], key)
-        out[name] = estimate.elbo(compiled, p, key, batches, repeats)
-    d, se = estimate.paired_difference(out["peer"]["values"], out["diffvar"]["values"])
+        compiled, _ = evaluator.compile_ahead(fn, p, batches[0][0], key)
+        out[name] = evaluator.elbo_pass(compiled, p, key, batches, repeats)
+    d, se = evaluator.paired_difference(out["peer"]["values"], out["diffvar"]["values"])
     return {"diffvar_step": step, "form": e.form, "repeats": repeats, "num_examples": out["diffvar"]["num_examples"],
             "diffvar_bpd": out["diffvar"]["mean"], "diffvar_bpd_stderr": out["diffvar"]["stderr"],
             "peer_bpd": out["peer"]["mean"], "peer_bpd_stderr": out["peer"]["stderr"],
@@ -194,7 +194,7 @@ def one_seed(seed, workdir):
 def main(argv):
     del argv
     cli.tune_process()  # both sides run in the environment `make train` gives itself (here: before jax starts)
-    cli.use_tuning("unet")  # this process evaluates the digits U-Net, as scripts/evaluate.py would
+    platform.setup("unet")  # this process evaluates the digits U-Net, as scripts/evaluate.py would
     os.makedirs(FLAGS.workdir, exist_ok=True)
     rows = []
     for seed in map(int, FLAGS.seeds):

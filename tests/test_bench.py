@@ -53,8 +53,8 @@ def test_quality_smoke_run_trains_and_evaluates_both_sides(tmp_path):
     assert res["diffvar_bpd"] == pytest.approx(res["diffvar_bpd_printed_by_its_run"], abs=1e-9)
     assert all((tmp_path / "runs" / f).exists() for f in ("diffvar_seed0.json", "peer_seed0_lr0.0001_5s.npz"))
     # scripts/train.py, tuned as `make train` runs it, split the digits U-Net's batch over one CPU device per core
-    from diffvar import cli
-    devices = min(len(os.sched_getaffinity(0)), cli.MAX_CPU_DEVICES)
+    from diffvar import platform
+    devices = min(len(os.sched_getaffinity(0)), platform.MAX_CPU_DEVICES)
     log = (tmp_path / "runs" / "diffvar_seed0.log").read_text()
     assert f"on {devices} cpu device(s) in 1 process(es)" in log, log
 
