@@ -15,6 +15,9 @@ On the CPU (2 cores, AMD EPYC, measured with benchmarks/measure.py; docs/perform
   The 2-D toys' MLPs are dispatch-bound (no gain measured) and keep jax's default of one device. Measured on
   2 cores only, hence MAX_CPU_DEVICES.
 
+XLA gets no flags from here: the YNNPACK fusion types once chosen per model were measured for hand-written
+CPU layers that the models no longer have.
+
 DIFFVAR_TUNE=0 turns all of it off; values the user set (MALLOC_*, JAX_NUM_CPU_DEVICES, XLA_FLAGS'
 --xla_force_host_platform_device_count) win.
 """
