@@ -31,15 +31,6 @@ def tune_process():
     platform.tune_process()
 
 
-# The names benchmarks/ called before diffvar.platform held the tuning; to go once they call it directly.
-use_tuning = platform.setup
-MAX_CPU_DEVICES = platform.MAX_CPU_DEVICES
-
-
-def use_xla_flags(model):
-    """Nothing: XLA gets no per-model flags any more (see diffvar/platform.py)."""
-
-
 def define_multihost_flags():
     """--coordinator_address, --num_processes, --process_id: one process per host (jax.distributed)."""
     flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0 (jax.distributed).")
