@@ -99,6 +99,11 @@ def defaults():
     e.probe = "rademacher"            # rademacher | gaussian
     e.divergence = "hutchinson"       # hutchinson | exact
     e.max_examples = 0                # evaluate only the first N examples while training; 0 = all
+    e.dequantization = "uniform"      # images: uniform (at t = 0) | truncated_normal (at objective.t_eps,
+                                      # i-DODE's); the convention a bpd is reported in (docs/likelihood.md)
+    e.importance_samples = 1          # K dequantization samples per example: log-mean-exp bound; 1 = plain
+    e.importance_elbo_draws = 8       # ELBO draws per sample when K > 1 (their variance sets the Jensen
+                                      # correction subtracted, likelihood.importance_weighted_bound); >= 2
 
     c.sampling = sm = ml_collections.ConfigDict()
     sm.every = 0                      # steps between sample grids; 0 = only at the end
@@ -117,7 +122,7 @@ CHOICES = {
     "model.time_embedding": TIME_EMBEDDINGS, "objective.name": OBJECTIVES, "objective.probe": likelihood.PROBES,
     "optim.name": ("adam", "adamw"), "optim.schedule": ("constant", "cosine"), "eval.split": SPLITS,
     "eval.form": likelihood.FORMS, "eval.time_sampling": TIME_SAMPLINGS, "eval.probe": likelihood.PROBES,
-    "eval.divergence": likelihood.DIVERGENCES,
+    "eval.divergence": likelihood.DIVERGENCES, "eval.dequantization": likelihood.DEQUANTIZATIONS,
 }
 # key -> keyword arguments of check_number
 NUMBERS = {
@@ -140,7 +145,8 @@ NUMBERS = {
     "training.ckpt_every": dict(minimum=1, integer=True), "training.keep": dict(minimum=1, integer=True),
     "eval.every": dict(minimum=0, integer=True), "eval.batch_size": dict(minimum=1, integer=True),
     "eval.repeats": dict(minimum=1, integer=True), "eval.final_repeats": dict(minimum=0, integer=True),
-    "eval.max_examples": dict(minimum=0, integer=True),
+    "eval.max_examples": dict(minimum=0, integer=True), "eval.importance_samples": dict(minimum=1, integer=True),
+    "eval.importance_elbo_draws": dict(minimum=2, integer=True),
     "sampling.every": dict(minimum=0, integer=True), "sampling.num": dict(minimum=1, integer=True),
     "sampling.steps": dict(minimum=1, integer=True), "sampling.lam": dict(minimum=0, maximum=1),
 }

@@ -35,7 +35,8 @@ ODE_DIVERGENCES = ("auto",) + likelihood.DIVERGENCES
 
 def check_options(*, split=None, forms=("ism", "dsm"), repeats=None, time_sampling=None, probe=None,
                   divergence=None, ode_rtol=1e-5, ode_atol=1e-5, ode_divergence="auto", target_stderr=0.0,
-                  max_repeats=1000, max_examples=0, batch_size=None, seed=None, num_devices=1):
+                  max_repeats=1000, max_examples=0, batch_size=None, seed=None, num_devices=1, dequantization=None,
+                  importance_samples=None, importance_elbo_draws=None):
     """Raises OptionError naming the flag and what it allows; None means "the run's config" and is not checked
     (config.validate checked those when the run started)."""
     def choice(flag, value, allowed):
@@ -63,6 +64,9 @@ def check_options(*, split=None, forms=("ism", "dsm"), repeats=None, time_sampli
     number("max_examples", max_examples, 0, integer=True)
     number("batch_size", batch_size, 1, integer=True)
     number("seed", seed, 0, integer=True)
+    choice("dequantization", dequantization, likelihood.DEQUANTIZATIONS)
+    number("importance_samples", importance_samples, 1, integer=True)
+    number("importance_elbo_draws", importance_elbo_draws, 2, integer=True)
     if batch_size is not None and batch_size % num_devices:
         raise OptionError(f"--batch_size={batch_size} must be divisible by the number of devices ({num_devices})")
 
@@ -73,7 +77,8 @@ def run_eval(workdir, step="latest", *, forms=("ism", "dsm"), ode=True, progress
     workdir/eval/<step>.json atomically. Writes nothing else; the checkpoints are opened read-only.
 
     options (split, repeats, time_sampling, probe, divergence, ode_rtol, ode_atol, ode_divergence,
-    target_stderr, max_repeats, max_examples, batch_size, seed): None or absent takes the run's eval config
+    target_stderr, max_repeats, max_examples, batch_size, seed, dequantization, importance_samples,
+    importance_elbo_draws): None or absent takes the run's eval config
     (EvalSpec.from_config): with them the ISM ELBO is the test metric the trainer logged at that step.
     """
     forms = tuple(dict.fromkeys(FORMS if "both" in forms else forms)) if forms else ()
@@ -136,6 +141,24 @@ def _result(exp, workdir, step, spec, evaluator, estimates, filled):
     return res
 
 
+def describe(label):
+    """An estimate's label (evaluator.estimate_label) in words, one line."""
+    if label["estimator"].startswith("ELBO"):
+        how = (f"ELBO {label['form'].upper()} form from t={label['t_min']:g}, {label['time_sampling']} time, "
+               f"{label['divergence']} divergence ({label['probe']} probe), {label['draws_per_pass']} draw(s)/pass")
+    else:
+        how = (f"ODE {label['solver']}, rtol {label['rtol']:g} atol {label['atol']:g}, from t={label['t_min']:g}, "
+               f"{label['divergence']} trace")
+    if label["levels"] is None:
+        deq = "continuous data, no dequantization"
+    else:
+        k = label["importance_samples"]
+        deq = (f"{label['dequantization']} dequantization, "
+               + ("plain bound (K=1)" if k == 1 else f"importance-weighted over K={k}")
+               + f", {label['levels']} levels, {label['transform']} transform")
+    return f"{how}; {deq}; step {label['checkpoint_step']}, {'EMA' if label['ema_params'] else 'raw'} params"
+
+
 def format_table(res):
     """The result as a plain-text table: estimator, value +- s.e., NFE / repeats, wall time."""
     unit = "bpd" if res["unit"] == "bpd" else "nats"
@@ -159,6 +182,13 @@ def format_table(res):
     out = [f"{d['name']} ({d['builder']} {d['version']}, {files}), {d['split']} split: {res['num_examples']} of "
            f"{d['num_examples']} examples; step {res['step']}; {res['unit']}", line(rows[0]),
            "  ".join("-" * w for w in widths)] + [line(r) for r in rows[1:]]
+    labelled = [(n, res[k]["label"]) for n, k in (("ISM", "elbo_ism"), ("DSM", "elbo_dsm"), ("ODE", "ode"))
+                if k in res and "label" in res[k]]
+    if labelled:
+        out.append("how each number was computed:")
+        out += [f"  {n}: {describe(lab)}" for n, lab in labelled]
+        if labelled[0][1]["levels"] is not None:
+            out.append(f"  bits/dim: {labelled[0][1]['bpd_constant']}")
     if res.get("differences"):
         out.append("differences on the same examples, with paired s.e."
                    + (" (EXACT: the data's -log p(x)):" if "exact_nll_nats" in res else ":"))

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffvar import data as data_lib
-from diffvar import distributed, experiment
+from diffvar import distributed, experiment, likelihood
 from diffvar.errors import SolverError
 
 PASSES = ("ism", "dsm", "ode")
@@ -179,6 +179,37 @@ def compile_ahead(fn, *args):
     return compiled, time.time() - start
 
 
+def estimate_label(exp, spec, name, step, ema=True):
+    """The label of estimate `name` ("ism", "dsm" or "ode") under `spec` at checkpoint `step`: the estimator and
+    its settings, the dequantization and K, the transform and its constant (docs/likelihood.md)."""
+    discrete = exp.info.levels is not None
+    t0 = likelihood.dequantization_time(spec.dequantization, exp.config.objective.t_eps) if discrete else 0.0
+    if name == "ode":
+        est = dict(estimator="probability-flow ODE", solver="Tsit5 (adaptive, whole batch)", rtol=spec.ode_rtol,
+                   atol=spec.ode_atol, t_min=max(t0, exp.ode_t_min), divergence=spec.ode_divergence_for(exp.dim),
+                   probe=spec.probe)
+    else:
+        est = dict(estimator="ELBO (lambda = 0 plug-in reverse SDE)", form=name, t_min=t0,
+                   time_sampling=spec.time_sampling_for(name), divergence=spec.divergence, probe=spec.probe,
+                   draws_per_pass=1 if spec.importance_samples == 1 else spec.importance_elbo_draws)
+    d = exp.config.data
+    deq = dict(dequantization=spec.dequantization if discrete else "none (continuous data)",
+               importance_samples=spec.importance_samples if discrete else 1, levels=exp.info.levels,
+               transform=(d.transform if discrete else "none"),
+               logit_alpha=(d.logit_alpha if discrete and d.transform == "logit" else None),
+               bpd_constant=_bpd_constant(exp, spec) if discrete else "none: -log p(x) in nats")
+    return dict(est, **deq, checkpoint_step=step, ema_params=ema, ema_decay=exp.config.training.ema_decay)
+
+
+def _bpd_constant(exp, spec):
+    """In words: which constants turn the bound into bits/dim under this dequantization (docs/likelihood.md)."""
+    if spec.dequantization == "uniform":
+        return (f"bpd = -(log p_0(y) + log|dy/dz|) / (d ln 2) + log2 {exp.info.levels} (uniform q = "
+                f"{exp.info.levels}^d / |dy/dz|)")
+    return ("bpd = -(log p_t_eps(y) - log q(y|x)) / (d ln 2), log q the truncated normal's log-density "
+            "(its mass term included); no log2 L, no Jacobian")
+
+
 # ----------------------------------------------------------------------------------------------
 # What an evaluation computes, and the object that computes it.
 
@@ -208,6 +239,9 @@ class EvalSpec:
     ode_divergence: str = "auto"
     target_stderr: float = 0.0
     max_repeats: int = 1000
+    dequantization: str = "uniform"
+    importance_samples: int = 1
+    importance_elbo_draws: int = 8
 
     @classmethod
     def from_config(cls, config, **overrides):
@@ -215,7 +249,8 @@ class EvalSpec:
         e = config.eval
         spec = dict(split=e.split, forms=(e.form,), repeats=e.repeats, probe=e.probe, divergence=e.divergence,
                     seed=config.seed + 1, batch_size=e.batch_size, max_examples=e.max_examples,
-                    config_time_sampling=e.time_sampling)
+                    config_time_sampling=e.time_sampling, dequantization=e.dequantization,
+                    importance_samples=e.importance_samples, importance_elbo_draws=e.importance_elbo_draws)
         spec.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**spec)
 
@@ -253,13 +288,20 @@ class Evaluator:
         if name in self._compiled:
             return self._compiled[name], 0.0
         s, exp = self.spec, self.exp
+        deq = dict(dequantization=s.dequantization, importance_samples=s.importance_samples)
         if name == "ode":
             fn = experiment.make_ode_fn(exp, s.ode_rtol, s.ode_atol, s.ode_divergence_for(exp.dim), s.probe,
-                                        score=self.score)
+                                        score=self.score, **deq)
         else:
-            fn = experiment.make_elbo_fn(exp, name, s.time_sampling_for(name), s.probe, s.divergence, self.score)
+            fn = experiment.make_elbo_fn(exp, name, s.time_sampling_for(name), s.probe, s.divergence, self.score,
+                                         draws_per_sample=s.importance_elbo_draws, **deq)
         self._compiled[name], seconds = compile_ahead(fn, params, self.batches[0][0], key)
         return self._compiled[name], seconds
+
+    def label(self, name, step, ema=True):
+        """How the estimate `name` (an ELBO form or "ode") is computed: a JSON-ready dict (evaluate.describe
+        words it)."""
+        return estimate_label(self.exp, self.spec, name, step, ema)
 
     def run(self, params, step, repeats=None, progress=None):
         """{form: est for each ELBO form, "ode": est (spec.ode), "exact": est (gmm2d)}; repeats overrides the
@@ -272,13 +314,14 @@ class Evaluator:
             est = elbo_pass(compiled, params, key, self.batches, repeats or s.repeats, s.target_stderr,
                             s.max_repeats, progress)
             out[form] = dict(est, compile_seconds=seconds, form=form, time_sampling=s.time_sampling_for(form),
-                             divergence=s.divergence, probe=s.probe)
+                             divergence=s.divergence, probe=s.probe, label=self.label(form, step))
         if s.ode:
             key = pass_key(s.seed, step, "ode")
             compiled, seconds = self._compiled_fn("ode", params, key)
             est = ode_pass(compiled, params, key, self.batches, progress)
             out["ode"] = dict(est, compile_seconds=seconds, rtol=s.ode_rtol, atol=s.ode_atol, probe=s.probe,
-                              divergence=s.ode_divergence_for(self.exp.dim), t_min=self.exp.ode_t_min)
+                              divergence=s.ode_divergence_for(self.exp.dim), t_min=self.exp.ode_t_min,
+                              label=self.label("ode", step))
         if self.exact is not None:
             out["exact"] = self.exact
         return out

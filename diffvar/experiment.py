@@ -190,38 +190,71 @@ def make_train_step(exp):
 # known score (a Gaussian mixture's) runs through exactly the same code.
 
 
-def make_elbo_fn(exp, form="ism", time_sampling="uniform", probe="rademacher", divergence="hutchinson",
-                 score=None):
-    """Jitted (params, x [B, ...] data, rng) -> per-example negative ELBO [B] in exp.unit (one draw).
-
-    x is dequantized (and logit-transformed) into model space y with log|dy/dz| as in training; the ELBO of
-    the lambda = 0 plug-in reverse SDE at y is estimated with one draw of (s, Y_s, Y_T, probe).
-    """
-    score = score or exp.score_fn
+def _bound_fn(exp, log_density, dequantization, importance_samples):
+    """(params, x data, rng) -> (per-example value in exp.unit [B], Jensen correction in nats [B]) for
+    log_density(params, rng, y, t0) -> (log p_{t0}(y) [B], its variance [B]): a bound on the discrete log P(x)
+    through likelihood.importance_weighted_bound for images, the density itself for continuous toys."""
+    e, d = exp.config.objective, exp.config.data
 
     def fn(params, x, rng):
-        k_pre, k_elbo = jax.random.split(rng)
-        y, logdet = exp.to_model_space(k_pre, x)
-        value = likelihood.elbo(score(params), exp.sde, y, k_elbo, num_samples=1, form=form, divergence=divergence,
-                                probe=probe, time_sampling=time_sampling, t_eps=exp.config.objective.t_eps)
-        return exp.to_unit(value, logdet)
+        if exp.info.levels is None:  # the key a K = 1 dequantization would score y with
+            logp, _ = log_density(params, jax.random.split(rng)[1], x, 0.0)
+            return -logp, jnp.zeros_like(logp)
+        t0 = likelihood.dequantization_time(dequantization, e.t_eps)
+        bound, correction = likelihood.importance_weighted_bound(
+            lambda r, y: log_density(params, r, y, t0), rng, x, exp.info.levels, dequantization, importance_samples,
+            exp.sde, e.t_eps, d.transform, d.logit_alpha)
+        return likelihood.bpd_of_bound(bound, exp.dim), correction
 
-    return jax.jit(fn)  # shardings follow the arguments, as in make_train_step
+    return fn
+
+
+def make_elbo_fn(exp, form="ism", time_sampling="uniform", probe="rademacher", divergence="hutchinson",
+                 score=None, dequantization="uniform", importance_samples=1, draws_per_sample=1):
+    """Jitted (params, x [B, ...] data, rng) -> per-example negative ELBO [B] in exp.unit (one draw).
+
+    Images: x is dequantized (`dequantization`, likelihood.DEQUANTIZATIONS) into model space y at t0 (0 for
+    uniform, objective.t_eps for truncated_normal) and the ELBO of the lambda = 0 plug-in reverse SDE on
+    [t0, T] scores it; importance_samples = K > 1 gives the importance-weighted bound, each log p(y_k) the mean
+    of draws_per_sample ELBO draws with the Jensen correction (likelihood.importance_weighted_bound). K = 1,
+    uniform: today's bound, -(ELBO(y) + log|dy/dz|) / (d ln 2) + log2 L, with the same draws as before.
+    """
+    score = score or exp.score_fn
+    kw = dict(form=form, divergence=divergence, probe=probe, time_sampling=time_sampling,
+              t_eps=exp.config.objective.t_eps)
+    draws = draws_per_sample if importance_samples > 1 and exp.info.levels is not None else 1
+
+    def log_density(params, rng, y, t0):
+        return likelihood.elbo_mean_and_variance(score(params), exp.sde, y, rng, draws, t_min=t0, **kw)
+
+    fn = _bound_fn(exp, log_density, dequantization, importance_samples)
+    return jax.jit(lambda params, x, rng: fn(params, x, rng)[0])  # shardings follow the arguments
 
 
 def make_ode_fn(exp, rtol=1e-5, atol=1e-5, divergence="exact", probe="rademacher", max_steps=4096, score=None,
-                prior_logp=None):
+                prior_logp=None, dequantization="uniform", importance_samples=1):
     """Jitted (params, x [B, ...] data, rng) -> (per-example -log p in exp.unit [B], NFE) by the probability-flow
-    ODE on the whole batch (one dequantization and, for Hutchinson, one probe per example), from exp.ode_t_min."""
+    ODE on the whole batch (one probe per example for Hutchinson), from max(t0, exp.ode_t_min), t0 the
+    dequantization's time; K = importance_samples dequantization draws, each its own solve (unrolled; NFE is
+    their largest, -1 if any ran out of steps). With the Hutchinson trace the K > 1 bound is not corrected for
+    the trace's noise (docs/likelihood.md)."""
     score = score or exp.score_fn
+    nfes = []
+
+    def log_density(params, rng, y, t0):
+        logp, nfe = likelihood.ode_logp(score(params), exp.sde, y, rng, rtol=rtol, atol=atol, divergence=divergence,
+                                        probe=probe, t_min=max(t0, exp.ode_t_min), max_steps=max_steps,
+                                        prior_logp=prior_logp)
+        nfes.append(nfe)
+        return logp, jnp.zeros_like(logp)
+
+    bound = _bound_fn(exp, log_density, dequantization, importance_samples)
 
     def fn(params, x, rng):
-        k_pre, k_ode = jax.random.split(rng)
-        y, logdet = exp.to_model_space(k_pre, x)
-        logp, nfe = likelihood.ode_logp(score(params), exp.sde, y, k_ode, rtol=rtol, atol=atol,
-                                        divergence=divergence, probe=probe, t_min=exp.ode_t_min,
-                                        max_steps=max_steps, prior_logp=prior_logp)
-        return exp.to_unit(logp, logdet), nfe
+        nfes.clear()
+        value, _ = bound(params, x, rng)
+        nfe = jnp.stack(nfes)
+        return value, jnp.where(jnp.any(nfe < 0), -1, jnp.max(nfe))
 
     return jax.jit(fn)
 

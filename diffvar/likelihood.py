@@ -394,7 +394,7 @@ def importance_weighted_bound(log_density, rng, x, levels, dequantization="unifo
     if not (isinstance(importance_samples, int) and importance_samples >= 1):
         raise ValueError(f"importance_samples must be an int >= 1, got {importance_samples!r}")
     log_w, var = [], []
-    for k in jax.random.split(rng, importance_samples):
+    for k in [rng] if importance_samples == 1 else jax.random.split(rng, importance_samples):
         k_q, k_p = jax.random.split(k)
         y, log_q = dequantize_as(k_q, x, levels, dequantization, sde, t_eps, transform, alpha)
         log_p, v = log_density(k_p, y)

@@ -3,6 +3,7 @@
     python scripts/evaluate.py --workdir=runs/digits [--checkpoint_step=N|best|latest] [--repeats=8]
         [--form=both|ism|dsm] [--time_sampling=uniform|importance] [--probe=rademacher|gaussian]
         [--noode] [--ode_rtol=1e-5 --ode_atol=1e-5] [--target_stderr=0.01] [--max_examples=N]
+        [--dequantization=uniform|truncated_normal] [--importance_samples=K] [--importance_elbo_draws=M]
 
 Restores the run's config.json and the checkpoint's EMA parameters (read-only), evaluates the whole split
 sharded over all devices, prints a table and writes workdir/eval/<step>.json. Values are bits/dim for
@@ -38,6 +39,12 @@ flags.DEFINE_integer("max_examples", 0, "Evaluate only the first N examples of t
 flags.DEFINE_integer("batch_size", None, "Global batch size (default: the run's eval.batch_size).")
 flags.DEFINE_integer("seed", None, "Seed of the evaluation's random draws (default: the run's, config.seed + 1, "
                      "as in the trainer's periodic evaluation).")
+flags.DEFINE_string("dequantization", None, "Images: uniform (at t = 0) | truncated_normal (at t_eps, i-DODE's) "
+                    "(default: the run's eval.dequantization); docs/likelihood.md.")
+flags.DEFINE_integer("importance_samples", None, "K dequantization samples per example, importance-weighted bound "
+                     "(1: the plain bound; default: the run's eval.importance_samples).")
+flags.DEFINE_integer("importance_elbo_draws", None, "ELBO draws per dequantization sample when K > 1, >= 2 "
+                     "(default: the run's eval.importance_elbo_draws).")
 flags.DEFINE_bool("quiet", False, "No progress lines.")
 cli.define_multihost_flags()
 flags.mark_flags_as_required(["workdir"])
@@ -52,7 +59,9 @@ def main():
         time_sampling=FLAGS.time_sampling, probe=FLAGS.probe, divergence=FLAGS.divergence, ode=FLAGS.ode,
         ode_rtol=FLAGS.ode_rtol, ode_atol=FLAGS.ode_atol, ode_divergence=FLAGS.ode_divergence,
         target_stderr=FLAGS.target_stderr, max_repeats=FLAGS.max_repeats, max_examples=FLAGS.max_examples,
-        batch_size=FLAGS.batch_size, seed=FLAGS.seed, progress=not FLAGS.quiet)
+        batch_size=FLAGS.batch_size, seed=FLAGS.seed, dequantization=FLAGS.dequantization,
+        importance_samples=FLAGS.importance_samples, importance_elbo_draws=FLAGS.importance_elbo_draws,
+        progress=not FLAGS.quiet)
     if distributed.is_chief():
         print(evaluate.format_table(res), flush=True)
         print(f"wrote {res['path']}", flush=True)
