@@ -55,11 +55,6 @@ def gather(x):
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def first_line(e):
-    """The first line of an exception's message, at most 300 characters."""
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-
-
 def stop_if_peer_lost():
     """Returns only if no other process stopped. In a multi-process run, after an unexpected error, waits
     HEARTBEAT_SECONDS + 10 s: when the error came from another process stopping (a collective's connection
@@ -69,10 +64,3 @@ def stop_if_peer_lost():
     if not _peers_checked and jax.distributed.is_initialized() and jax.process_count() > 1:
         _peers_checked = True
         time.sleep(HEARTBEAT_SECONDS + 10)
-
-
-def peer_lost(e):
-    """stop_if_peer_lost(), then False (for callers written when a peer's loss was read from `e`)."""
-    del e
-    stop_if_peer_lost()
-    return False

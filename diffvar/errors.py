@@ -48,12 +48,6 @@ class StorageError(DiffvarError, OSError):
     kind = "storage"
 
 
-class PeerError(DiffvarError, RuntimeError):
-    """Another process of a multi-process run stopped (killed, preempted, crashed)."""
-
-    kind = "peer"
-
-
 class NonFiniteLossError(DiffvarError, RuntimeError):
     """Training produced a non-finite loss; no checkpoint of that state is written."""
 

@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from diffvar import checkpoints, config as config_lib, data as data_lib, distributed, experiment, files, logs, plots
-from diffvar.errors import ConfigError, DiffvarError, NonFiniteLossError, PeerError, StorageError
+from diffvar.errors import ConfigError, DiffvarError, NonFiniteLossError, StorageError
 from diffvar.evaluator import EvalSpec, Evaluator, paired_difference
 
 
@@ -129,18 +129,6 @@ def check_finite(losses, step, workdir, config):
             f"(now {config.optim.lr}) or optim.grad_clip > 0.")
 
 
-def as_user_error(e, step, mngr, workdir):
-    """A failure of the loop as the DiffvarError that tells the user what to do, or None (a bug: re-raise)."""
-    if isinstance(e, OSError):  # disk full, permissions: orbax writes a temporary directory, so no step is torn
-        return StorageError(f"cannot write to {workdir} at step {step}: {e}; the checkpoint at step "
-                            f"{mngr.latest_step()} is intact: free space (or fix permissions) and re-run to resume")
-    if distributed.peer_lost(e):
-        return PeerError(f"another process of this {jax.process_count()}-process run stopped at step {step} "
-                         f"({distributed.first_line(e)}); the checkpoint at step {mngr.latest_step()} is intact: "
-                         f"restart every process to resume from it")
-    return None
-
-
 def log_training(log, exp, step, losses, progress, last_eval, deadline):
     """A metrics.jsonl record of the steps since the last one (mean loss, learning rate, rate) and its line."""
     rec = {"step": step, "loss": float(np.mean(losses)), "lr": float(exp.schedule(step)),
@@ -216,12 +204,11 @@ def run(exp, workdir):
                                                      stop)
         except DiffvarError:
             raise
-        except Exception as e:
-            error = as_user_error(e, status.step, mngr, workdir)
-            if error is None:
-                raise
-            raise error from None
-        finally:
+        except OSError as e:  # disk full, permissions: orbax writes a temporary directory, so no step is torn
+            raise StorageError(f"cannot write to {workdir} at step {status.step}: {e}; the checkpoint at step "
+                               f"{mngr.latest_step()} is intact: free space (or fix permissions) and re-run to "
+                               f"resume") from None
+        finally:  # any other error is a bug (a peer's loss included: cli.run waits for jax to end the process)
             log.close()
         # ------------------------------------------------------------ finish
         step = int(state.step)

@@ -18,7 +18,7 @@ from ml_collections import config_flags
 
 from diffvar import cli
 
-cli.tune_process()  # before jax starts: glibc's allocator settings (see diffvar/cli.py)
+cli.tune_process()  # before jax starts: the CPU's allocator settings (see diffvar/platform.py)
 from diffvar.errors import OptionError, check_choice
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py) declaring get_hyper.",
