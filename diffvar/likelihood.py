@@ -163,7 +163,7 @@ def elbo(score_fn, sde, x, rng, num_samples=1, form="ism", divergence="hutchinso
     A lower bound on log p_{t_min}(x), the model's density of Y at t_min (t_min = 0: of the data):
         E[ log p_prior(Y_T) - int_{t_min}^T (|a|^2 / 2 + div(g a - f))(Y_s, s) ds ],  Y_{t_min} = x,
     Y_s | x from the SDE's transition kernel (perturb_from). Unbiased Monte-Carlo estimate averaged over
-    `num_samples` draws of (s, Y_s, Y_T, probe), unrolled. time_sampling: a proposal object with
+    `num_samples` draws of (s, Y_s, Y_T, probe), one lax.map step each. time_sampling: a proposal object with
     sample(rng, n) and density(t) on [t_min, T] (diffvar.sde's UniformTime, ImportanceTime), or its name in
     TIME_SAMPLINGS (on [0, T]: ImportanceTime flat below t_eps; on [t_min, T]: q ∝ g^2 / sigma^2 there).
     The DSM form uses the ISM integrand on [t_min, t_min + t_eps).
@@ -180,10 +180,13 @@ def elbo(score_fn, sde, x, rng, num_samples=1, form="ism", divergence="hutchinso
     if isinstance(q, str):
         q = _time_proposal_from(q, sde, t_eps, float(t_min))
     keys = jax.random.split(rng, num_samples)
-    # Unrolled: under jit on XLA:CPU (jaxlib 0.10.2), jax.vmap over one draw gave wrong values (see
-    # tests/test_likelihood.py::test_elbo_under_jit_equals_elbo_run_op_by_op).
-    draws = [_elbo_once(score_fn, sde, x, k, form, divergence, probe, q, t_eps, float(t_min)) for k in keys]
-    return sum(draws) / num_samples
+    one = lambda k: _elbo_once(score_fn, sde, x, k, form, divergence, probe, q, t_eps, float(t_min))
+    # One draw is the draw itself, not a loop of one (XLA:CPU runs convolution gradients inside any loop on
+    # a naive kernel); several are a lax.map, not a vmap: under jit on XLA:CPU (jaxlib 0.10.2) a vmap over
+    # one draw gave wrong values (tests/test_likelihood.py::test_elbo_under_jit_equals_elbo_run_op_by_op).
+    if num_samples == 1:
+        return one(keys[0])
+    return jnp.mean(jax.lax.map(one, keys), axis=0)
 
 
 def elbo_mean_and_variance(score_fn, sde, x, rng, num_draws, **kwargs):
