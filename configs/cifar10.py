@@ -12,7 +12,7 @@ Published anchors (test set, bits/dim), and the convention each is under:
 - 2.83: score_flow (Song et al., NeurIPS 2021), likelihood weighting + importance sampling, variational
   dequantization (a flow trained after the model): not directly comparable to a uniform-dequantization bpd.
 - 2.65: VDM (Kingma et al., NeurIPS 2021), no augmentation, its discrete decoder: another convention.
-See DESIGN.md, "Dequantization conventions": a bpd is comparable only under the same convention.
+See docs/likelihood.md: a bpd is comparable only under the same convention.
 """
 from diffvar.config import defaults
 

@@ -14,7 +14,7 @@ comparable, numbers):
 - 3.72: VDM (Kingma et al., NeurIPS 2021), its discrete decoder; VDM's released configs/imagenet32.py trains a
   32-block, 256-channel network without downsampling, AdamW 2e-4 (b2 0.99, weight decay 0.01), batch 128,
   10M steps. (Its learned schedule and Fourier features are not in diffvar.)
-diffvar reports uniform dequantization (ELBO or ODE): expect a number above both (DESIGN.md, conventions).
+diffvar reports uniform dequantization (ELBO or ODE): expect a number above both (docs/likelihood.md).
 """
 from diffvar.config import defaults
 

@@ -10,7 +10,7 @@ The prepared split is read into memory: 1,281,149 x 12,288 bytes = 15.7 GB of ho
 
 Published anchor: 3.40 bits/dim, VDM (Kingma et al., NeurIPS 2021), with its discrete decoder, learned noise
 schedule and Fourier features (not in diffvar); score_flow does not report 64x64. diffvar reports uniform
-dequantization (ELBO or ODE), so expect a higher number (DESIGN.md, "Dequantization conventions"). Numbers
+dequantization (ELBO or ODE), so expect a higher number (docs/likelihood.md). Numbers
 on the 2017 imagenet_resized version are lower and not comparable.
 """
 from diffvar.config import defaults

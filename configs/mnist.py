@@ -6,7 +6,7 @@ Prepare first: python scripts/prepare_data.py --dataset=mnist [--source=FOLDER]
 Published anchor: none recorded here. Neither score_sde, score_flow nor VDM report MNIST; Huang et al. (2021)
 train MNIST with this setup but their MNIST bpd is not restated here (check their paper before quoting one).
 What the number means here: uniform dequantization at t = 0, logit transform (a = 0.05), ELBO (ISM form),
-test split of 10,000 (DESIGN.md, "Dequantization conventions"). Compute: 100,000 steps at batch 64, about
+test split of 10,000 (docs/likelihood.md). Compute: 100,000 steps at batch 64, about
 1.5M parameters; an accelerator job of hours, not a CPU one.
 """
 from diffvar.config import defaults

@@ -204,7 +204,7 @@ def test_official_digests_mark_the_dataset_verified(tmp_path, monkeypatch):
 
 
 def test_checksums_tsv_records_the_official_files():
-    """checksums.tsv beside the builders: URL, size and sha256 as TFDS records them (DATASETS.md)."""
+    """checksums.tsv beside the builders: URL, size and sha256 as TFDS records them."""
     b = builders.make("imagenet64", "/nonexistent")
     assert [(f.name, f.size, f.sha256[:8]) for f in b.official_files()] == [
         ("train_64x64.tar", 12112588800, "e2a2c194"), ("valid_64x64.tar", 477255680, "eeac03ec")]

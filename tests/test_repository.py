@@ -77,3 +77,21 @@ def test_every_path_that_climbs_with_dotdot_stays_inside_the_repository(folder):
                     if not path.startswith(ROOT + os.sep) or not os.path.exists(path):
                         bad.append(f"{os.path.relpath(os.path.join(root, f), ROOT)}: {token}")
     assert not bad, bad
+
+
+@pytest.mark.parametrize("folder", ["diffvar", "scripts", "configs", "tests", "docs", "benchmarks", "."])
+def test_every_markdown_file_named_exists_in_the_repository(folder):
+    """A page named by a path ('docs/likelihood.md') or an upper-case name (README.md) in a docstring or a doc
+    is one of ours (lower-case bare names such as results.md are files a program writes)."""
+    bad = []
+    for root, dirs, files in os.walk(os.path.join(ROOT, folder)):
+        dirs[:] = [] if folder == "." else [d for d in dirs if not d.startswith(".")]
+        for f in files:
+            if f.endswith((".py", ".md")):
+                for name in re.findall(r"(?<![\w/.:#-])([\w./-]+\.md)\b", open(os.path.join(root, f)).read()):
+                    stem = os.path.basename(name)[:-3]
+                    if not stem or ("/" not in name and not stem.isupper()):
+                        continue
+                    if not any(os.path.exists(os.path.join(base, name)) for base in (root, ROOT)):
+                        bad.append(f"{os.path.relpath(os.path.join(root, f), ROOT)}: {name}")
+    assert not bad, bad
