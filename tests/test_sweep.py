@@ -379,9 +379,10 @@ def test_slurm_executor_through_submitit_local(tmp_path, fake):
     pytest.importorskip("submitit", reason="submitit (the optional `slurm` extra) is not installed")
     cfg = write_config(tmp_path, 'None: h.sweep("mode", ["ok", "fail"])')
     wd = tmp_path / "sweep"
-    # Jobs time out after 3 s (USR2 1 s before): the trial checkpoints, is requeued and resumes until done.
-    rows, lines = run(cfg, wd, fake, base={"sleep": 4.0, "num_steps": 40}, executor="slurm",
-                      slurm={"cluster": "local", "timeout_min": 3 / 60, "signal_delay_s": 1})
+    # Jobs time out after 8 s (USR2 3 s before, time for the trial's checkpoint even on a loaded machine): the
+    # trial (6 s of work) checkpoints, is requeued and resumes until done, after up to 30 timeouts.
+    rows, lines = run(cfg, wd, fake, base={"sleep": 6.0, "num_steps": 40}, executor="slurm",
+                      slurm={"cluster": "local", "timeout_min": 8 / 60, "signal_delay_s": 3, "max_num_timeout": 30})
     assert any(l.startswith("sweep: submitted 2 jobs") for l in lines)
     assert {r["name"]: r["status"] for r in rows} == {"mode=ok": "finished", "mode=fail": "failed"}
     starts = [r["start"] for r in runs(wd, "mode=ok")]

@@ -238,8 +238,8 @@ class SlurmExecutor(Executor):
         if cluster == "slurm" and not shutil.which("sbatch"):
             raise OptionError("--executor=slurm: no sbatch on PATH (not a Slurm login node)")
         params.setdefault("timeout_min", 24 * 60)
-        if cluster == "local":
-            executor = submitit.LocalExecutor(os.path.join(workdir, "slurm"))
+        if cluster == "local":  # max_num_timeout: how many timeouts a job is requeued after (submitit: 3)
+            executor = submitit.LocalExecutor(os.path.join(workdir, "slurm"), params.pop("max_num_timeout", 3))
             params = {k: v for k, v in params.items() if k in LOCAL_PARAMS}
         else:
             executor = submitit.AutoExecutor(folder=os.path.join(workdir, "slurm"), cluster=cluster)
