@@ -50,9 +50,11 @@ SYNTHETIC_NOTE = ("synthetic: random integer levels of {name}'s shape {shape} ({
                   "the dataset (benchmarks/measure.py build_synthetic); speed does not depend on pixel values")
 
 
-def workload_config(name):
-    """The config of a workload: its configs/<file>.py with the peer's sizes and objective dsm."""
+def workload_config(name, steps_per_call=0):
+    """The config of a workload: its configs/<file>.py with the peer's sizes and objective dsm (and
+    training.steps_per_call, where given)."""
     file, overrides, _ = WORKLOADS[name]
+    overrides = dict(overrides, **({"training.steps_per_call": steps_per_call} if steps_per_call else {}))
     c = config_lib.load_file(os.path.join(ROOT, "configs", f"{file}.py"))
     c.objective.name = "dsm"
     for key, value in overrides.items():
@@ -107,9 +109,9 @@ def max_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def prepare(name):
+def prepare(name, steps_per_call=0):
     """(exp, mesh, host batches [K, B, ...]) of a workload, in a process tuned as the scripts tune theirs."""
-    config = workload_config(name)
+    config = workload_config(name, steps_per_call)
     platform.setup(config.model.name)  # as the scripts do (under bench.py's tuning): before jax starts
     synthetic = WORKLOADS[name][2]
     exp = build_synthetic(config, *synthetic) if synthetic else experiment.build(config)
@@ -139,9 +141,9 @@ def compile_workload(exp, mesh, host):
     return w
 
 
-def measure_workload(name, seconds):
+def measure_workload(name, seconds, steps_per_call=0):
     """The diffvar figures of one workload (see the module docstring)."""
-    exp, mesh, host = prepare(name)
+    exp, mesh, host = prepare(name, steps_per_call)
     config, synthetic = exp.config, WORKLOADS[name][2]
     k, b = config.training.steps_per_call, config.training.batch_size
     w = compile_workload(exp, mesh, host)
@@ -211,15 +213,19 @@ def measure_ode(workdir="", train_steps=200, max_examples=0, rtol=1e-5, atol=1e-
 
 
 def runtime():
+    """The jax version and device; on an accelerator, the peak memory its allocator held for arrays (MB)."""
     d = jax.devices()[0]
+    stats = d.memory_stats() or {}  # None on the CPU
+    peak = stats.get("peak_bytes_in_use")
     return {"jax": jax.__version__, "backend": jax.default_backend(), "device_kind": d.device_kind,
-            "num_devices": len(jax.devices())}
+            "num_devices": len(jax.devices()), "device_peak_mb": peak / 2**20 if peak else None}
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workload", choices=sorted(WORKLOADS), default="digits")
     p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--steps_per_call", type=int, default=0, help="training.steps_per_call (0: the config's)")
     p.add_argument("--ode", action="store_true", help="the digits test-set ODE instead of a workload")
     p.add_argument("--ode_workdir", default="", help="a digits training workdir whose latest checkpoint to use")
     p.add_argument("--ode_train_steps", type=int, default=200, help="without --ode_workdir: steps trained first")
@@ -228,7 +234,7 @@ def main():
     if args.ode:
         out = measure_ode(args.ode_workdir, args.ode_train_steps, args.ode_max_examples)
     else:
-        out = measure_workload(args.workload, args.seconds)
+        out = measure_workload(args.workload, args.seconds, args.steps_per_call)
     print(json.dumps(out), flush=True)
 
 
