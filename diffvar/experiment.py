@@ -210,19 +210,20 @@ def _bound_fn(exp, log_density, dequantization, importance_samples):
 
 
 def make_elbo_fn(exp, form="ism", time_sampling="uniform", probe="rademacher", divergence="hutchinson",
-                 score=None, dequantization="uniform", importance_samples=1, draws_per_sample=1):
-    """Jitted (params, x [B, ...] data, rng) -> per-example negative ELBO [B] in exp.unit (one draw).
+                 score=None, dequantization="uniform", importance_samples=1, draws=1, stratified=False, probes=1):
+    """Jitted (params, x [B, ...] data, rng) -> per-example negative ELBO [B] in exp.unit (one pass).
 
     Images: x is dequantized (`dequantization`, likelihood.DEQUANTIZATIONS) into model space y at t0 (0 for
     uniform, objective.t_eps for truncated_normal) and the ELBO of the lambda = 0 plug-in reverse SDE on
-    [t0, T] scores it; importance_samples = K > 1 gives the importance-weighted bound, each log p(y_k) the mean
-    of draws_per_sample ELBO draws with the Jensen correction (likelihood.importance_weighted_bound). K = 1,
-    uniform: today's bound, -(ELBO(y) + log|dy/dz|) / (d ln 2) + log2 L, with the same draws as before.
+    [t0, T] scores it: the mean of `draws` ELBO draws (times stratified across them if `stratified`, `probes`
+    Hutchinson probes per time point; likelihood.elbo_mean_and_variance), one independent unit per example and
+    pass. importance_samples = K > 1 gives the importance-weighted bound with the Jensen correction
+    (likelihood.importance_weighted_bound; draws >= 2 then). K = 1, uniform, one draw: -(ELBO(y) +
+    log|dy/dz|) / (d ln 2) + log2 L, with the same random draws as before these options existed.
     """
     score = score or exp.score_fn
     kw = dict(form=form, divergence=divergence, probe=probe, time_sampling=time_sampling,
-              t_eps=exp.config.objective.t_eps)
-    draws = draws_per_sample if importance_samples > 1 and exp.info.levels is not None else 1
+              t_eps=exp.config.objective.t_eps, stratified=stratified, probes=probes)
 
     def log_density(params, rng, y, t0):
         return likelihood.elbo_mean_and_variance(score(params), exp.sde, y, rng, draws, t_min=t0, **kw)
