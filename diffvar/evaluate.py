@@ -36,7 +36,8 @@ ODE_DIVERGENCES = ("auto",) + likelihood.DIVERGENCES
 def check_options(*, split=None, forms=("ism", "dsm"), repeats=None, time_sampling=None, probe=None,
                   divergence=None, ode_rtol=1e-5, ode_atol=1e-5, ode_divergence="auto", target_stderr=0.0,
                   max_repeats=1000, max_examples=0, batch_size=None, seed=None, num_devices=1, dequantization=None,
-                  importance_samples=None, importance_elbo_draws=None, draws=None, stratified=None, probes=None):
+                  importance_samples=None, importance_elbo_draws=None, draws=None, stratified=None, probes=None,
+                  ode_step_size=None):
     """Raises OptionError naming the flag and what it allows; None means "the run's config" and is not checked
     (config.validate checked those when the run started)."""
     def choice(flag, value, allowed):
@@ -58,6 +59,7 @@ def check_options(*, split=None, forms=("ism", "dsm"), repeats=None, time_sampli
     choice("probe", probe, likelihood.PROBES)
     choice("divergence", divergence, likelihood.DIVERGENCES)
     choice("ode_divergence", ode_divergence, ODE_DIVERGENCES)
+    choice("ode_step_size", ode_step_size, likelihood.STEP_SIZES)
     number("ode_rtol", ode_rtol, 0, strict=True)
     number("ode_atol", ode_atol, 0, strict=True)
     number("target_stderr", target_stderr, 0)
@@ -82,7 +84,7 @@ def run_eval(workdir, step="latest", *, forms=("ism", "dsm"), ode=True, progress
 
     options (split, repeats, time_sampling, probe, divergence, ode_rtol, ode_atol, ode_divergence,
     target_stderr, max_repeats, max_examples, batch_size, seed, dequantization, importance_samples,
-    importance_elbo_draws, draws, stratified, probes): None or absent takes the run's eval config
+    importance_elbo_draws, draws, stratified, probes, ode_step_size): None or absent takes the run's eval config
     (EvalSpec.from_config): with them the ISM ELBO is the test metric the trainer logged at that step.
     """
     forms = tuple(dict.fromkeys(FORMS if "both" in forms else forms)) if forms else ()

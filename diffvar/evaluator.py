@@ -185,7 +185,8 @@ def estimate_label(exp, spec, name, step, ema=True):
     discrete = exp.info.levels is not None
     t0 = likelihood.dequantization_time(spec.dequantization, exp.config.objective.t_eps) if discrete else 0.0
     if name == "ode":
-        est = dict(estimator="probability-flow ODE", solver="Tsit5 (adaptive, whole batch)", rtol=spec.ode_rtol,
+        steps = "one step size per example" if spec.ode_step_size == "per_example" else "one step size per batch"
+        est = dict(estimator="probability-flow ODE", solver=f"Tsit5 (adaptive, {steps})", rtol=spec.ode_rtol,
                    atol=spec.ode_atol, t_min=max(t0, exp.ode_t_min), divergence=spec.ode_divergence_for(exp.dim),
                    probe=spec.probe)
     else:
@@ -239,6 +240,7 @@ class EvalSpec:
     ode_rtol: float = 1e-5
     ode_atol: float = 1e-5
     ode_divergence: str = "auto"
+    ode_step_size: str = "batch"
     target_stderr: float = 0.0
     max_repeats: int = 1000
     dequantization: str = "uniform"
@@ -303,7 +305,7 @@ class Evaluator:
         deq = dict(dequantization=s.dequantization, importance_samples=s.importance_samples)
         if name == "ode":
             fn = experiment.make_ode_fn(exp, s.ode_rtol, s.ode_atol, s.ode_divergence_for(exp.dim), s.probe,
-                                        score=self.score, **deq)
+                                        score=self.score, step_size=s.ode_step_size, **deq)
         else:
             fn = experiment.make_elbo_fn(exp, name, s.time_sampling_for(name), s.probe, s.divergence, self.score,
                                          draws=s.draws_per_unit(exp), stratified=s.stratified, probes=s.probes,

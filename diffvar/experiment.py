@@ -233,9 +233,9 @@ def make_elbo_fn(exp, form="ism", time_sampling="uniform", probe="rademacher", d
 
 
 def make_ode_fn(exp, rtol=1e-5, atol=1e-5, divergence="exact", probe="rademacher", max_steps=4096, score=None,
-                prior_logp=None, dequantization="uniform", importance_samples=1):
+                prior_logp=None, dequantization="uniform", importance_samples=1, step_size="batch"):
     """Jitted (params, x [B, ...] data, rng) -> (per-example -log p in exp.unit [B], NFE) by the probability-flow
-    ODE on the whole batch (one probe per example for Hutchinson), from max(t0, exp.ode_t_min), t0 the
+    ODE (step_size: likelihood.STEP_SIZES; one probe per example for Hutchinson), from max(t0, exp.ode_t_min), t0 the
     dequantization's time; K = importance_samples dequantization draws, each its own solve (unrolled; NFE is
     their largest, -1 if any ran out of steps). With the Hutchinson trace the K > 1 bound is not corrected for
     the trace's noise (docs/likelihood.md)."""
@@ -245,7 +245,7 @@ def make_ode_fn(exp, rtol=1e-5, atol=1e-5, divergence="exact", probe="rademacher
     def log_density(params, rng, y, t0):
         logp, nfe = likelihood.ode_logp(score(params), exp.sde, y, rng, rtol=rtol, atol=atol, divergence=divergence,
                                         probe=probe, t_min=max(t0, exp.ode_t_min), max_steps=max_steps,
-                                        prior_logp=prior_logp)
+                                        prior_logp=prior_logp, step_size=step_size)
         nfes.append(nfe)
         return logp, jnp.zeros_like(logp)
 
