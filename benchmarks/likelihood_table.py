@@ -47,6 +47,7 @@ def table(workdir, repeats, ode_examples, ks=KS):
             ode = estimates(exp, mesh, params, step, forms=(), ode=True, max_examples=ode_examples, **common)
             out[f"{deq}_K{k}"] = dict(elbo, ode=ode["ode"])
             rows.append(f"| {deq} | {k} | {cell(elbo['ism'])} | {cell(elbo['dsm'])} | {cell(ode['ode'])} |")
+            print(rows[-1], flush=True)  # progress: the table takes tens of minutes on 2 cores
     return exp, mesh, params, step, rows, out
 
 
@@ -71,7 +72,7 @@ def main():
     ks = tuple(int(k) for k in a.ks.split(","))
     exp, mesh, params, step, rows, out = table(a.workdir, a.repeats, a.ode_examples, ks)
     out["default_against_old"] = cmp = default_against_old(exp, mesh, params, step, a.old_repeats)
-    print("| dequantization | K | ELBO, ISM | ELBO, DSM | ODE |\n|---|---|---|---|---|\n" + "\n".join(rows))
+    print("\n| dequantization | K | ELBO, ISM | ELBO, DSM | ODE |\n|---|---|---|---|---|\n" + "\n".join(rows))
     last = out[f"truncated_normal_K{ks[-1]}"]
     for name in ("ism", "dsm", "ode"):
         print(f"{name.upper()}: {evaluate.describe(last[name]['label'])}")
