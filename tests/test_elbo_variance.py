@@ -18,7 +18,7 @@ from scipy import stats
 from diffvar import config as config_lib
 from diffvar.errors import ConfigError
 from diffvar.evaluator import elbo_pass
-from diffvar.likelihood import (StratifiedTime, draw_probe, elbo_mean_and_variance, per_example_sum,
+from diffvar.likelihood import (StratifiedTime, draw_probe, elbo, elbo_mean_and_variance, per_example_sum,
                                 time_proposal_on, time_quantile, value_and_divergence)
 from diffvar.mixture import random_mixture, score_fn_for
 from diffvar.sde import ImportanceTime, UniformTime, VPSDE
@@ -71,6 +71,7 @@ def test_several_probes_under_jit_are_the_mean_of_single_probe_estimates(probes)
 # name -> elbo_mean_and_variance keywords (with num_draws); "plain" is the one-draw ISM form with uniform time.
 SCHEMES = {
     "stratified": dict(num_draws=4, stratified=True),
+    "stratified_lax_map": dict(num_draws=4, stratified=True, lax_map=True),  # elbo(num_samples=4) itself
     "probes": dict(num_draws=1, probes=4),
     "importance_ism": dict(num_draws=1, time_sampling="importance"),
     "importance_ism_stratified": dict(num_draws=4, stratified=True, time_sampling="importance"),
@@ -85,7 +86,10 @@ def test_variance_reduced_elbo_equals_log_density_with_the_exact_score(name):
     kw = dict(SCHEMES[name])
     draws = kw.pop("num_draws")
     x = MIX.sample(jax.random.PRNGKey(0), 1024)
-    fn = jax.jit(lambda k: elbo_mean_and_variance(SCORE, SDE, x, k, draws, **kw)[0])
+    if kw.pop("lax_map", False):
+        fn = jax.jit(lambda k: elbo(SCORE, SDE, x, k, num_samples=draws, **kw))
+    else:
+        fn = jax.jit(lambda k: elbo_mean_and_variance(SCORE, SDE, x, k, draws, **kw)[0])
     units = np.stack([np.asarray(fn(jax.random.PRNGKey(100 + r)), np.float64) for r in range(128 // draws)])
     gap = units - np.asarray(MIX.logp(x), np.float64)[None]
     per_example = gap.mean(axis=0)  # examples are independent; the R units of each are too
