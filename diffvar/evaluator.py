@@ -246,8 +246,8 @@ class EvalSpec:
     dequantization: str = "uniform"
     importance_samples: int = 1
     importance_elbo_draws: int = 8
-    draws: int = 1
-    stratified: bool = False
+    draws: int = 4
+    stratified: bool = True
     probes: int = 1
 
     @classmethod
