@@ -334,9 +334,10 @@ class Evaluator:
             key = pass_key(s.seed, step, "ode")
             compiled, seconds = self._compiled_fn("ode", params, key)
             est = ode_pass(compiled, params, key, self.batches, progress)
+            label = self.label("ode", step)  # its t_min: max(the dequantization's t0, the model's smallest t)
             out["ode"] = dict(est, compile_seconds=seconds, rtol=s.ode_rtol, atol=s.ode_atol, probe=s.probe,
-                              divergence=s.ode_divergence_for(self.exp.dim), t_min=self.exp.ode_t_min,
-                              label=self.label("ode", step))
+                              divergence=s.ode_divergence_for(self.exp.dim), t_min=label["t_min"], label=label,
+                              step_size=s.ode_step_size)
         if self.exact is not None:
             out["exact"] = self.exact
         return out

@@ -46,4 +46,5 @@ def test_evaluate_truncated_normal_importance_weighted_prints_and_writes_labels(
             "truncated_normal", 2, STEPS)
     assert res["elbo_ism"]["label"]["stratified"] is True and res["elbo_ism"]["label"]["draws_per_pass"] == 2
     assert res["elbo_ism"]["label"]["t_min"] == pytest.approx(1e-3)
+    assert res["ode"]["t_min"] == res["ode"]["label"]["t_min"] == pytest.approx(1e-3)
     assert res["bpd_ode"] > 0 and res["bpd_elbo_ism"] > 0  # bits/dim of 17-level data: above 0, finite
