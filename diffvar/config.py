@@ -96,7 +96,12 @@ def defaults():
     e.every = 1000                    # steps between evaluations (also at the end); 0 = only at the end
     e.split = "test"                  # split evaluated
     e.batch_size = 256                # examples per evaluation batch (global)
-    e.repeats = 1                     # ELBO draws per example (time, noise, probe); more = smaller s.e.
+    e.repeats = 1                     # passes: independent ELBO units per example; more = smaller s.e.
+    e.draws = 4                       # ELBO draws (time, noise, probe) averaged into one unit per pass (K = 1)
+    e.stratified = True               # the draws' times stratified (draw j in the j-th of eval.draws strata
+                                      # of equal mass); their mean is one unit. 2.1x the s.e. per second of
+                                      # draws = 1 on digits (docs/performance.md, "The ELBO's noise")
+    e.probes = 1                      # Hutchinson probes per time point (one vmapped JVP)
     e.final_repeats = 0               # draws per example at the last evaluation; 0 = eval.repeats
     e.form = "ism"                    # ism | dsm
     e.time_sampling = "uniform"       # uniform | importance
@@ -150,7 +155,8 @@ NUMBERS = {
     "eval.every": dict(minimum=0, integer=True), "eval.batch_size": dict(minimum=1, integer=True),
     "eval.repeats": dict(minimum=1, integer=True), "eval.final_repeats": dict(minimum=0, integer=True),
     "eval.max_examples": dict(minimum=0, integer=True), "eval.importance_samples": dict(minimum=1, integer=True),
-    "eval.importance_elbo_draws": dict(minimum=2, integer=True),
+    "eval.importance_elbo_draws": dict(minimum=2, integer=True), "eval.draws": dict(minimum=1, integer=True),
+    "eval.probes": dict(minimum=1, integer=True),
     "sampling.every": dict(minimum=0, integer=True), "sampling.num": dict(minimum=1, integer=True),
     "sampling.steps": dict(minimum=1, integer=True), "sampling.lam": dict(minimum=0, maximum=1),
 }
@@ -171,6 +177,8 @@ def validate(config, num_devices=1):
         check_choice(key, get(config, key), allowed)
     for key, kw in NUMBERS.items():
         check_number(key, get(config, key), **kw)
+    if not isinstance(config.eval.stratified, bool):
+        raise ConfigError(f"eval.stratified={config.eval.stratified!r} must be True or False")
     for key in SEQUENCES:
         value = get(config, key)
         ok = isinstance(value, (tuple, list)) and all(

@@ -36,7 +36,8 @@ ODE_DIVERGENCES = ("auto",) + likelihood.DIVERGENCES
 def check_options(*, split=None, forms=("ism", "dsm"), repeats=None, time_sampling=None, probe=None,
                   divergence=None, ode_rtol=1e-5, ode_atol=1e-5, ode_divergence="auto", target_stderr=0.0,
                   max_repeats=1000, max_examples=0, batch_size=None, seed=None, num_devices=1, dequantization=None,
-                  importance_samples=None, importance_elbo_draws=None):
+                  importance_samples=None, importance_elbo_draws=None, draws=None, stratified=None, probes=None,
+                  ode_step_size=None):
     """Raises OptionError naming the flag and what it allows; None means "the run's config" and is not checked
     (config.validate checked those when the run started)."""
     def choice(flag, value, allowed):
@@ -58,6 +59,7 @@ def check_options(*, split=None, forms=("ism", "dsm"), repeats=None, time_sampli
     choice("probe", probe, likelihood.PROBES)
     choice("divergence", divergence, likelihood.DIVERGENCES)
     choice("ode_divergence", ode_divergence, ODE_DIVERGENCES)
+    choice("ode_step_size", ode_step_size, likelihood.STEP_SIZES)
     number("ode_rtol", ode_rtol, 0, strict=True)
     number("ode_atol", ode_atol, 0, strict=True)
     number("target_stderr", target_stderr, 0)
@@ -67,6 +69,10 @@ def check_options(*, split=None, forms=("ism", "dsm"), repeats=None, time_sampli
     choice("dequantization", dequantization, likelihood.DEQUANTIZATIONS)
     number("importance_samples", importance_samples, 1, integer=True)
     number("importance_elbo_draws", importance_elbo_draws, 2, integer=True)
+    number("draws", draws, 1, integer=True)
+    number("probes", probes, 1, integer=True)
+    if stratified is not None and not isinstance(stratified, bool):
+        raise OptionError(f"--stratified={stratified!r} must be true or false")
     if batch_size is not None and batch_size % num_devices:
         raise OptionError(f"--batch_size={batch_size} must be divisible by the number of devices ({num_devices})")
 
@@ -78,7 +84,7 @@ def run_eval(workdir, step="latest", *, forms=("ism", "dsm"), ode=True, progress
 
     options (split, repeats, time_sampling, probe, divergence, ode_rtol, ode_atol, ode_divergence,
     target_stderr, max_repeats, max_examples, batch_size, seed, dequantization, importance_samples,
-    importance_elbo_draws): None or absent takes the run's eval config
+    importance_elbo_draws, draws, stratified, probes, ode_step_size): None or absent takes the run's eval config
     (EvalSpec.from_config): with them the ISM ELBO is the test metric the trainer logged at that step.
     """
     forms = tuple(dict.fromkeys(FORMS if "both" in forms else forms)) if forms else ()
@@ -144,8 +150,12 @@ def _result(exp, workdir, step, spec, evaluator, estimates, filled):
 def describe(label):
     """An estimate's label (evaluator.estimate_label) in words, one line."""
     if label["estimator"].startswith("ELBO"):
+        draws = label["draws_per_pass"]
+        strat = " stratified" if label.get("stratified") and draws > 1 else ""
+        probes = label.get("probes", 1)
         how = (f"ELBO {label['form'].upper()} form from t={label['t_min']:g}, {label['time_sampling']} time, "
-               f"{label['divergence']} divergence ({label['probe']} probe), {label['draws_per_pass']} draw(s)/pass")
+               f"{label['divergence']} divergence ({probes} {label['probe']} probe{'s' * (probes > 1)}), "
+               f"mean of {draws}{strat} draw(s) per unit, one unit per example and pass")
     else:
         how = (f"ODE {label['solver']}, rtol {label['rtol']:g} atol {label['atol']:g}, from t={label['t_min']:g}, "
                f"{label['divergence']} trace")

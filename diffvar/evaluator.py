@@ -185,13 +185,16 @@ def estimate_label(exp, spec, name, step, ema=True):
     discrete = exp.info.levels is not None
     t0 = likelihood.dequantization_time(spec.dequantization, exp.config.objective.t_eps) if discrete else 0.0
     if name == "ode":
-        est = dict(estimator="probability-flow ODE", solver="Tsit5 (adaptive, whole batch)", rtol=spec.ode_rtol,
+        steps = "one step size per example" if spec.ode_step_size == "per_example" else "one step size per batch"
+        est = dict(estimator="probability-flow ODE", solver=f"Tsit5 (adaptive, {steps})", rtol=spec.ode_rtol,
                    atol=spec.ode_atol, t_min=max(t0, exp.ode_t_min), divergence=spec.ode_divergence_for(exp.dim),
                    probe=spec.probe)
     else:
         est = dict(estimator="ELBO (lambda = 0 plug-in reverse SDE)", form=name, t_min=t0,
                    time_sampling=spec.time_sampling_for(name), divergence=spec.divergence, probe=spec.probe,
-                   draws_per_pass=1 if spec.importance_samples == 1 else spec.importance_elbo_draws)
+                   probes=spec.probes, draws_per_pass=spec.draws_per_unit(exp), stratified=spec.stratified,
+                   stderr="over examples of per-example means over passes (each pass one "
+                   "independent unit per example)")
     d = exp.config.data
     deq = dict(dequantization=spec.dequantization if discrete else "none (continuous data)",
                importance_samples=spec.importance_samples if discrete else 1, levels=exp.info.levels,
@@ -237,11 +240,15 @@ class EvalSpec:
     ode_rtol: float = 1e-5
     ode_atol: float = 1e-5
     ode_divergence: str = "auto"
+    ode_step_size: str = "batch"
     target_stderr: float = 0.0
     max_repeats: int = 1000
     dequantization: str = "uniform"
     importance_samples: int = 1
     importance_elbo_draws: int = 8
+    draws: int = 4
+    stratified: bool = True
+    probes: int = 1
 
     @classmethod
     def from_config(cls, config, **overrides):
@@ -250,13 +257,20 @@ class EvalSpec:
         spec = dict(split=e.split, forms=(e.form,), repeats=e.repeats, probe=e.probe, divergence=e.divergence,
                     seed=config.seed + 1, batch_size=e.batch_size, max_examples=e.max_examples,
                     config_time_sampling=e.time_sampling, dequantization=e.dequantization,
-                    importance_samples=e.importance_samples, importance_elbo_draws=e.importance_elbo_draws)
+                    importance_samples=e.importance_samples, importance_elbo_draws=e.importance_elbo_draws,
+                    draws=e.draws, stratified=e.stratified, probes=e.probes)
         spec.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**spec)
 
     def time_sampling_for(self, form):
         """The time proposal's name for ELBO form `form`."""
         return self.time_sampling or (self.config_time_sampling if form == "ism" else "importance")
+
+    def draws_per_unit(self, exp):
+        """ELBO draws averaged into one unit per example and pass: importance_elbo_draws per dequantization
+        sample when K > 1 (images), else draws."""
+        k_gt_1 = self.importance_samples > 1 and exp.info.levels is not None
+        return self.importance_elbo_draws if k_gt_1 else self.draws
 
     def ode_divergence_for(self, dim):
         """The ODE's trace estimator for data of `dim` dimensions."""
@@ -291,10 +305,11 @@ class Evaluator:
         deq = dict(dequantization=s.dequantization, importance_samples=s.importance_samples)
         if name == "ode":
             fn = experiment.make_ode_fn(exp, s.ode_rtol, s.ode_atol, s.ode_divergence_for(exp.dim), s.probe,
-                                        score=self.score, **deq)
+                                        score=self.score, step_size=s.ode_step_size, **deq)
         else:
             fn = experiment.make_elbo_fn(exp, name, s.time_sampling_for(name), s.probe, s.divergence, self.score,
-                                         draws_per_sample=s.importance_elbo_draws, **deq)
+                                         draws=s.draws_per_unit(exp), stratified=s.stratified, probes=s.probes,
+                                         **deq)
         self._compiled[name], seconds = compile_ahead(fn, params, self.batches[0][0], key)
         return self._compiled[name], seconds
 

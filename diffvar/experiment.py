@@ -260,19 +260,20 @@ def _bound_fn(exp, log_density, dequantization, importance_samples):
 
 
 def make_elbo_fn(exp, form="ism", time_sampling="uniform", probe="rademacher", divergence="hutchinson",
-                 score=None, dequantization="uniform", importance_samples=1, draws_per_sample=1):
-    """Jitted (params, x [B, ...] data, rng) -> per-example negative ELBO [B] in exp.unit (one draw).
+                 score=None, dequantization="uniform", importance_samples=1, draws=1, stratified=False, probes=1):
+    """Jitted (params, x [B, ...] data, rng) -> per-example negative ELBO [B] in exp.unit (one pass).
 
     Images: x is dequantized (`dequantization`, likelihood.DEQUANTIZATIONS) into model space y at t0 (0 for
     uniform, objective.t_eps for truncated_normal) and the ELBO of the lambda = 0 plug-in reverse SDE on
-    [t0, T] scores it; importance_samples = K > 1 gives the importance-weighted bound, each log p(y_k) the mean
-    of draws_per_sample ELBO draws with the Jensen correction (likelihood.importance_weighted_bound). K = 1,
-    uniform: today's bound, -(ELBO(y) + log|dy/dz|) / (d ln 2) + log2 L, with the same draws as before.
+    [t0, T] scores it: the mean of `draws` ELBO draws (times stratified across them if `stratified`, `probes`
+    Hutchinson probes per time point; likelihood.elbo_mean_and_variance), one independent unit per example and
+    pass. importance_samples = K > 1 gives the importance-weighted bound with the Jensen correction
+    (likelihood.importance_weighted_bound; draws >= 2 then). K = 1, uniform, one draw: -(ELBO(y) +
+    log|dy/dz|) / (d ln 2) + log2 L, with the same random draws as before these options existed.
     """
     score = score or exp.score_fn
     kw = dict(form=form, divergence=divergence, probe=probe, time_sampling=time_sampling,
-              t_eps=exp.config.objective.t_eps)
-    draws = draws_per_sample if importance_samples > 1 and exp.info.levels is not None else 1
+              t_eps=exp.config.objective.t_eps, stratified=stratified, probes=probes)
 
     def log_density(params, rng, y, t0):
         return likelihood.elbo_mean_and_variance(score(params), exp.sde_of(params), y, rng, draws, t_min=t0, **kw)
@@ -282,9 +283,9 @@ def make_elbo_fn(exp, form="ism", time_sampling="uniform", probe="rademacher", d
 
 
 def make_ode_fn(exp, rtol=1e-5, atol=1e-5, divergence="exact", probe="rademacher", max_steps=4096, score=None,
-                prior_logp=None, dequantization="uniform", importance_samples=1):
+                prior_logp=None, dequantization="uniform", importance_samples=1, step_size="batch"):
     """Jitted (params, x [B, ...] data, rng) -> (per-example -log p in exp.unit [B], NFE) by the probability-flow
-    ODE on the whole batch (one probe per example for Hutchinson), from max(t0, exp.ode_t_min), t0 the
+    ODE (step_size: likelihood.STEP_SIZES; one probe per example for Hutchinson), from max(t0, exp.ode_t_min), t0 the
     dequantization's time; K = importance_samples dequantization draws, each its own solve (unrolled; NFE is
     their largest, -1 if any ran out of steps). With the Hutchinson trace the K > 1 bound is not corrected for
     the trace's noise (docs/likelihood.md)."""
@@ -294,7 +295,7 @@ def make_ode_fn(exp, rtol=1e-5, atol=1e-5, divergence="exact", probe="rademacher
     def log_density(params, rng, y, t0):
         logp, nfe = likelihood.ode_logp(score(params), exp.sde_of(params), y, rng, rtol=rtol, atol=atol, divergence=divergence,
                                         probe=probe, t_min=max(t0, exp.ode_t_min), max_steps=max_steps,
-                                        prior_logp=prior_logp)
+                                        prior_logp=prior_logp, step_size=step_size)
         nfes.append(nfe)
         return logp, jnp.zeros_like(logp)
 

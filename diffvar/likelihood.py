@@ -10,6 +10,7 @@ DSM form (Stein's identity), used for s >= t_eps, the ISM integrand below it:
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -53,16 +54,24 @@ def draw_probe(rng, shape, kind="rademacher"):
     return jax.random.normal(rng, shape)
 
 
-def value_and_divergence(fn, y, rng=None, divergence="hutchinson", probe_kind="rademacher", v=None):
+def value_and_divergence(fn, y, rng=None, divergence="hutchinson", probe_kind="rademacher", v=None, probes=1):
     """(fn(y), div_y fn(y)) for a per-example map fn: [B, ...] -> [B, ...]; divergence [B].
 
     hutchinson: v . (J v) with one probe v (one JVP), drawn from `rng` or, if given, the fixed probe `v`
-    (shape of y); exact: sum_i (J e_i)_i (d JVPs, small d only).
+    (shape of y); probes = P > 1: the mean of v_p . (J v_p) over P probes drawn from `rng`, one linearisation
+    and one vmapped JVP over the probes (fn runs once). exact: sum_i (J e_i)_i (d JVPs, small d only).
     """
     check_choice("divergence", divergence, DIVERGENCES, error=ValueError)
     out_shape = jax.eval_shape(fn, y).shape
     if out_shape != y.shape:
         raise ValueError(f"score_fn must return an array of the input's shape {y.shape}, got {out_shape}")
+    if divergence == "hutchinson" and probes > 1:
+        if rng is None:
+            raise ValueError(f"probes={probes} needs rng, got None")
+        vs = draw_probe(rng, (probes,) + y.shape, probe_kind)  # [P, B, ...]
+        out, jvp_fn = jax.linearize(fn, y)
+        jvs = jax.vmap(jvp_fn)(vs)
+        return out, jnp.mean(jax.vmap(per_example_sum)(vs * jvs), axis=0)
     if divergence == "hutchinson":
         if v is None:
             if rng is None:
@@ -80,11 +89,11 @@ def value_and_divergence(fn, y, rng=None, divergence="hutchinson", probe_kind="r
     return out, jnp.sum(diag, axis=0)
 
 
-def ism_integrand(score_fn, sde, y, t, rng=None, divergence="hutchinson", probe_kind="rademacher"):
-    """|a|^2 / 2 + div(g a - f) at (y, t) with a = g score, [B]."""
+def ism_integrand(score_fn, sde, y, t, rng=None, divergence="hutchinson", probe_kind="rademacher", probes=1):
+    """|a|^2 / 2 + div(g a - f) at (y, t) with a = g score, [B]; the divergence by `probes` Hutchinson probes."""
     g2 = sde.g2(t)
     d = math.prod(y.shape[1:])
-    score, div = value_and_divergence(lambda z: score_fn(z, t), y, rng, divergence, probe_kind)
+    score, div = value_and_divergence(lambda z: score_fn(z, t), y, rng, divergence, probe_kind, probes=probes)
     return 0.5 * g2 * per_example_sum(score**2) + g2 * div - sde.div_drift(t, d)
 
 
@@ -125,13 +134,50 @@ def perturb_from(sde, rng, y0, t0, t):
     return bcast(jnp.exp(log_a), y0) * y0 + bcast(s, y0) * eps, eps, s
 
 
-def _elbo_once(score_fn, sde, x, rng, form, divergence, probe_kind, q, t_eps, t_min):
+def time_quantile(q, u):
+    """The time t with CDF_q(t) = u, [n]: q.sample's inverse-CDF map, for UniformTime and ImportanceTime.
+
+    Uniform on [t_min, T]: t = t_min + u (T - t_min). Importance (q ∝ w = g^2 / sigma^2 = d gamma / ds above t_eps,
+    flat at w(t_eps) below it or zero if truncated): mass m = u Z; t = m / w(t_eps) below the flat mass, else
+    gamma^{-1}(gamma(t_eps) + m - flat mass). (tests/test_elbo_variance.py checks it against q.sample.)"""
+    if isinstance(q, UniformTime):
+        return q.t_min + u * (q.T - q.t_min)
+    if not isinstance(q, ImportanceTime):
+        raise ValueError(f"stratified time needs a UniformTime or ImportanceTime proposal, got {type(q).__name__}")
+    ends = jnp.asarray([q.t_eps], jnp.float32)
+    w_eps, gamma_eps = q.sde.nll_weight(ends)[0], q.sde.gamma(ends)[0]
+    flat_mass = 0.0 if q.truncated else q.t_eps * w_eps
+    m = u * q.Z
+    t_up = q.sde.gamma_inv(gamma_eps + jnp.maximum(m - flat_mass, 0.0))
+    t = jnp.where(m < flat_mass, m / w_eps, t_up)
+    return jnp.clip(t, q.t_eps if q.truncated else 0.0, q.sde.T)
+
+
+@dataclasses.dataclass(frozen=True)
+class StratifiedTime:
+    """q restricted, row by row, to strata of equal q-mass: row i's t = time_quantile(q, (stratum[i] + U) /
+    num_strata), U ~ U[0,1). density is q's: a draw from stratum j (density num_strata q there) weighted by 1/q
+    has mean num_strata int_{S_j} f, so the mean over one draw per stratum is unbiased, with at most the variance
+    of iid draws, but its draws are not independent: only their mean is one unit. stratum: ints [n]."""
+
+    q: object
+    stratum: jax.Array
+    num_strata: int
+
+    def sample(self, rng, n):
+        return time_quantile(self.q, (self.stratum + jax.random.uniform(rng, (n,))) / self.num_strata)
+
+    def density(self, t):
+        return self.q.density(t)
+
+
+def _elbo_once(score_fn, sde, x, rng, form, divergence, probe_kind, q, t_eps, t_min, probes=1):
     """One-sample ELBO estimate of log p_{t_min}(x) with times t ~ q on [t_min, T], [B]."""
     b = x.shape[0]
     k_t, k_eps, k_T, k_div = jax.random.split(rng, 4)
     t = q.sample(k_t, b)
     y, eps, sigma = perturb_from(sde, k_eps, x, t_min, t)
-    ism = lambda: ism_integrand(score_fn, sde, y, t, k_div, divergence, probe_kind)
+    ism = lambda: ism_integrand(score_fn, sde, y, t, k_div, divergence, probe_kind, probes)
     if form == "ism":
         integrand = ism()
     else:
@@ -146,8 +192,11 @@ def _elbo_once(score_fn, sde, x, rng, form, divergence, probe_kind, q, t_eps, t_
     return sde.prior_logp(y_T) - integrand / q.density(t)
 
 
-def _time_proposal_from(name, sde, t_eps, t_min):
-    """The proposal `name` on [0, T] (t_min = 0) or on [t_min, T] (uniform; importance: q ∝ g^2 / sigma^2)."""
+def time_proposal_on(name, sde, t_eps, t_min):
+    """The proposal `name` on [0, T] (t_min = 0) or on [t_min, T] (uniform; importance: q ∝ g^2 / sigma^2); a
+    proposal object is returned as it is."""
+    if not isinstance(name, str):
+        return name
     name = check_choice("time_sampling", name, TIME_SAMPLINGS, error=ValueError)
     if t_min == 0.0:
         return time_proposal(name, sde, t_eps)
@@ -156,81 +205,112 @@ def _time_proposal_from(name, sde, t_eps, t_min):
     return ImportanceTime(sde=sde, t_eps=t_min, truncated=True)
 
 
+def check_draws(num_samples, probes):
+    """Raises ValueError unless num_samples and probes are ints >= 1."""
+    for name, value in (("num_samples", num_samples), ("probes", probes)):
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
 def elbo(score_fn, sde, x, rng, num_samples=1, form="ism", divergence="hutchinson", probe="rademacher",
-         time_sampling="uniform", t_eps=1e-3, t_min=0.0):
+         time_sampling="uniform", t_eps=1e-3, t_min=0.0, stratified=False, probes=1):
     """Continuous-time ELBO of the plug-in reverse SDE (lambda = 0) at x [B, ...] -> [B] nats.
 
     A lower bound on log p_{t_min}(x), the model's density of Y at t_min (t_min = 0: of the data):
         E[ log p_prior(Y_T) - int_{t_min}^T (|a|^2 / 2 + div(g a - f))(Y_s, s) ds ],  Y_{t_min} = x,
     Y_s | x from the SDE's transition kernel (perturb_from). Unbiased Monte-Carlo estimate averaged over
-    `num_samples` draws of (s, Y_s, Y_T, probe), one lax.map step each. time_sampling: a proposal object with
-    sample(rng, n) and density(t) on [t_min, T] (diffvar.sde's UniformTime, ImportanceTime), or its name in
-    TIME_SAMPLINGS (on [0, T]: ImportanceTime flat below t_eps; on [t_min, T]: q ∝ g^2 / sigma^2 there).
-    The DSM form uses the ISM integrand on [t_min, t_min + t_eps).
+    `num_samples` draws of (s, Y_s, Y_T, probe), one lax.map step each; stratified: draw j's time lies in the
+    j-th of num_samples strata of equal q-mass (StratifiedTime), so the draws of one example are not independent
+    and only their mean is one unit. probes: Hutchinson probes per time point (one vmapped JVP). time_sampling:
+    a proposal object with sample(rng, n) and density(t) on [t_min, T] (diffvar.sde's UniformTime,
+    ImportanceTime), or its name in TIME_SAMPLINGS (on [0, T]: ImportanceTime flat below t_eps; on [t_min, T]:
+    q ∝ g^2 / sigma^2 there). The DSM form uses the ISM integrand on [t_min, t_min + t_eps).
     """
     check_choice("form", form, FORMS, error=ValueError)
     check_choice("divergence", divergence, DIVERGENCES, error=ValueError)
     check_choice("probe", probe, PROBES, error=ValueError)
     check_x(x)
-    if not (isinstance(num_samples, int) and num_samples >= 1):
-        raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+    check_draws(num_samples, probes)
     if not (isinstance(t_min, (int, float)) and 0.0 <= t_min < sde.T):
         raise ValueError(f"t_min must be a number in [0, T={sde.T}), got {t_min!r}")
-    q = time_sampling
-    if isinstance(q, str):
-        q = _time_proposal_from(q, sde, t_eps, float(t_min))
+    q = time_proposal_on(time_sampling, sde, t_eps, float(t_min))
     keys = jax.random.split(rng, num_samples)
-    one = lambda k: _elbo_once(score_fn, sde, x, k, form, divergence, probe, q, t_eps, float(t_min))
+    strata = lambda j: StratifiedTime(q, jnp.full(x.shape[:1], j), num_samples) if stratified else q
+    one = lambda k, j: _elbo_once(score_fn, sde, x, k, form, divergence, probe, strata(j), t_eps, float(t_min),
+                                  probes)
     # One draw is the draw itself, not a loop of one (XLA:CPU runs convolution gradients inside any loop on
     # a naive kernel); several are a lax.map, not a vmap: under jit on XLA:CPU (jaxlib 0.10.2) a vmap over
     # one draw gave wrong values (tests/test_likelihood.py::test_elbo_under_jit_equals_elbo_run_op_by_op).
     if num_samples == 1:
-        return one(keys[0])
-    return jnp.mean(jax.lax.map(one, keys), axis=0)
+        return one(keys[0], 0)
+    return jnp.mean(jax.lax.map(lambda kj: one(*kj), (keys, jnp.arange(num_samples))), axis=0)
 
 
-def elbo_mean_and_variance(score_fn, sde, x, rng, num_draws, **kwargs):
-    """(mean [B], variance of that mean [B]) of `num_draws` independent ELBO draws at x [B, ...].
+def elbo_mean_and_variance(score_fn, sde, x, rng, num_draws, stratified=False, time_sampling="uniform", t_eps=1e-3,
+                           t_min=0.0, **kwargs):
+    """(mean [B], variance of that mean [B]) of `num_draws` ELBO draws at x [B, ...].
 
     The draws run as one batch of num_draws * B (x tiled; no vmap), so memory grows num_draws-fold; the
-    variance is the draws' sample variance / num_draws (NaN-free: 0 for num_draws = 1, which cannot estimate
-    it). kwargs: elbo's (form, divergence, probe, time_sampling, t_eps, t_min)."""
-    if not (isinstance(num_draws, int) and num_draws >= 1):
-        raise ValueError(f"num_draws must be an int >= 1, got {num_draws!r}")
+    variance is the draws' sample variance / num_draws (0 for num_draws = 1, which cannot estimate it).
+    stratified: draw j's time in stratum j of num_draws (StratifiedTime); the mean stays unbiased, and the
+    variance returned overestimates its variance in expectation by sum_j (mu_j - mu)^2 / (n (n - 1)) (mu_j the
+    strata's means): an upper bound, never an underestimate. kwargs: elbo's (form, divergence, probe,
+    time_sampling, t_eps, t_min, probes)."""
+    check_draws(num_draws, kwargs.get("probes", 1))
     b = x.shape[0]
     tiled = jnp.tile(x, (num_draws,) + (1,) * (x.ndim - 1))
-    draws = jnp.reshape(elbo(score_fn, sde, tiled, rng, num_samples=1, **kwargs), (num_draws, b))
+    q = time_proposal_on(time_sampling, sde, t_eps, float(t_min))
+    if stratified and num_draws > 1:
+        q = StratifiedTime(q, jnp.repeat(jnp.arange(num_draws), b), num_draws)
+    draws = jnp.reshape(elbo(score_fn, sde, tiled, rng, num_samples=1, time_sampling=q, t_eps=t_eps, t_min=t_min,
+                             **kwargs), (num_draws, b))
     mean = jnp.mean(draws, axis=0)
     if num_draws == 1:
         return mean, jnp.zeros_like(mean)
     return mean, jnp.var(draws, axis=0, ddof=1) / num_draws
 
 
+STEP_SIZES = ("batch", "per_example")
+
+
 def ode_logp(score_fn, sde, x, rng, rtol=1e-5, atol=1e-5, divergence="exact", probe="rademacher",
-             t_min=0.0, max_steps=4096, prior_logp=None):
+             t_min=0.0, max_steps=4096, prior_logp=None, step_size="batch"):
     """log p(x) [B] under the probability-flow ODE dy/ds = f - g^2 score / 2, and the number of evaluations.
 
     log p(x) = log p_prior(y_T) + int_{t_min}^T div(f - g^2 score / 2)(y_s, s) ds, solved by
-    sampling.solve_adaptive (Tsit5, PID step-size control) for the whole batch at once. With
+    sampling.solve_adaptive (Tsit5, PID step-size control). step_size "batch": the whole batch as one system
+    (one error norm, one step size); "per_example": each example its own solve and step size (vmapped over
+    the batch: the loop runs until the slowest example is done, the others masked). With
     divergence="hutchinson" one probe per example is drawn and held fixed along the path (FFJORD). NFE counts
-    the drift evaluations of the solver (6 per attempted Tsit5 step plus the first, by FSAL); it is -1 when
-    the solver needed more than max_steps steps (the log p values are then meaningless).
-    `prior_logp(y_T) -> [B]` replaces the SDE's prior, e.g. by the exact p_T of a test mixture, which removes
-    the (tiny) prior mismatch from the comparison.
+    the drift evaluations of the solver (6 per attempted Tsit5 step plus the first, by FSAL; per_example: the
+    largest over the batch, which sets the wall time); it is -1 when the solver needed more than max_steps
+    steps (the log p values are then meaningless). `prior_logp(y_T) -> [B]` replaces the SDE's prior, e.g. by
+    the exact p_T of a test mixture, which removes the (tiny) prior mismatch from the comparison.
     """
     check_choice("divergence", divergence, DIVERGENCES, error=ValueError)
     check_choice("probe", probe, PROBES, error=ValueError)
+    check_choice("step_size", step_size, STEP_SIZES, error=ValueError)
     check_x(x)
-    b = x.shape[0]
-    v = draw_probe(rng, x.shape, probe) if divergence == "hutchinson" else None
+    v = draw_probe(rng, x.shape, probe) if divergence == "hutchinson" else jnp.zeros_like(x)
 
-    def vector_field(s, state):
-        t = jnp.full((b,), s)
-        return value_and_divergence(lambda z: probability_flow_drift(score_fn, sde, z, t), state[0],
-                                    divergence=divergence, v=v)
+    def solve(x, v):
+        b = x.shape[0]
 
-    (y_T, delta), nfe = solve_adaptive(vector_field, (x, jnp.zeros((b,), x.dtype)), t_min, sde.T, rtol, atol,
-                                       max_steps, throw=False)
+        def vector_field(s, state):
+            t = jnp.full((b,), s)
+            return value_and_divergence(lambda z: probability_flow_drift(score_fn, sde, z, t), state[0],
+                                        divergence=divergence, v=v if divergence == "hutchinson" else None)
+
+        return solve_adaptive(vector_field, (x, jnp.zeros((b,), x.dtype)), t_min, sde.T, rtol, atol, max_steps,
+                              throw=False)
+
+    # A vmap over one example is the batch solve itself (jit of a size-1 vmap gave wrong values on XLA:CPU).
+    if step_size == "batch" or x.shape[0] == 1:
+        (y_T, delta), nfe = solve(x, v)
+    else:
+        (y_T, delta), nfes = jax.vmap(lambda xi, vi: solve(xi[None], vi[None]))(x, v)
+        y_T, delta = y_T[:, 0], delta[:, 0]
+        nfe = jnp.where(jnp.any(nfes < 0), -1, jnp.max(nfes))
     return (sde.prior_logp if prior_logp is None else prior_logp)(y_T) + delta, nfe
 
 

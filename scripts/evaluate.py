@@ -2,8 +2,9 @@
 
     python scripts/evaluate.py --workdir=runs/digits [--checkpoint_step=N|best|latest] [--repeats=8]
         [--form=both|ism|dsm] [--time_sampling=uniform|importance] [--probe=rademacher|gaussian]
-        [--noode] [--ode_rtol=1e-5 --ode_atol=1e-5] [--target_stderr=0.01] [--max_examples=N]
+        [--noode] [--ode_rtol=1e-5 --ode_atol=1e-5] [--ode_step_size=batch|per_example] [--target_stderr=0.01] [--max_examples=N]
         [--dequantization=uniform|truncated_normal] [--importance_samples=K] [--importance_elbo_draws=M]
+        [--draws=N] [--stratified] [--probes=P]
 
 Restores the run's config.json and the checkpoint's EMA parameters (read-only), evaluates the whole split
 sharded over all devices, prints a table and writes workdir/eval/<step>.json. Values are bits/dim for
@@ -32,6 +33,8 @@ flags.DEFINE_float("ode_rtol", 1e-5, "ODE solver relative tolerance.")
 flags.DEFINE_float("ode_atol", 1e-5, "ODE solver absolute tolerance.")
 flags.DEFINE_string("ode_divergence", "auto", "ODE trace: auto (exact up to 16 dims, else hutchinson) | exact | "
                     "hutchinson.")
+flags.DEFINE_string("ode_step_size", None, "ODE step-size control: batch (one for the whole batch) | per_example "
+                    "(each example its own solve; default: EvalSpec's).")
 flags.DEFINE_float("target_stderr", 0.0, "Keep adding ELBO repeats until the standard error is at most this "
                    "(0: exactly --repeats).")
 flags.DEFINE_integer("max_repeats", 1000, "Upper limit on ELBO repeats with --target_stderr.")
@@ -45,6 +48,11 @@ flags.DEFINE_integer("importance_samples", None, "K dequantization samples per e
                      "(1: the plain bound; default: the run's eval.importance_samples).")
 flags.DEFINE_integer("importance_elbo_draws", None, "ELBO draws per dequantization sample when K > 1, >= 2 "
                      "(default: the run's eval.importance_elbo_draws).")
+flags.DEFINE_integer("draws", None, "ELBO draws averaged into one unit per example and pass, K = 1 (default: the "
+                     "run's eval.draws).")
+flags.DEFINE_bool("stratified", None, "Stratify the draws' times (one per stratum of equal mass; default: the run's "
+                  "eval.stratified).")
+flags.DEFINE_integer("probes", None, "Hutchinson probes per time point (default: the run's eval.probes).")
 flags.DEFINE_bool("quiet", False, "No progress lines.")
 cli.define_multihost_flags()
 flags.mark_flags_as_required(["workdir"])
@@ -61,6 +69,7 @@ def main():
         target_stderr=FLAGS.target_stderr, max_repeats=FLAGS.max_repeats, max_examples=FLAGS.max_examples,
         batch_size=FLAGS.batch_size, seed=FLAGS.seed, dequantization=FLAGS.dequantization,
         importance_samples=FLAGS.importance_samples, importance_elbo_draws=FLAGS.importance_elbo_draws,
+        draws=FLAGS.draws, stratified=FLAGS.stratified, probes=FLAGS.probes, ode_step_size=FLAGS.ode_step_size,
         progress=not FLAGS.quiet)
     if distributed.is_chief():
         print(evaluate.format_table(res), flush=True)
