@@ -50,11 +50,14 @@ SYNTHETIC_NOTE = ("synthetic: random integer levels of {name}'s shape {shape} ({
                   "the dataset (benchmarks/measure.py build_synthetic); speed does not depend on pixel values")
 
 
-def workload_config(name, steps_per_call=0):
+def workload_config(name, steps_per_call=0, settings=()):
     """The config of a workload: its configs/<file>.py with the peer's sizes and objective dsm (and
-    training.steps_per_call, where given)."""
+    training.steps_per_call, and SECTION.KEY=VALUE settings, where given)."""
     file, overrides, _ = WORKLOADS[name]
     overrides = dict(overrides, **({"training.steps_per_call": steps_per_call} if steps_per_call else {}))
+    for setting in settings:
+        key, value = setting.split("=", 1)
+        overrides[key] = type(config_lib.defaults()[key.split(".")[0]][key.split(".")[1]])(value)
     c = config_lib.load_file(os.path.join(ROOT, "configs", f"{file}.py"))
     c.objective.name = "dsm"
     for key, value in overrides.items():
@@ -109,9 +112,9 @@ def max_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def prepare(name, steps_per_call=0):
+def prepare(name, steps_per_call=0, settings=()):
     """(exp, mesh, host batches [K, B, ...]) of a workload, in a process tuned as the scripts tune theirs."""
-    config = workload_config(name, steps_per_call)
+    config = workload_config(name, steps_per_call, settings)
     platform.setup(config.model.name)  # as the scripts do (under bench.py's tuning): before jax starts
     synthetic = WORKLOADS[name][2]
     exp = build_synthetic(config, *synthetic) if synthetic else experiment.build(config)
@@ -141,9 +144,9 @@ def compile_workload(exp, mesh, host):
     return w
 
 
-def measure_workload(name, seconds, steps_per_call=0):
+def measure_workload(name, seconds, steps_per_call=0, settings=()):
     """The diffvar figures of one workload (see the module docstring)."""
-    exp, mesh, host = prepare(name, steps_per_call)
+    exp, mesh, host = prepare(name, steps_per_call, settings)
     config, synthetic = exp.config, WORKLOADS[name][2]
     k, b = config.training.steps_per_call, config.training.batch_size
     w = compile_workload(exp, mesh, host)
@@ -159,7 +162,7 @@ def measure_workload(name, seconds, steps_per_call=0):
     m = config.model
     return {
         "workload": name, "config": f"configs/{WORKLOADS[name][0]}.py",
-        "overrides": dict(WORKLOADS[name][1], **{"objective.name": "dsm"}),
+        "overrides": dict(WORKLOADS[name][1], **{"objective.name": "dsm"}), "settings": list(settings),
         "data": SYNTHETIC_NOTE.format(name=config.data.name, shape="x".join(map(str, synthetic[0])),
                                       levels=synthetic[1]) if synthetic else f"{config.data.name} training batches",
         "model": (f"mlp hidden={m.hidden} depth={m.depth} {m.activation} time={m.time_embedding}" if m.name == "mlp"
@@ -226,6 +229,8 @@ def main():
     p.add_argument("--workload", choices=sorted(WORKLOADS), default="digits")
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--steps_per_call", type=int, default=0, help="training.steps_per_call (0: the config's)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="a config setting on top of the workload's (repeatable), e.g. sde.name=learned_vp")
     p.add_argument("--ode", action="store_true", help="the digits test-set ODE instead of a workload")
     p.add_argument("--ode_workdir", default="", help="a digits training workdir whose latest checkpoint to use")
     p.add_argument("--ode_train_steps", type=int, default=200, help="without --ode_workdir: steps trained first")
@@ -234,7 +239,7 @@ def main():
     if args.ode:
         out = measure_ode(args.ode_workdir, args.ode_train_steps, args.ode_max_examples)
     else:
-        out = measure_workload(args.workload, args.seconds, args.steps_per_call)
+        out = measure_workload(args.workload, args.seconds, args.steps_per_call, args.set)
     print(json.dumps(out), flush=True)
 
 

@@ -39,9 +39,13 @@ def defaults():
     d.logit_alpha = 0.05              # a in the logit transform (sdeflow-light: 0.05)
 
     c.sde = s = ml_collections.ConfigDict()
-    s.name = "vp"                     # vp | subvp | ve
-    s.beta_min = 0.1                  # vp/subvp: beta(0)
-    s.beta_max = 20.0                 # vp/subvp: beta(T)
+    s.name = "vp"                     # vp | subvp | ve | learned_vp (VDM's learned schedule, initialised at vp:
+                                      # the network sees gamma(s); the interior minimises the loss's variance)
+    s.beta_min = 0.1                  # vp/subvp: beta(0); learned_vp: its initial (and reference) linear VP
+    s.beta_max = 20.0                 # vp/subvp: beta(T); learned_vp: likewise
+    s.learn_end = False               # learned_vp: learn B(T) by the ELBO's gradient (objective elbo); else
+                                      # keep the linear VP's B(T) = (beta_min + beta_max) T / 2
+    s.schedule_features = 128         # learned_vp: sigmoid units of the monotone network (models/noise_schedule.py)
     s.sigma_min = 0.01                # ve: S(0)
     s.sigma_max = 50.0                # ve: S(T), also the prior's std
     s.T = 1.0                         # time horizon
@@ -122,7 +126,7 @@ def defaults():
 # validate(): every key, before anything is compiled or written.
 
 CHOICES = {
-    "data.name": DATASETS, "data.transform": likelihood.TRANSFORMS, "sde.name": tuple(SDES),
+    "data.name": DATASETS, "data.transform": likelihood.TRANSFORMS, "sde.name": tuple(SDES) + ("learned_vp",),
     "model.name": MODELS, "model.parameterization": PARAMETERISATIONS, "model.activation": tuple(ACTIVATIONS),
     "model.time_embedding": TIME_EMBEDDINGS, "objective.name": OBJECTIVES, "objective.probe": likelihood.PROBES,
     "optim.name": ("adam", "adamw"), "optim.schedule": ("constant", "cosine"), "eval.split": SPLITS,
@@ -135,7 +139,7 @@ NUMBERS = {
     "data.logit_alpha": dict(minimum=0, maximum=0.4999, strict=True),
     "sde.beta_min": dict(minimum=0, strict=True), "sde.beta_max": dict(minimum=0, strict=True),
     "sde.sigma_min": dict(minimum=0, strict=True), "sde.sigma_max": dict(minimum=0, strict=True),
-    "sde.T": dict(minimum=0, strict=True),
+    "sde.T": dict(minimum=0, strict=True), "sde.schedule_features": dict(minimum=1, integer=True),
     "model.ch": dict(minimum=2, integer=True), "model.num_res_blocks": dict(minimum=1, integer=True),
     "model.dropout": dict(minimum=0, maximum=0.999), "model.hidden": dict(minimum=1, integer=True),
     "model.depth": dict(minimum=1, integer=True), "model.time_scale": dict(minimum=0, strict=True),
@@ -187,6 +191,9 @@ def validate(config, num_devices=1):
         raise ConfigError(f"sde.sigma_min={s.sigma_min!r} must be < sde.sigma_max={s.sigma_max!r}")
     if s.name != "ve" and s.beta_min >= s.beta_max:
         raise ConfigError(f"sde.beta_min={s.beta_min!r} must be < sde.beta_max={s.beta_max!r}")
+    if s.name == "learned_vp" and s.learn_end and o.name != "elbo":
+        raise ConfigError(f"sde.learn_end=True needs objective.name='elbo' (the full bound, prior term included: "
+                          f"its gradient is the ELBO's), got objective.name={o.name!r}")
     if o.t_eps >= s.T:
         raise ConfigError(f"objective.t_eps={o.t_eps!r} must be in (0, sde.T={s.T!r})")
     if config.optim.schedule == "cosine" and config.optim.warmup_steps >= t.num_steps:

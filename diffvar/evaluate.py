@@ -166,7 +166,8 @@ def describe(label):
         deq = (f"{label['dequantization']} dequantization, "
                + ("plain bound (K=1)" if k == 1 else f"importance-weighted over K={k}")
                + f", {label['levels']} levels, {label['transform']} transform")
-    return f"{how}; {deq}; step {label['checkpoint_step']}, {'EMA' if label['ema_params'] else 'raw'} params"
+    sde = "learned VP schedule" if label["sde"] == "learned_vp" else f"{label['sde']} SDE"
+    return f"{how}; {deq}; {sde}; step {label['checkpoint_step']}, {'EMA' if label['ema_params'] else 'raw'} params"
 
 
 def format_table(res):

@@ -201,7 +201,8 @@ def estimate_label(exp, spec, name, step, ema=True):
                transform=(d.transform if discrete else "none"),
                logit_alpha=(d.logit_alpha if discrete and d.transform == "logit" else None),
                bpd_constant=_bpd_constant(exp, spec) if discrete else "none: -log p(x) in nats")
-    return dict(est, **deq, checkpoint_step=step, ema_params=ema, ema_decay=exp.config.training.ema_decay)
+    return dict(est, **deq, sde=exp.config.sde.name, checkpoint_step=step, ema_params=ema,
+                ema_decay=exp.config.training.ema_decay)
 
 
 def _bpd_constant(exp, spec):

@@ -13,6 +13,7 @@ NLL: bpd = -(log p(y) + log|dy/dz|) / (d ln 2) + log2 K), nats per example (-log
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Callable
 
@@ -29,7 +30,8 @@ from diffvar.errors import ConfigError
 from diffvar.models import make_model
 from diffvar.models.param import make_score_fn
 from diffvar.objectives import get_objective
-from diffvar.sde import make_sde
+from diffvar.models.noise_schedule import NoiseSchedule
+from diffvar.sde import LearnedVPSDE, make_sde
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,9 +42,10 @@ class Experiment:
     info: data_lib.DataInfo
     sde: object
     model: object                               # flax module: apply({"params": p}, y, t, train=...)
-    loss_fn: Callable                           # loss_fn(score_fn, y [B, ...], rng) -> [B]
+    loss_fn: Callable                           # loss_fn(score_fn, sde, y [B, ...], rng) -> [B]
     tx: optax.GradientTransformation
     schedule: Callable                          # step -> learning rate
+    noise_schedule: object = None               # sde.name = learned_vp: the NoiseSchedule module, else None
 
     @property
     def dim(self):
@@ -54,14 +57,25 @@ class Experiment:
         """'bpd' for discrete (image) data, 'nats' (per example) for continuous toys."""
         return "bpd" if self.info.levels is not None else "nats"
 
+    def sde_of(self, params):
+        """The forward SDE of these parameters: exp.sde, or with a learned schedule its LearnedVPSDE
+        (params = {"network": ..., "noise_schedule": ...})."""
+        if self.noise_schedule is None:
+            return self.sde
+        B = functools.partial(self.noise_schedule.apply, {"params": params["noise_schedule"]})
+        return LearnedVPSDE(B=B, reference=self.sde)
+
     def apply(self, params, y, t, rng=None):
-        """Network output [B, ...]; dropout is active when a dropout rng is given."""
+        """Network output [B, ...] at network time t [B]; dropout is active when a dropout rng is given."""
         kwargs = dict(train=True, rngs={"dropout": rng}) if rng is not None else {}
-        return self.model.apply({"params": params}, y, t, **kwargs)
+        network = params if self.noise_schedule is None else params["network"]
+        return self.model.apply({"params": network}, y, t, **kwargs)
 
     def score_fn(self, params, rng=None):
-        """score_fn(y, t) of these parameters."""
-        fn = make_score_fn(lambda p, y, t: self.apply(p, y, t, rng), self.sde, self.config.model.parameterization)
+        """score_fn(y, t) of these parameters; the network sees sde.network_time(t)."""
+        sde = self.sde_of(params)
+        fn = make_score_fn(lambda p, y, t: self.apply(p, y, sde.network_time(t), rng), sde,
+                           self.config.model.parameterization)
         return lambda y, t: fn(params, y, t)
 
     def to_model_space(self, rng, x):
@@ -87,10 +101,21 @@ class Experiment:
         return 1e-5 if self.config.model.parameterization == "eps" else 0.0
 
 
-def _sde_kwargs(cfg):
+def _make_sde(cfg):
+    """(sde, noise schedule or None): a learned_vp's sde is its reference linear VP (beta_min, beta_max)."""
     if cfg.name == "ve":
-        return dict(sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, T=cfg.T)
-    return dict(beta_min=cfg.beta_min, beta_max=cfg.beta_max, T=cfg.T)
+        return make_sde("ve", sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, T=cfg.T), None
+    kw = dict(beta_min=cfg.beta_min, beta_max=cfg.beta_max, T=cfg.T)
+    if cfg.name != "learned_vp":
+        return make_sde(cfg.name, **kw), None
+    return make_sde("vp", **kw), NoiseSchedule(**kw, features=cfg.schedule_features, learn_end=cfg.learn_end)
+
+
+def _with_noise_schedule(tx, schedule):
+    """The network's optimizer, and plain Adam on `schedule` for the noise schedule's parameters (its gradients
+    are a variance's, on another scale: kept out of the network's clipping)."""
+    labels = lambda params: {k: jax.tree.map(lambda _: k, v) for k, v in params.items()}
+    return optax.multi_transform({"network": tx, "noise_schedule": optax.adam(schedule)}, labels)
 
 
 def make_optimizer(cfg, num_steps):
@@ -117,14 +142,19 @@ def build(config, num_devices=1):
     """
     config_lib.validate(config, num_devices)
     info = data_lib.get_info(config.data)
+    o = config.objective
+    objective = functools.partial(get_objective, o.name, t_eps=o.t_eps, probe=o.probe)
     try:
-        sde = make_sde(config.sde.name, **_sde_kwargs(config.sde))
+        sde, noise_schedule = _make_sde(config.sde)
         model = make_model(config.model, info.shape)
-        loss_fn = get_objective(config.objective.name, sde, config.objective.t_eps, config.objective.probe)
+        objective(sde)
     except ValueError as e:  # a combination validate() cannot see alone (e.g. a U-Net too deep for the image)
         raise ConfigError(str(e)) from None
     tx, schedule = make_optimizer(config.optim, config.training.num_steps)
-    return Experiment(config, info, sde, model, loss_fn, tx, schedule)
+    if noise_schedule is not None:
+        tx = _with_noise_schedule(tx, schedule)
+    loss_fn = lambda score_fn, sde, y, rng: objective(sde)(score_fn, y, rng)
+    return Experiment(config, info, sde, model, loss_fn, tx, schedule, noise_schedule)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,6 +174,9 @@ def init_state(exp, seed):
     """The initial TrainState (parameters from PRNGKey(seed))."""
     k_init, k_state = jax.random.split(jax.random.PRNGKey(seed))
     params = exp.model.init(k_init, jnp.zeros((2,) + exp.info.shape), jnp.ones((2,)))["params"]
+    if exp.noise_schedule is not None:
+        schedule = exp.noise_schedule.init(jax.random.fold_in(k_init, 1), jnp.ones((1,)))["params"]
+        params = {"network": params, "noise_schedule": schedule}
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=jax.tree.map(jnp.copy, params),
                       opt_state=exp.tx.init(params), rng=k_state)
 
@@ -154,18 +187,35 @@ def abstract_state(exp, sharding):
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), shapes)
 
 
+def per_example_loss(exp, params, x, rng):
+    """The objective's loss of each example of a data batch x [B, ...], [B]."""
+    k_pre, k_loss, k_drop = jax.random.split(rng, 3)
+    y, _ = exp.to_model_space(k_pre, x)
+    return exp.loss_fn(exp.score_fn(params, k_drop), exp.sde_of(params), y, k_loss)
+
+
+def loss_and_grads(exp, params, x, rng):
+    """(mean loss, gradients). With a learned schedule (VDM, appendix I.2) the network and the end point B(T)
+    descend the mean loss L-bar, the schedule's interior eta the variance of the loss estimator:
+    d Var[L] / d eta = E[2 (L - E L) dL / d eta], from a second pullback of the same forward pass."""
+    if exp.noise_schedule is None:
+        return jax.value_and_grad(lambda p: jnp.mean(per_example_loss(exp, p, x, rng)))(params)
+    losses, pullback = jax.vjp(lambda p: per_example_loss(exp, p, x, rng), params)
+    n = losses.shape[0]
+    (grads,) = pullback(jnp.full_like(losses, 1.0 / n))
+    (var_grads,) = pullback(2.0 * (losses - jnp.mean(losses)) / n)
+    interior = {k: v for k, v in var_grads["noise_schedule"].items() if k != "log_end"}
+    grads = {"network": grads["network"], "noise_schedule": {**grads["noise_schedule"], **interior}}
+    return jnp.mean(losses), grads
+
+
 def make_train_step(exp):
     """Jitted (state, batch [K, B, ...]) -> (state, losses [K]): K optimizer steps in one call, state donated."""
     decay = exp.config.training.ema_decay
 
-    def loss(params, x, rng):
-        k_pre, k_loss, k_drop = jax.random.split(rng, 3)
-        y, _ = exp.to_model_space(k_pre, x)
-        return jnp.mean(exp.loss_fn(exp.score_fn(params, k_drop), y, k_loss))
-
     def one_step(state, x):
         rng, k = jax.random.split(state.rng)
-        value, grads = jax.value_and_grad(loss)(state.params, x, jax.random.fold_in(k, state.step))
+        value, grads = loss_and_grads(exp, state.params, x, jax.random.fold_in(k, state.step))
         updates, opt_state = exp.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = optax.incremental_update(params, state.ema_params, 1.0 - decay) if decay else params
@@ -203,7 +253,7 @@ def _bound_fn(exp, log_density, dequantization, importance_samples):
         t0 = likelihood.dequantization_time(dequantization, e.t_eps)
         bound, correction = likelihood.importance_weighted_bound(
             lambda r, y: log_density(params, r, y, t0), rng, x, exp.info.levels, dequantization, importance_samples,
-            exp.sde, e.t_eps, d.transform, d.logit_alpha)
+            exp.sde_of(params), e.t_eps, d.transform, d.logit_alpha)
         return likelihood.bpd_of_bound(bound, exp.dim), correction
 
     return fn
@@ -226,7 +276,7 @@ def make_elbo_fn(exp, form="ism", time_sampling="uniform", probe="rademacher", d
               t_eps=exp.config.objective.t_eps, stratified=stratified, probes=probes)
 
     def log_density(params, rng, y, t0):
-        return likelihood.elbo_mean_and_variance(score(params), exp.sde, y, rng, draws, t_min=t0, **kw)
+        return likelihood.elbo_mean_and_variance(score(params), exp.sde_of(params), y, rng, draws, t_min=t0, **kw)
 
     fn = _bound_fn(exp, log_density, dequantization, importance_samples)
     return jax.jit(lambda params, x, rng: fn(params, x, rng)[0])  # shardings follow the arguments
@@ -243,7 +293,7 @@ def make_ode_fn(exp, rtol=1e-5, atol=1e-5, divergence="exact", probe="rademacher
     nfes = []
 
     def log_density(params, rng, y, t0):
-        logp, nfe = likelihood.ode_logp(score(params), exp.sde, y, rng, rtol=rtol, atol=atol, divergence=divergence,
+        logp, nfe = likelihood.ode_logp(score(params), exp.sde_of(params), y, rng, rtol=rtol, atol=atol, divergence=divergence,
                                         probe=probe, t_min=max(t0, exp.ode_t_min), max_steps=max_steps,
                                         prior_logp=prior_logp, step_size=step_size)
         nfes.append(nfe)
@@ -273,9 +323,9 @@ def make_sampler(exp, num, lam=0.0, steps=1000, ode=False, rtol=1e-5, atol=1e-5,
 
     def draw(params, rng):
         if ode:
-            y, nfe = sampling.sample_ode(score(params), exp.sde, rng, shape, rtol=rtol, atol=atol, t_min=t_min)
+            y, nfe = sampling.sample_ode(score(params), exp.sde_of(params), rng, shape, rtol=rtol, atol=atol, t_min=t_min)
         else:
-            y = sampling.sample_lambda(score(params), exp.sde, rng, shape, lam=lam, steps=steps, t_min=t_min)
+            y = sampling.sample_lambda(score(params), exp.sde_of(params), rng, shape, lam=lam, steps=steps, t_min=t_min)
             nfe = jnp.asarray(-1, jnp.int32)
         return exp.to_data_space(y), nfe
 

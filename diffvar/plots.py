@@ -255,6 +255,27 @@ def save_training_curves(path, metrics_jsonl_path):
     save_figure(fig, path)
 
 
+def save_noise_schedule(path, sde, reference, num=400):
+    """gamma(s) = log(sigma^2 / alpha^2) of a learned schedule `sde` against its fixed `reference` VP on (0, T]
+    (left), and the importance proposal's density gamma'(s) / (gamma(T) - gamma(s_1)) of each (right)."""
+    s = np.linspace(sde.T / num, sde.T, num, dtype=np.float32)
+    fig = Figure(figsize=(10, 4))
+    ax_gamma, ax_density = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for model, label, color in ((sde, "learned", "tab:red"), (reference, "fixed VP", "tab:gray")):
+        gamma = np.asarray(model.gamma(s))
+        ax_gamma.plot(s, gamma, lw=1.5, color=color, label=f"{label} (B(T) = {float(-2 * model.log_alpha(s)[-1]):.4g})")
+        ax_density.plot(s, np.asarray(model.nll_weight(s)) / (gamma[-1] - gamma[0]), lw=1.5, color=color, label=label)
+    ax_gamma.set_ylabel("gamma(s) = log(sigma^2 / alpha^2)")
+    ax_density.set_ylabel("gamma'(s), normalised")
+    ax_density.set_yscale("log")
+    for ax in (ax_gamma, ax_density):
+        ax.set_xlabel("s")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def save_samples(info, samples, png_path, npz_path=None, title=None, **meta):
     """Samples drawn from a model of dataset `info` (data.DataInfo): a PNG grid (images; quantized to the
     data's levels) or a scatter over the exact density (2-D toys); with npz_path also an .npz holding

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import math
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -62,6 +63,10 @@ class SDE(abc.ABC):
     @abc.abstractmethod
     def gamma_inv(self, gamma):
         """The time t with gamma(t) = gamma, [B]."""
+
+    def network_time(self, t):
+        """The noise level the network is conditioned on at time t, [B]: t itself for a fixed schedule."""
+        return t
 
     def drift(self, y, t):
         """f(y, t) = drift_coef(t) y, shape of y."""
@@ -147,9 +152,9 @@ class VPSDE(SDE):
         return jnp.log(jnp.expm1(self.int_beta(t)))
 
     def gamma_inv(self, gamma):
-        return self._int_beta_inv(jnp.logaddexp(gamma, 0.0))
+        return self.int_beta_inv(jnp.logaddexp(gamma, 0.0))
 
-    def _int_beta_inv(self, b):
+    def int_beta_inv(self, b):
         """Solves B(t) = b for t >= 0."""
         db = self.beta_max - self.beta_min
         return 2.0 * b / (self.beta_min + jnp.sqrt(self.beta_min**2 + 2.0 * db * b))
@@ -170,7 +175,7 @@ class SubVPSDE(VPSDE):
         return 2.0 * jnp.log(2.0 * jnp.sinh(0.5 * self.int_beta(t)))
 
     def gamma_inv(self, gamma):
-        return self._int_beta_inv(2.0 * jnp.arcsinh(0.5 * jnp.exp(0.5 * gamma)))
+        return self.int_beta_inv(2.0 * jnp.arcsinh(0.5 * jnp.exp(0.5 * gamma)))
 
 
 @struct.dataclass
@@ -217,6 +222,65 @@ class VESDE(SDE):
 
     def gamma_inv(self, gamma):
         return self.T * jnp.log1p(jnp.exp(gamma) / self.sigma_min**2) / (2.0 * self._log_ratio)
+
+
+@struct.dataclass
+class LearnedVPSDE(SDE):
+    """VP SDE of a learned schedule B(s) = int_0^s beta (VDM's gamma in this framework; B from a monotone
+    network, models/noise_schedule.py): alpha^2 = exp(-B), sigma^2 = 1 - exp(-B), f = -beta / 2, g^2 = beta = B',
+    gamma = log(expm1(B)). B: s [n] -> [n], increasing, with B(0) = 0 (so Y_0 = x); B' is B's derivative by
+    jax.jvp. The network is conditioned on the time at which the fixed VP `reference` has the same gamma, so it
+    sees s only through gamma(s) and the ELBO depends on the schedule only through B(T). The linear VP is
+    B(s) = b0 s + (b1 - b0) s^2 / 2.
+    """
+
+    B: Callable = struct.field(pytree_node=False)
+    reference: VPSDE = struct.field(pytree_node=False, default_factory=VPSDE)
+
+    prior_std = 1.0
+
+    @property
+    def T(self):
+        return self.reference.T
+
+    def beta(self, t):
+        """B'(t), [B]."""
+        return jax.jvp(self.B, (t,), (jnp.ones_like(t),))[1]
+
+    def drift_coef(self, t):
+        return -0.5 * self.beta(t)
+
+    def g2(self, t):
+        return self.beta(t)
+
+    def log_alpha(self, t):
+        return -0.5 * self.B(t)
+
+    def sigma2(self, t):
+        return -jnp.expm1(-self.B(t))
+
+    def gamma(self, t):
+        return jnp.log(jnp.expm1(self.B(t)))
+
+    def gamma_inv(self, gamma):
+        return self.B_inv(jnp.logaddexp(gamma, 0.0))
+
+    def B_inv(self, b, iterations=30):
+        """The t in [0, T] with B(t) = b, [n]: bisection, then one Newton step whose derivative is the implicit
+        function's, dt = (db - dB) / B'(t) (so gradients reach B's parameters and b)."""
+        def halve(_, lo_hi):
+            lo, hi = lo_hi
+            mid = 0.5 * (lo + hi)
+            below = self.B(mid) < b
+            return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+
+        lo, hi = jax.lax.fori_loop(0, iterations, halve, (jnp.zeros_like(b), jnp.full_like(b, self.T)))
+        t = jax.lax.stop_gradient(0.5 * (lo + hi))
+        return t - (self.B(t) - b) / jax.lax.stop_gradient(self.beta(t))
+
+    def network_time(self, t):
+        """The reference VP's time with the same gamma (B), [B]."""
+        return self.reference.int_beta_inv(self.B(t))
 
 
 SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}

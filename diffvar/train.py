@@ -222,6 +222,9 @@ def run(exp, workdir):
         if distributed.is_chief():
             summary["samples"] = write_samples(exp, draw, state.ema_params, workdir, step)
             plots.save_training_curves(os.path.join(workdir, "curves.png"), log.path)
+            if exp.noise_schedule is not None:
+                plots.save_noise_schedule(os.path.join(workdir, "noise_schedule.png"),
+                                          exp.sde_of(state.ema_params), exp.sde)
         result = {name: v for name, v in (last_eval or {}).items() if name.startswith("test_")}
         summary.update(result, minutes=progress.elapsed() / 60)
         status.write("finished", result=result or None)
