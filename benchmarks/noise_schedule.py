@@ -1,6 +1,7 @@
 """A learned noise schedule against the fixed VP: paired test bpd, the training loss's variance, time per step.
 
-    python benchmarks/noise_schedule.py --pairs=FIXED:LEARNED[,FIXED:LEARNED...] [--repeats=32] [--out=F.json]
+    python benchmarks/noise_schedule.py --pairs=FIXED:LEARNED[,FIXED:LEARNED...] [--repeats=8] [--draws=4]
+        [--out=F.json]
 
 Each pair is two training workdirs of the same config and seed, one with sde.name = vp and one with learned_vp.
 For each: the test-set ISM ELBO (bpd or nats) of both final EMA checkpoints with the same random numbers (the
@@ -42,10 +43,11 @@ def steps_per_sec(workdir):
     return float(np.median(rates))
 
 
-def run(workdir, mesh, repeats):
+def run(workdir, mesh, repeats, draws):
     """{ELBO mean and s.e., per-example values, loss variance, steps/s} of a workdir's final EMA checkpoint."""
     exp, params, step, _ = checkpoints.restore_params(workdir, "latest", mesh)
-    est = Evaluator(exp, mesh, EvalSpec.from_config(exp.config, forms=("ism",), repeats=repeats)).run(params, step)
+    spec = EvalSpec.from_config(exp.config, forms=("ism",), repeats=repeats, draws=draws, stratified=draws > 1)
+    est = Evaluator(exp, mesh, spec).run(params, step)
     return {"workdir": workdir, "sde": exp.config.sde.name, "objective": exp.config.objective.name,
             "step": step, "unit": exp.unit, "elbo": est["ism"]["mean"], "elbo_stderr": est["ism"]["stderr"],
             "values": est["ism"]["values"], "loss_variance": loss_variance(exp, params),
@@ -55,16 +57,17 @@ def run(workdir, mesh, repeats):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pairs", required=True, help="FIXED:LEARNED workdir pairs, comma-separated")
-    p.add_argument("--repeats", type=int, default=32, help="ELBO draws per example")
+    p.add_argument("--repeats", type=int, default=8, help="passes over the test set")
+    p.add_argument("--draws", type=int, default=4, help="ELBO draws per example and pass (stratified if > 1)")
     p.add_argument("--out", default="", help="also write the JSON here")
     args = p.parse_args()
     mesh, rows = distributed.make_mesh(), []
     for pair in args.pairs.split(","):
-        fixed, learned = (run(w, mesh, args.repeats) for w in pair.split(":"))
+        fixed, learned = (run(w, mesh, args.repeats, args.draws) for w in pair.split(":"))
         diff, se = paired_difference(learned.pop("values"), fixed.pop("values"))
         rows.append({"fixed": fixed, "learned": learned, "learned_minus_fixed": diff,
                      "learned_minus_fixed_stderr": se})
-    out = json.dumps({"repeats": args.repeats, "device_kind": jax.devices()[0].device_kind, "pairs": rows})
+    out = json.dumps({"repeats": args.repeats, "draws": args.draws, "device_kind": jax.devices()[0].device_kind, "pairs": rows})
     print(out, flush=True)
     if args.out:
         with open(args.out, "w") as f:

@@ -9,10 +9,11 @@ For each seed, one after the other (never sharing the cores):
    seconds (or --peer_seconds), as the reference trains: the same model space (uniform dequantization, logit
    with a = 0.05), eps-loss DSM, Adam at the reference's lr 1e-4, batch 64, no EMA, no schedule.
 3. both evaluated here by the trainer's final evaluation, on the same test examples with the same keys (the
-   ISM ELBO, uniform time, one Rademacher probe per draw, eval.final_repeats = 32 draws per example): diffvar
-   on its EMA parameters (so its bpd is exactly the one its run printed), the peer on its weights copied into
-   diffvar's U-Net (peer_params; model.time_scale = 1, since the peer embeds t in [0, 1] directly). The
-   difference is paired (same examples and draws): its standard error is that of the difference.
+   ISM ELBO, uniform time, one Rademacher probe per draw, eval.final_repeats = 8 passes of eval.draws = 4
+   stratified draws per example): diffvar on its EMA parameters (so its bpd is exactly the one its run
+   printed), the peer on its weights copied into diffvar's U-Net (peer_params; model.time_scale = 1, since the
+   peer embeds t in [0, 1] directly). The difference is paired (same examples and draws): its standard error
+   is that of the difference.
 
 Prints a line per seed and writes a JSON: W, each side's steps and test bpd +- s.e., the paired difference.
 Each finished run is recorded in --workdir (diffvar_seed<S>.json, peer_seed<S>_lr<LR>[_<T>s].json with the
@@ -119,14 +120,9 @@ def evaluate_both(diffvar_workdir, peer_weights):
     peer_exp = experiment.build(peer_config)
     peer = jax.device_put(peer_params(peer_weights, peer_exp.model, exp.info.shape), distributed.replicated(mesh))
     e = config.eval  # the trainer's final evaluation, key included: diffvar's bpd is the one its run printed
-    batches = evaluator.split_batches(exp, mesh, e.split, evaluator.batch_size(
-        e.batch_size, e.max_examples, len(jax.devices()), exp.info.size(e.split)), e.max_examples)
-    key, repeats = evaluator.pass_key(config.seed + 1, step, e.form), e.final_repeats or e.repeats
-    out = {}
-    for name, ex, p in (("diffvar", exp, params), ("peer", peer_exp, peer)):
-        fn = experiment.make_elbo_fn(ex, e.form, e.time_sampling, e.probe, e.divergence)
-        compiled, _ = evaluator.compile_ahead(fn, p, batches[0][0], key)
-        out[name] = evaluator.elbo_pass(compiled, p, key, batches, repeats)
+    spec, repeats = evaluator.EvalSpec.from_config(config), e.final_repeats or e.repeats
+    out = {name: evaluator.Evaluator(ex, mesh, spec).run(p, step, repeats)[e.form]
+           for name, ex, p in (("diffvar", exp, params), ("peer", peer_exp, peer))}
     d, se = evaluator.paired_difference(out["peer"]["values"], out["diffvar"]["values"])
     return {"diffvar_step": step, "form": e.form, "repeats": repeats, "num_examples": out["diffvar"]["num_examples"],
             "diffvar_bpd": out["diffvar"]["mean"], "diffvar_bpd_stderr": out["diffvar"]["stderr"],

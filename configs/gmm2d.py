@@ -20,7 +20,7 @@ def get_config():
     c.training.log_every = 500
     c.eval.every = 5000
     c.eval.batch_size = 8192
-    c.eval.repeats = 50
+    c.eval.repeats = 12               # passes of eval.draws = 4 stratified draws: 48 draws per example
     c.sampling.num = 2000
     return c
 

@@ -134,28 +134,9 @@ def perturb_from(sde, rng, y0, t0, t):
     return bcast(jnp.exp(log_a), y0) * y0 + bcast(s, y0) * eps, eps, s
 
 
-def time_quantile(q, u):
-    """The time t with CDF_q(t) = u, [n]: q.sample's inverse-CDF map, for UniformTime and ImportanceTime.
-
-    Uniform on [t_min, T]: t = t_min + u (T - t_min). Importance (q ∝ w = g^2 / sigma^2 = d gamma / ds above t_eps,
-    flat at w(t_eps) below it or zero if truncated): mass m = u Z; t = m / w(t_eps) below the flat mass, else
-    gamma^{-1}(gamma(t_eps) + m - flat mass). (tests/test_elbo_variance.py checks it against q.sample.)"""
-    if isinstance(q, UniformTime):
-        return q.t_min + u * (q.T - q.t_min)
-    if not isinstance(q, ImportanceTime):
-        raise ValueError(f"stratified time needs a UniformTime or ImportanceTime proposal, got {type(q).__name__}")
-    ends = jnp.asarray([q.t_eps], jnp.float32)
-    w_eps, gamma_eps = q.sde.nll_weight(ends)[0], q.sde.gamma(ends)[0]
-    flat_mass = 0.0 if q.truncated else q.t_eps * w_eps
-    m = u * q.Z
-    t_up = q.sde.gamma_inv(gamma_eps + jnp.maximum(m - flat_mass, 0.0))
-    t = jnp.where(m < flat_mass, m / w_eps, t_up)
-    return jnp.clip(t, q.t_eps if q.truncated else 0.0, q.sde.T)
-
-
 @dataclasses.dataclass(frozen=True)
 class StratifiedTime:
-    """q restricted, row by row, to strata of equal q-mass: row i's t = time_quantile(q, (stratum[i] + U) /
+    """q restricted, row by row, to strata of equal q-mass: row i's t = q.quantile((stratum[i] + U) /
     num_strata), U ~ U[0,1). density is q's: a draw from stratum j (density num_strata q there) weighted by 1/q
     has mean num_strata int_{S_j} f, so the mean over one draw per stratum is unbiased, with at most the variance
     of iid draws, but its draws are not independent: only their mean is one unit. stratum: ints [n]."""
@@ -165,7 +146,7 @@ class StratifiedTime:
     num_strata: int
 
     def sample(self, rng, n):
-        return time_quantile(self.q, (self.stratum + jax.random.uniform(rng, (n,))) / self.num_strata)
+        return self.q.quantile((self.stratum + jax.random.uniform(rng, (n,))) / self.num_strata)
 
     def density(self, t):
         return self.q.density(t)

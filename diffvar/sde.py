@@ -287,7 +287,8 @@ SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 
 
 # ----------------------------------------------------------------------------------------------
-# Time proposals q(s) on [0, T] or a sub-interval [t_min, T]: sample(rng, n) -> [n], density(t) -> [n].
+# Time proposals q(s) on [0, T] or a sub-interval [t_min, T]: sample(rng, n) -> [n], density(t) -> [n], and the
+# inverse CDF quantile(u) -> [n] (stratified draws, likelihood.StratifiedTime).
 
 TIME_SAMPLINGS = ("uniform", "importance")
 
@@ -305,6 +306,10 @@ class UniformTime:
 
     def sample(self, rng, n):
         return jax.random.uniform(rng, (n,), minval=self.t_min, maxval=self.T)
+
+    def quantile(self, u):
+        """The time with CDF u, [n]: t_min + u (T - t_min)."""
+        return self.t_min + u * (self.T - self.t_min)
 
     def density(self, t):
         return jnp.full_like(t, 1.0 / (self.T - self.t_min))
@@ -350,8 +355,12 @@ class ImportanceTime:
 
     def sample(self, rng, n):
         """t ~ q, [n]."""
+        return self.quantile(jax.random.uniform(rng, (n,)))
+
+    def quantile(self, u):
+        """The time with CDF u, [n]: the mass m = u Z lies below t_eps (t = m / w(t_eps)) or above it
+        (t = gamma^{-1}(gamma(t_eps) + m - flat mass))."""
         w_eps, gamma_eps, flat_mass, Z = self._parts()
-        u = jax.random.uniform(rng, (n,))
         if self.truncated:
             return jnp.clip(self.sde.gamma_inv(gamma_eps + u * Z), self.t_eps, self.sde.T)
         m = u * Z

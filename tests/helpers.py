@@ -39,6 +39,7 @@ def tiny_config(**overrides):
     c.training.keep = 2
     c.eval.every = 20
     c.eval.repeats = 1
+    c.eval.draws = 1
     c.eval.batch_size = 1024
     c.eval.max_examples = 2048
     c.sampling.num = 100
@@ -53,7 +54,7 @@ def tiny_config(**overrides):
 # The command-line twin of tiny_config (eval only at the end, on 1024 examples).
 TINY_FLAGS = ("--config.model.hidden=32", "--config.training.steps_per_call=10", "--config.optim.warmup_steps=10",
               "--config.training.log_every=10", "--config.training.ckpt_every=10", "--config.eval.every=0",
-              "--config.eval.repeats=1", "--config.eval.batch_size=1024", "--config.eval.max_examples=1024",
+              "--config.eval.repeats=1", "--config.eval.draws=1", "--config.eval.batch_size=1024", "--config.eval.max_examples=1024",
               "--config.sampling.num=16", "--config.sampling.steps=5")
 
 

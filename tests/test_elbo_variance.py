@@ -19,7 +19,7 @@ from diffvar import config as config_lib
 from diffvar.errors import ConfigError
 from diffvar.evaluator import elbo_pass
 from diffvar.likelihood import (StratifiedTime, draw_probe, elbo, elbo_mean_and_variance, per_example_sum,
-                                time_proposal_on, time_quantile, value_and_divergence)
+                                time_proposal_on, value_and_divergence)
 from diffvar.mixture import random_mixture, score_fn_for
 from diffvar.sde import ImportanceTime, UniformTime, VPSDE
 
@@ -32,10 +32,10 @@ PROPOSALS = [UniformTime(), UniformTime(t_min=1e-3), ImportanceTime(sde=SDE, t_e
 
 
 @pytest.mark.parametrize("q", PROPOSALS, ids=["uniform", "uniform_tmin", "importance", "importance_truncated"])
-def test_time_quantile_is_the_inverse_cdf_that_sample_uses(q):
+def test_quantile_is_the_inverse_cdf_that_sample_uses(q):
     key = jax.random.PRNGKey(3)
     u = jax.random.uniform(key, (2000,))
-    np.testing.assert_allclose(time_quantile(q, u), q.sample(key, 2000), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(q.quantile(u), q.sample(key, 2000), rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("q", PROPOSALS[::2], ids=["uniform", "importance"])
@@ -43,7 +43,7 @@ def test_stratified_time_puts_row_i_in_its_stratum(q):
     n, strata = 4000, 5
     stratum = jnp.arange(n) % strata
     t = StratifiedTime(q, stratum, strata).sample(jax.random.PRNGKey(0), n)
-    edges = time_quantile(q, jnp.linspace(0.0, 1.0, strata + 1))
+    edges = q.quantile(jnp.linspace(0.0, 1.0, strata + 1))
     assert bool(jnp.all((t >= edges[stratum] * (1 - 1e-6)) & (t <= edges[stratum + 1] * (1 + 1e-6))))
     # within its stratum, t is q restricted there: its q-CDF is uniform on [j / n, (j + 1) / n)
     u = jnp.asarray([float(np.mean(np.asarray(t[stratum == j]) < edges[j] + 0.5 * (edges[j + 1] - edges[j])))
