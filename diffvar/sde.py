@@ -111,29 +111,24 @@ class SDE(abc.ABC):
         return self.g2(t) / self.sigma2(t)
 
 
-@struct.dataclass
-class VPSDE(SDE):
-    """Variance-preserving SDE, beta(s) = b0 + s (b1 - b0) on s in [0, T]."""
-
-    beta_min: float = struct.field(pytree_node=False, default=0.1)
-    beta_max: float = struct.field(pytree_node=False, default=20.0)
-    T: float = struct.field(pytree_node=False, default=1.0)
-
-    def __post_init__(self):
-        _check_positive("beta_min", self.beta_min)
-        _check_positive("beta_max", self.beta_max)
-        _check_positive("T", self.T)
-        if self.beta_min >= self.beta_max:
-            raise ValueError(f"beta_min must be < beta_max, got beta_min={self.beta_min}, beta_max={self.beta_max}")
+class VPSDEBase(SDE):
+    """A variance-preserving SDE given by its schedule beta(s) and B(s) = int_0^s beta: alpha^2 = exp(-B),
+    sigma^2 = 1 - exp(-B), f = -beta y / 2, g^2 = beta, gamma = log(expm1(B)). Subclasses define beta, int_beta
+    (B) and int_beta_inv (B^-1)."""
 
     prior_std = 1.0
 
+    @abc.abstractmethod
     def beta(self, t):
-        return self.beta_min + t * (self.beta_max - self.beta_min)
+        """beta(t), [B]."""
 
+    @abc.abstractmethod
     def int_beta(self, t):
-        """B(t) = int_0^t beta."""
-        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
+        """B(t) = int_0^t beta, [B]."""
+
+    @abc.abstractmethod
+    def int_beta_inv(self, b):
+        """The t >= 0 with B(t) = b, [B]."""
 
     def drift_coef(self, t):
         return -0.5 * self.beta(t)
@@ -153,6 +148,28 @@ class VPSDE(SDE):
 
     def gamma_inv(self, gamma):
         return self.int_beta_inv(jnp.logaddexp(gamma, 0.0))
+
+
+@struct.dataclass
+class VPSDE(VPSDEBase):
+    """Variance-preserving SDE, beta(s) = b0 + s (b1 - b0) on s in [0, T]."""
+
+    beta_min: float = struct.field(pytree_node=False, default=0.1)
+    beta_max: float = struct.field(pytree_node=False, default=20.0)
+    T: float = struct.field(pytree_node=False, default=1.0)
+
+    def __post_init__(self):
+        _check_positive("beta_min", self.beta_min)
+        _check_positive("beta_max", self.beta_max)
+        _check_positive("T", self.T)
+        if self.beta_min >= self.beta_max:
+            raise ValueError(f"beta_min must be < beta_max, got beta_min={self.beta_min}, beta_max={self.beta_max}")
+
+    def beta(self, t):
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def int_beta(self, t):
+        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
 
     def int_beta_inv(self, b):
         """Solves B(t) = b for t >= 0."""
@@ -225,10 +242,9 @@ class VESDE(SDE):
 
 
 @struct.dataclass
-class LearnedVPSDE(SDE):
+class LearnedVPSDE(VPSDEBase):
     """VP SDE of a learned schedule B(s) = int_0^s beta (VDM's gamma in this framework; B from a monotone
-    network, models/noise_schedule.py): alpha^2 = exp(-B), sigma^2 = 1 - exp(-B), f = -beta / 2, g^2 = beta = B',
-    gamma = log(expm1(B)). B: s [n] -> [n], increasing, with B(0) = 0 (so Y_0 = x); B' is B's derivative by
+    network, models/noise_schedule.py). B: s [n] -> [n], increasing, with B(0) = 0 (so Y_0 = x); beta = B' by
     jax.jvp. The network is conditioned on the time at which the fixed VP `reference` has the same gamma, so it
     sees s only through gamma(s) and the ELBO depends on the schedule only through B(T). The linear VP is
     B(s) = b0 s + (b1 - b0) s^2 / 2.
@@ -236,8 +252,6 @@ class LearnedVPSDE(SDE):
 
     B: Callable = struct.field(pytree_node=False)
     reference: VPSDE = struct.field(pytree_node=False, default_factory=VPSDE)
-
-    prior_std = 1.0
 
     @property
     def T(self):
@@ -247,25 +261,10 @@ class LearnedVPSDE(SDE):
         """B'(t), [B]."""
         return jax.jvp(self.B, (t,), (jnp.ones_like(t),))[1]
 
-    def drift_coef(self, t):
-        return -0.5 * self.beta(t)
+    def int_beta(self, t):
+        return self.B(t)
 
-    def g2(self, t):
-        return self.beta(t)
-
-    def log_alpha(self, t):
-        return -0.5 * self.B(t)
-
-    def sigma2(self, t):
-        return -jnp.expm1(-self.B(t))
-
-    def gamma(self, t):
-        return jnp.log(jnp.expm1(self.B(t)))
-
-    def gamma_inv(self, gamma):
-        return self.B_inv(jnp.logaddexp(gamma, 0.0))
-
-    def B_inv(self, b, iterations=30):
+    def int_beta_inv(self, b, iterations=30):
         """The t in [0, T] with B(t) = b, [n]: bisection, then one Newton step whose derivative is the implicit
         function's, dt = (db - dB) / B'(t) (so gradients reach B's parameters and b)."""
         def halve(_, lo_hi):
