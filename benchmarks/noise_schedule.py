@@ -15,16 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from diffvar import checkpoints, distributed, experiment  # noqa: E402
-from diffvar import data as data_lib  # noqa: E402
-from diffvar.evaluator import EvalSpec, Evaluator, paired_difference  # noqa: E402
+from diffvar import checkpoints, distributed, experiment
+from diffvar import data as data_lib
+from diffvar.evaluator import EvalSpec, Evaluator, paired_difference
 
 
 def loss_variance(exp, params, batches=8):
