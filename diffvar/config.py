@@ -40,7 +40,8 @@ def defaults():
 
     c.sde = s = ml_collections.ConfigDict()
     s.name = "vp"                     # vp | subvp | ve | learned_vp (VDM's learned schedule, initialised at vp:
-                                      # the network sees gamma(s); the interior minimises the loss's variance)
+                                      # the network sees gamma(s); the interior minimises the loss's variance;
+                                      # objectives dsm_is, dsm_lw, elbo; truncations at fixed gamma)
     s.beta_min = 0.1                  # vp/subvp: beta(0); learned_vp: its initial (and reference) linear VP
     s.beta_max = 20.0                 # vp/subvp: beta(T); learned_vp: likewise
     s.learn_end = False               # learned_vp: learn B(T) by the ELBO's gradient (objective elbo); else
@@ -52,7 +53,8 @@ def defaults():
 
     c.model = m = ml_collections.ConfigDict()
     m.name = "unet"                   # unet | mlp
-    m.parameterization = "drift"      # network outputs: drift (a = g * score, the paper) | score | eps
+    m.parameterization = "drift"      # network outputs: drift (a = g * score, the paper) | score | eps;
+                                      # learned_vp: g, sigma those of sde.beta_* at the same gamma
     m.ch = 32                         # unet: base channels
     m.ch_mult = (1, 2)                # unet: channel multiplier per resolution
     m.num_res_blocks = 2              # unet: residual blocks per resolution
@@ -66,7 +68,8 @@ def defaults():
 
     c.objective = o = ml_collections.ConfigDict()
     o.name = "dsm_is"                 # dsm (eps-loss) | dsm_is (ELBO, importance time) | dsm_lw | elbo | ssm
-    o.t_eps = 1e-3                    # training times are drawn from [t_eps, T] (elbo: [0, T])
+    o.t_eps = 1e-3                    # training times are drawn from [t_eps, T] (elbo: [0, T]); learned_vp:
+                                      # from the time of the linear VP's gamma(t_eps) (sde.truncation_time)
     o.probe = "rademacher"            # Hutchinson probe for elbo / ssm: rademacher | gaussian
 
     c.optim = p = ml_collections.ConfigDict()
@@ -160,7 +163,10 @@ NUMBERS = {
     "sampling.every": dict(minimum=0, integer=True), "sampling.num": dict(minimum=1, integer=True),
     "sampling.steps": dict(minimum=1, integer=True), "sampling.lam": dict(minimum=0, maximum=1),
 }
-SEQUENCES = ("model.ch_mult", "model.attn_resolutions")  # of positive integers (ch_mult non-empty)
+SEQUENCES = ("model.ch_mult", "model.attn_resolutions")
+# The objectives that weight the noise levels as the ELBO does (dsm and ssm weight them by the time density,
+# which a learned schedule's interior moves; diffvar/objectives.py).
+LEARNED_SCHEDULE_OBJECTIVES = ("dsm_is", "dsm_lw", "elbo")  # of positive integers (ch_mult non-empty)
 
 
 def get(config, key):
@@ -191,6 +197,10 @@ def validate(config, num_devices=1):
         raise ConfigError(f"sde.sigma_min={s.sigma_min!r} must be < sde.sigma_max={s.sigma_max!r}")
     if s.name != "ve" and s.beta_min >= s.beta_max:
         raise ConfigError(f"sde.beta_min={s.beta_min!r} must be < sde.beta_max={s.beta_max!r}")
+    if s.name == "learned_vp" and o.name not in LEARNED_SCHEDULE_OBJECTIVES:
+        raise ConfigError(f"objective.name={o.name!r} with sde.name='learned_vp': a learned schedule needs an objective "
+                          f"whose expectation depends on the schedule only through its end points: "
+                          f"{', '.join(LEARNED_SCHEDULE_OBJECTIVES)}")
     if s.name == "learned_vp" and s.learn_end and o.name != "elbo":
         raise ConfigError(f"sde.learn_end=True needs objective.name='elbo' (the full bound, prior term included: "
                           f"its gradient is the ELBO's), got objective.name={o.name!r}")

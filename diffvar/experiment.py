@@ -72,11 +72,13 @@ class Experiment:
         return self.model.apply({"params": network}, y, t, **kwargs)
 
     def score_fn(self, params, rng=None):
-        """score_fn(y, t) of these parameters; the network sees sde.network_time(t)."""
+        """score_fn(y, t) of these parameters: the network and its output's map to a score (drift / g, -eps /
+        sigma) both run at r = sde.network_time(t) on the reference schedule (exp.sde), so with a learned
+        schedule the score is a function of (y, gamma(t)) alone whatever the parameterisation (for a fixed one
+        r = t: unchanged)."""
         sde = self.sde_of(params)
-        fn = make_score_fn(lambda p, y, t: self.apply(p, y, sde.network_time(t), rng), sde,
-                           self.config.model.parameterization)
-        return lambda y, t: fn(params, y, t)
+        fn = make_score_fn(lambda p, y, r: self.apply(p, y, r, rng), self.sde, self.config.model.parameterization)
+        return lambda y, t: fn(params, y, sde.network_time(t))
 
     def to_model_space(self, rng, x):
         """Data x [B, ...] -> (y [B, ...], log|dy/dz| [B]): dequantized (and logit) for images, x for toys."""

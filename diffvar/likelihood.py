@@ -123,8 +123,8 @@ def perturb_from(sde, rng, y0, t0, t):
     """(y, eps, s): a draw y = a y0 + s eps of Y_t | Y_{t0} = y0, eps ~ N(0, I) (shape of y0), s [B].
 
     a = alpha(t) / alpha(t0), s^2 = sigma(t)^2 - a^2 sigma(t0)^2 (the linear SDE's transition from t0 to t);
-    t0 = 0 is sde.perturb itself (same draws). t [B] >= t0, a float."""
-    if t0 == 0.0:
+    t0 = 0 is sde.perturb itself (same draws). t [B] >= t0, a float or a scalar array."""
+    if isinstance(t0, (int, float)) and t0 == 0.0:
         y, eps = sde.perturb(rng, y0, t)
         return y, eps, sde.alpha_sigma(t)[1]
     t0s = jnp.full_like(t, t0)
@@ -153,36 +153,38 @@ class StratifiedTime:
 
 
 def _elbo_once(score_fn, sde, x, rng, form, divergence, probe_kind, q, t_eps, t_min, probes=1):
-    """One-sample ELBO estimate of log p_{t_min}(x) with times t ~ q on [t_min, T], [B]."""
+    """One-sample ELBO estimate of log p_{t0}(x) with times t ~ q on [t0, T], [B]; t0 and the DSM/ISM switch
+    are the truncation times (sde.truncation_time) of the reference times t_min and t_min + t_eps."""
     b = x.shape[0]
     k_t, k_eps, k_T, k_div = jax.random.split(rng, 4)
     t = q.sample(k_t, b)
-    y, eps, sigma = perturb_from(sde, k_eps, x, t_min, t)
+    t0 = sde.truncation_time(t_min)
+    y, eps, sigma = perturb_from(sde, k_eps, x, t0, t)
     ism = lambda: ism_integrand(score_fn, sde, y, t, k_div, divergence, probe_kind, probes)
     if form == "ism":
         integrand = ism()
     else:
         # Below t_min + t_eps the DSM integrand's variance blows up like 1/(t - t_min)^2; the ISM one has the
         # same mean there.
-        t_dsm = t_min + t_eps
+        t_dsm = sde.truncation_time(t_min + t_eps)
         ts = jnp.maximum(t, t_dsm)
-        s_dsm = sigma if t_min == 0.0 else jnp.maximum(sigma, perturb_from(sde, k_eps, x, t_min, ts)[2])
+        s_dsm = sigma if t_min == 0.0 else jnp.maximum(sigma, perturb_from(sde, k_eps, x, t0, ts)[2])
         integrand = jnp.where(t < t_dsm, ism(), dsm_integrand(score_fn, sde, y, eps, ts,
                                                               None if t_min == 0.0 else s_dsm))
-    y_T, _, _ = perturb_from(sde, k_T, x, t_min, jnp.full((b,), sde.T))
+    y_T, _, _ = perturb_from(sde, k_T, x, t0, jnp.full((b,), sde.T))
     return sde.prior_logp(y_T) - integrand / q.density(t)
 
 
 def time_proposal_on(name, sde, t_eps, t_min):
-    """The proposal `name` on [0, T] (t_min = 0) or on [t_min, T] (uniform; importance: q ∝ g^2 / sigma^2); a
-    proposal object is returned as it is."""
+    """The proposal `name` on [0, T] (t_min = 0) or on [t0, T], t0 = sde.truncation_time(t_min) (uniform;
+    importance: q ∝ g^2 / sigma^2); a proposal object is returned as it is."""
     if not isinstance(name, str):
         return name
     name = check_choice("time_sampling", name, TIME_SAMPLINGS, error=ValueError)
     if t_min == 0.0:
         return time_proposal(name, sde, t_eps)
     if name == "uniform":
-        return UniformTime(T=sde.T, t_min=t_min)
+        return UniformTime(T=sde.T, t_min=sde.truncation_time(t_min))
     return ImportanceTime(sde=sde, t_eps=t_min, truncated=True)
 
 
@@ -197,8 +199,9 @@ def elbo(score_fn, sde, x, rng, num_samples=1, form="ism", divergence="hutchinso
          time_sampling="uniform", t_eps=1e-3, t_min=0.0, stratified=False, probes=1):
     """Continuous-time ELBO of the plug-in reverse SDE (lambda = 0) at x [B, ...] -> [B] nats.
 
-    A lower bound on log p_{t_min}(x), the model's density of Y at t_min (t_min = 0: of the data):
-        E[ log p_prior(Y_T) - int_{t_min}^T (|a|^2 / 2 + div(g a - f))(Y_s, s) ds ],  Y_{t_min} = x,
+    A lower bound on log p_{t0}(x), the model's density of Y at t0 = sde.truncation_time(t_min) (t_min for a
+    fixed schedule; t_min = 0: of the data; t_min and t_eps are reference times, fixed gammas):
+        E[ log p_prior(Y_T) - int_{t0}^T (|a|^2 / 2 + div(g a - f))(Y_s, s) ds ],  Y_{t0} = x,
     Y_s | x from the SDE's transition kernel (perturb_from). Unbiased Monte-Carlo estimate averaged over
     `num_samples` draws of (s, Y_s, Y_T, probe), one lax.map step each; stratified: draw j's time lies in the
     j-th of num_samples strata of equal q-mass (StratifiedTime), so the draws of one example are not independent
@@ -258,7 +261,8 @@ def ode_logp(score_fn, sde, x, rng, rtol=1e-5, atol=1e-5, divergence="exact", pr
              t_min=0.0, max_steps=4096, prior_logp=None, step_size="batch"):
     """log p(x) [B] under the probability-flow ODE dy/ds = f - g^2 score / 2, and the number of evaluations.
 
-    log p(x) = log p_prior(y_T) + int_{t_min}^T div(f - g^2 score / 2)(y_s, s) ds, solved by
+    log p(x) = log p_prior(y_T) + int_{t0}^T div(f - g^2 score / 2)(y_s, s) ds, t0 = sde.truncation_time(t_min)
+    (t_min itself for a fixed schedule; the time of the reference's gamma(t_min) for a learned one), solved by
     sampling.solve_adaptive (Tsit5, PID step-size control). step_size "batch": the whole batch as one system
     (one error norm, one step size); "per_example": each example its own solve and step size (vmapped over
     the batch: the loop runs until the slowest example is done, the others masked). With
@@ -282,8 +286,8 @@ def ode_logp(score_fn, sde, x, rng, rtol=1e-5, atol=1e-5, divergence="exact", pr
             return value_and_divergence(lambda z: probability_flow_drift(score_fn, sde, z, t), state[0],
                                         divergence=divergence, v=v if divergence == "hutchinson" else None)
 
-        return solve_adaptive(vector_field, (x, jnp.zeros((b,), x.dtype)), t_min, sde.T, rtol, atol, max_steps,
-                              throw=False)
+        return solve_adaptive(vector_field, (x, jnp.zeros((b,), x.dtype)), sde.truncation_time(t_min), sde.T, rtol,
+                              atol, max_steps, throw=False)
 
     # A vmap over one example is the batch solve itself (jit of a size-1 vmap gave wrong values on XLA:CPU).
     if step_size == "batch" or x.shape[0] == 1:
@@ -416,7 +420,8 @@ def truncated_standard_normal(rng, a, b):
 def dequantize_truncated_normal(rng, x, levels, sde, t_eps, transform="logit", alpha=0.05):
     """(y, log q(y | x) [B]): truncated-normal dequantization at t0 = t_eps (i-DODE), y of the shape of x.
 
-    With (lo, hi, c) = bin_box(x) and alpha, sigma = alpha(t_eps), sigma(t_eps): y = alpha c + sigma e,
+    With (lo, hi, c) = bin_box(x) and alpha, sigma at sde.truncation_time(t_eps) (t_eps for a fixed schedule,
+    the reference's gamma(t_eps) for a learned one): y = alpha c + sigma e,
     e ~ N(0, I) truncated to [alpha (lo - c) / sigma, alpha (hi - c) / sigma] per dimension, i.e. the diffusion
     kernel N(alpha c, sigma^2 I) restricted to Y / alpha in x's box. Its density, per dimension,
         log q = -e^2/2 - log(2 pi)/2 - log sigma - log(Phi(b) - Phi(a)).
@@ -424,7 +429,7 @@ def dequantize_truncated_normal(rng, x, levels, sde, t_eps, transform="logit", a
     so sum_x P(x) <= 1); y is scored by the model's density at t_eps itself, with no Jacobian: the bound is
     log p_{t_eps}(y) - log q(y | x). Any centre c gives a valid bound; h((x + 1/2)/L) is the training data's."""
     lo, hi, c = bin_box(x, levels, transform, alpha)
-    t = jnp.full(x.shape[:1], t_eps, x.dtype)
+    t = jnp.full(x.shape[:1], sde.truncation_time(t_eps), x.dtype)
     a_t, s_t = (bcast(v, x) for v in sde.alpha_sigma(t))
     e, log_e = truncated_standard_normal(rng, a_t * (lo - c) / s_t, a_t * (hi - c) / s_t)
     return a_t * c + s_t * e, per_example_sum(log_e - jnp.log(s_t))

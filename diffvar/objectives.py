@@ -6,11 +6,17 @@
 `score_fn(y, t) -> grad_y log p_t(y)` with y [B, ...], t [B]; x [B, ...]; every loss is per example, [B],
 summed (not averaged) over the data dimensions. With Y_t = alpha(t) x + sigma(t) eps, eps ~ N(0, I):
 
-    dsm     t ~ U[t_eps, T]:              |sigma score + eps|^2 / 2                  (DDPM's eps-loss)
-    dsm_is  t ~ q(t) oc g^2/sigma^2 on [t_eps, T]:  dsm_integrand / q(t)             (sdeflow-light "debias")
-    dsm_lw  t ~ U[t_eps, T]:              (T - t_eps) g^2 |score + eps/sigma|^2 / 2  (likelihood weighting)
+    dsm     t ~ U[t_lo, T]:               |sigma score + eps|^2 / 2                  (DDPM's eps-loss)
+    dsm_is  t ~ q(t) oc g^2/sigma^2 on [t_lo, T]:   dsm_integrand / q(t)             (sdeflow-light "debias")
+    dsm_lw  t ~ U[t_lo, T]:               (T - t_lo) g^2 |score + eps/sigma|^2 / 2   (likelihood weighting)
     elbo    t ~ U[0, T]:                  -ELBO, ISM form, one Hutchinson probe
-    ssm     t ~ U[t_eps, T]:              sigma^2 (|score|^2 / 2 + v^T J_score v)    (sliced SM, variance-reduced)
+    ssm     t ~ U[t_lo, T]:               sigma^2 (|score|^2 / 2 + v^T J_score v)    (sliced SM, variance-reduced)
+
+t_lo = sde.truncation_time(t_eps): t_eps itself for a fixed schedule; for a learned one the time at which it
+has the reference VP's gamma(t_eps), so every loss is truncated at a fixed gamma_min and, in gamma, dsm_is and
+dsm_lw train int_{gamma_min}^{gamma(T)} E |sigma score + eps|^2 / 2 dgamma (up to constants), whatever the
+schedule's interior (for a score that is a function of y and gamma). dsm and ssm weight gamma by the time
+density, which the interior moves: they are not for learned schedules (config.validate refuses them).
 
 Which bound is trained. dsm_is is an unbiased one-sample estimate of -ELBO restricted to [t_eps, T] without the
 prior term, i.e. E[dsm_is] = int_{t_eps}^T E[ism_integrand] dt; dsm_lw has the same theta-gradient in
@@ -40,9 +46,9 @@ OBJECTIVES = ("dsm", "dsm_is", "dsm_lw", "elbo", "ssm")
 
 
 def dsm_loss(score_fn, sde, x, rng, t_eps=1e-3):
-    """|sigma score(y, t) + eps|^2 / 2, t ~ U[t_eps, T]: the eps-loss (score weighted by sigma^2), [B]."""
+    """|sigma score(y, t) + eps|^2 / 2, t ~ U[t_lo, T]: the eps-loss (score weighted by sigma^2), [B]."""
     k_t, k_eps = jax.random.split(rng)
-    t = UniformTime(T=sde.T, t_min=t_eps).sample(k_t, x.shape[0])
+    t = UniformTime(T=sde.T, t_min=sde.truncation_time(t_eps)).sample(k_t, x.shape[0])
     y, eps = sde.perturb(k_eps, x, t)
     _, sigma = sde.alpha_sigma(t)
     return 0.5 * per_example_sum((bcast(sigma, x) * score_fn(y, t) + eps) ** 2)
@@ -51,7 +57,7 @@ def dsm_loss(score_fn, sde, x, rng, t_eps=1e-3):
 def dsm_is_loss(score_fn, sde, x, rng, t_eps=1e-3):
     """dsm_integrand / q(t) = Z (|sigma score + eps|^2 - d) / 2 - Z sigma^2 div f / g^2, t ~ q oc g^2/sigma^2, [B].
 
-    E[loss] = int_{t_eps}^T E[ism_integrand] dt = -(ELBO on [t_eps, T]) + E[log p_prior(Y_T)] (theta-free).
+    E[loss] = int_{t_lo}^T E[ism_integrand] dt = -(ELBO on [t_lo, T]) + E[log p_prior(Y_T)] (theta-free).
     """
     k_t, k_eps = jax.random.split(rng)
     q = ImportanceTime(sde=sde, t_eps=t_eps, truncated=True)
@@ -61,15 +67,16 @@ def dsm_is_loss(score_fn, sde, x, rng, t_eps=1e-3):
 
 
 def dsm_lw_loss(score_fn, sde, x, rng, t_eps=1e-3):
-    """(T - t_eps) g^2 |score + eps / sigma|^2 / 2, t ~ U[t_eps, T]: likelihood-weighted DSM, [B].
+    """(T - t_lo) g^2 |score + eps / sigma|^2 / 2, t ~ U[t_lo, T]: likelihood-weighted DSM, [B].
 
-    E[loss] = E[dsm_is] + (d / 2) (gamma(T) - gamma(t_eps)) + d (log alpha(T) - log alpha(t_eps)).
+    E[loss] = E[dsm_is] + (d / 2) (gamma(T) - gamma(t_lo)) + d (log alpha(T) - log alpha(t_lo)).
     """
     k_t, k_eps = jax.random.split(rng)
-    t = UniformTime(T=sde.T, t_min=t_eps).sample(k_t, x.shape[0])
+    t_lo = sde.truncation_time(t_eps)
+    t = UniformTime(T=sde.T, t_min=t_lo).sample(k_t, x.shape[0])
     y, eps = sde.perturb(k_eps, x, t)
     resid = score_residual(score_fn, sde, y, eps, t)
-    return (sde.T - t_eps) * 0.5 * sde.g2(t) * per_example_sum(resid**2)
+    return (sde.T - t_lo) * 0.5 * sde.g2(t) * per_example_sum(resid**2)
 
 
 def elbo_loss(score_fn, sde, x, rng, probe="rademacher"):
@@ -79,9 +86,9 @@ def elbo_loss(score_fn, sde, x, rng, probe="rademacher"):
 
 
 def ssm_loss(score_fn, sde, x, rng, t_eps=1e-3, probe="rademacher"):
-    """sigma^2 (|score|^2 / 2 + v^T J_score v), t ~ U[t_eps, T], y ~ N(alpha x, sigma^2 I), one probe v, [B]."""
+    """sigma^2 (|score|^2 / 2 + v^T J_score v), t ~ U[t_lo, T], y ~ N(alpha x, sigma^2 I), one probe v, [B]."""
     k_t, k_eps, k_v = jax.random.split(rng, 3)
-    t = UniformTime(T=sde.T, t_min=t_eps).sample(k_t, x.shape[0])
+    t = UniformTime(T=sde.T, t_min=sde.truncation_time(t_eps)).sample(k_t, x.shape[0])
     y, _ = sde.perturb(k_eps, x, t)
     score, div = value_and_divergence(lambda z: score_fn(z, t), y, k_v, "hutchinson", probe)
     return sde.sigma2(t) * (0.5 * per_example_sum(score**2) + div)

@@ -99,7 +99,8 @@ def sample_lambda(score_fn, sde, rng, shape, lam=0.0, steps=1000, t_min=1e-3):
       shape: output shape [B, ...] (B the number of samples).
       lam: float in [0, 1], the family's parameter.
       steps: int >= 1, the number of Euler-Maruyama steps (score evaluations).
-      t_min: final time s = t_min in [0, T).
+      t_min: final time in [0, T), a reference time: the samplers stop at sde.truncation_time(t_min) (t_min
+        for a fixed schedule, the time of the reference's gamma(t_min) for a learned one).
 
     Returns:
       x, shape `shape`.
@@ -109,7 +110,7 @@ def sample_lambda(score_fn, sde, rng, shape, lam=0.0, steps=1000, t_min=1e-3):
     b = shape[0]
     k_prior, k_steps = jax.random.split(rng)
     x = sde.prior_sample(k_prior, shape)
-    dt = (sde.T - t_min) / steps
+    dt = (sde.T - sde.truncation_time(t_min)) / steps
     noise_coef = jnp.sqrt(jnp.maximum(1.0 - lam, 0.0) * dt)
 
     def step(carry, i):
@@ -142,4 +143,5 @@ def sample_ode(score_fn, sde, rng, shape, rtol=1e-5, atol=1e-5, t_min=1e-3, max_
         return probability_flow_drift(score_fn, sde, y, jnp.full((b,), s, y.dtype))
 
     k_prior, _ = jax.random.split(rng)  # the same prior draw as sample_lambda with this rng
-    return solve_adaptive(vector_field, sde.prior_sample(k_prior, shape), sde.T, t_min, rtol, atol, max_steps)
+    return solve_adaptive(vector_field, sde.prior_sample(k_prior, shape), sde.T, sde.truncation_time(t_min), rtol,
+                          atol, max_steps)

@@ -68,6 +68,13 @@ class SDE(abc.ABC):
         """The noise level the network is conditioned on at time t, [B]: t itself for a fixed schedule."""
         return t
 
+    def truncation_time(self, t):
+        """The time at which this SDE has the gamma its reference schedule has at time t (a float): t itself for
+        a fixed schedule. Every truncation (the losses' t_eps, the ELBO's t_min and its DSM/ISM switch, the
+        truncated normal's time, the samplers' and the ODE's stop) is named by a reference time and sits at a
+        fixed gamma through this map, so a learned schedule's interior cannot move it."""
+        return t
+
     def drift(self, y, t):
         """f(y, t) = drift_coef(t) y, shape of y."""
         return bcast(self.drift_coef(t), y) * y
@@ -281,6 +288,13 @@ class LearnedVPSDE(VPSDEBase):
         """The reference VP's time with the same gamma (B), [B]."""
         return self.reference.int_beta_inv(self.B(t))
 
+    def truncation_time(self, t):
+        """B^-1(B_ref(t)), a scalar array for a float t (0.0 stays the float 0.0: B(0) = 0): the time of the
+        reference's gamma(t) under this schedule; its gradient keeps gamma there fixed (int_beta_inv's)."""
+        if t == 0.0:
+            return 0.0
+        return self.int_beta_inv(self.reference.int_beta(jnp.full((1,), t, jnp.float32)))[0]
+
 
 SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 
@@ -294,13 +308,15 @@ TIME_SAMPLINGS = ("uniform", "importance")
 
 @struct.dataclass
 class UniformTime:
-    """q(s) = 1 / (T - t_min) on [t_min, T] (t_min = 0: the whole interval)."""
+    """q(s) = 1 / (T - t_min) on [t_min, T] (t_min = 0: the whole interval); t_min a float or, for a learned
+    schedule's truncation (SDE.truncation_time), a scalar array."""
 
     T: float = struct.field(pytree_node=False, default=1.0)
     t_min: float = struct.field(pytree_node=False, default=0.0)
 
     def __post_init__(self):
-        if not (isinstance(self.t_min, (int, float)) and 0.0 <= self.t_min < self.T):
+        traced = isinstance(self.t_min, jax.Array) and self.t_min.ndim == 0
+        if not (traced or isinstance(self.t_min, (int, float)) and 0.0 <= self.t_min < self.T):
             raise ValueError(f"t_min must be a number in [0, T={self.T}), got {self.t_min!r}")
 
     def sample(self, rng, n):
@@ -316,11 +332,13 @@ class UniformTime:
 
 @struct.dataclass
 class ImportanceTime:
-    """q(s) proportional to w(s) = g(s)^2 / sigma(s)^2 = d gamma/ds on [t_eps, T]; below t_eps it is flat at
-    w(t_eps) (truncated=False, for evaluation on [0, T]) or zero (truncated=True, for losses on [t_eps, T]).
+    """q(s) proportional to w(s) = g(s)^2 / sigma(s)^2 = d gamma/ds on [t_lo, T]; below t_lo it is flat at
+    w(t_lo) (truncated=False, for evaluation on [0, T]) or zero (truncated=True, for losses on [t_lo, T]).
+    t_lo = sde.truncation_time(t_eps): t_eps for a fixed schedule, the time of the reference's gamma(t_eps) for
+    a learned one (so truncated, q is uniform in gamma on the fixed [gamma_ref(t_eps), gamma(T)]).
 
-    Normaliser Z = m + gamma(T) - gamma(t_eps), with mass m = t_eps w(t_eps) below t_eps (0 if truncated).
-    Sampled by the exact inverse CDF: gamma is monotone, the CDF above t_eps is (m + gamma(s) - gamma(t_eps)) / Z.
+    Normaliser Z = m + gamma(T) - gamma(t_lo), with mass m = t_lo w(t_lo) below t_lo (0 if truncated).
+    Sampled by the exact inverse CDF: gamma is monotone, the CDF above t_lo is (m + gamma(s) - gamma(t_lo)) / Z.
     """
 
     sde: object = struct.field(pytree_node=False)
@@ -333,12 +351,18 @@ class ImportanceTime:
         if not isinstance(self.truncated, bool):
             raise ValueError(f"truncated must be a bool, got {self.truncated!r}")
 
+    @property
+    def t_lo(self):
+        """The truncation time sde.truncation_time(t_eps): a float, or a scalar array for a learned schedule."""
+        return self.sde.truncation_time(self.t_eps)
+
     def _parts(self):
-        """(w(t_eps), gamma(t_eps), mass below t_eps, Z), scalars."""
-        ends = jnp.asarray([self.t_eps, self.sde.T], jnp.float32)
+        """(w(t_lo), gamma(t_lo), mass below t_lo, Z), scalars."""
+        t_lo = self.t_lo
+        ends = jnp.stack([jnp.asarray(t_lo, jnp.float32), jnp.asarray(self.sde.T, jnp.float32)])
         gamma = self.sde.gamma(ends)
         w_eps = self.sde.nll_weight(ends[:1])[0]
-        flat_mass = 0.0 if self.truncated else self.t_eps * w_eps
+        flat_mass = 0.0 if self.truncated else t_lo * w_eps
         return w_eps, gamma[0], flat_mass, flat_mass + gamma[1] - gamma[0]
 
     @property
@@ -349,19 +373,20 @@ class ImportanceTime:
     def density(self, t):
         """q(t), [n]."""
         w_eps, _, _, Z = self._parts()
-        w = self.sde.nll_weight(jnp.maximum(t, self.t_eps))
-        return jnp.where(t < self.t_eps, 0.0 if self.truncated else w_eps, w) / Z
+        t_lo = self.t_lo
+        w = self.sde.nll_weight(jnp.maximum(t, t_lo))
+        return jnp.where(t < t_lo, 0.0 if self.truncated else w_eps, w) / Z
 
     def sample(self, rng, n):
         """t ~ q, [n]."""
         return self.quantile(jax.random.uniform(rng, (n,)))
 
     def quantile(self, u):
-        """The time with CDF u, [n]: the mass m = u Z lies below t_eps (t = m / w(t_eps)) or above it
-        (t = gamma^{-1}(gamma(t_eps) + m - flat mass))."""
+        """The time with CDF u, [n]: the mass m = u Z lies below t_lo (t = m / w(t_lo)) or above it
+        (t = gamma^{-1}(gamma(t_lo) + m - flat mass))."""
         w_eps, gamma_eps, flat_mass, Z = self._parts()
         if self.truncated:
-            return jnp.clip(self.sde.gamma_inv(gamma_eps + u * Z), self.t_eps, self.sde.T)
+            return jnp.clip(self.sde.gamma_inv(gamma_eps + u * Z), self.t_lo, self.sde.T)
         m = u * Z
         t_up = self.sde.gamma_inv(gamma_eps + jnp.maximum(m - flat_mass, 0.0))
         return jnp.clip(jnp.where(m < flat_mass, m / w_eps, t_up), 0.0, self.sde.T)
