@@ -113,9 +113,8 @@ def defaults():
     e.max_examples = 0                # evaluate only the first N examples while training; 0 = all
     e.dequantization = "uniform"      # images: uniform (at t = 0) | truncated_normal (at objective.t_eps,
                                       # i-DODE's); the convention a bpd is reported in (docs/likelihood.md)
-    e.importance_samples = 1          # K dequantization samples per example: log-mean-exp bound; 1 = plain
-    e.importance_elbo_draws = 8       # ELBO draws per sample when K > 1 (their variance sets the Jensen
-                                      # correction subtracted, likelihood.importance_weighted_bound); >= 2
+    e.importance_samples = 1          # K dequantization samples of the ODE's log-mean-exp bound (exact trace
+                                      # only); the ELBO is always the plain bound (K = 1; docs/likelihood.md)
 
     c.sampling = sm = ml_collections.ConfigDict()
     sm.every = 0                      # steps between sample grids; 0 = only at the end
@@ -158,7 +157,7 @@ NUMBERS = {
     "eval.every": dict(minimum=0, integer=True), "eval.batch_size": dict(minimum=1, integer=True),
     "eval.repeats": dict(minimum=1, integer=True), "eval.final_repeats": dict(minimum=0, integer=True),
     "eval.max_examples": dict(minimum=0, integer=True), "eval.importance_samples": dict(minimum=1, integer=True),
-    "eval.importance_elbo_draws": dict(minimum=2, integer=True), "eval.draws": dict(minimum=1, integer=True),
+    "eval.draws": dict(minimum=1, integer=True),
     "eval.probes": dict(minimum=1, integer=True),
     "sampling.every": dict(minimum=0, integer=True), "sampling.num": dict(minimum=1, integer=True),
     "sampling.steps": dict(minimum=1, integer=True), "sampling.lam": dict(minimum=0, maximum=1),

@@ -36,7 +36,7 @@ ODE_DIVERGENCES = ("auto",) + likelihood.DIVERGENCES
 def check_options(*, split=None, forms=("ism", "dsm"), repeats=None, time_sampling=None, probe=None,
                   divergence=None, ode_rtol=1e-5, ode_atol=1e-5, ode_divergence="auto", target_stderr=0.0,
                   max_repeats=1000, max_examples=0, batch_size=None, seed=None, num_devices=1, dequantization=None,
-                  importance_samples=None, importance_elbo_draws=None, draws=None, stratified=None, probes=None,
+                  importance_samples=None, draws=None, stratified=None, probes=None,
                   ode_step_size=None):
     """Raises OptionError naming the flag and what it allows; None means "the run's config" and is not checked
     (config.validate checked those when the run started)."""
@@ -68,7 +68,6 @@ def check_options(*, split=None, forms=("ism", "dsm"), repeats=None, time_sampli
     number("seed", seed, 0, integer=True)
     choice("dequantization", dequantization, likelihood.DEQUANTIZATIONS)
     number("importance_samples", importance_samples, 1, integer=True)
-    number("importance_elbo_draws", importance_elbo_draws, 2, integer=True)
     number("draws", draws, 1, integer=True)
     number("probes", probes, 1, integer=True)
     if stratified is not None and not isinstance(stratified, bool):
@@ -84,7 +83,7 @@ def run_eval(workdir, step="latest", *, forms=("ism", "dsm"), ode=True, progress
 
     options (split, repeats, time_sampling, probe, divergence, ode_rtol, ode_atol, ode_divergence,
     target_stderr, max_repeats, max_examples, batch_size, seed, dequantization, importance_samples,
-    importance_elbo_draws, draws, stratified, probes, ode_step_size): None or absent takes the run's eval config
+    draws, stratified, probes, ode_step_size): None or absent takes the run's eval config
     (EvalSpec.from_config): with them the ISM ELBO is the test metric the trainer logged at that step.
     """
     forms = tuple(dict.fromkeys(FORMS if "both" in forms else forms)) if forms else ()
@@ -113,10 +112,11 @@ def run_eval(workdir, step="latest", *, forms=("ism", "dsm"), ode=True, progress
 
 def _result(exp, workdir, step, spec, evaluator, estimates, filled):
     """The eval/<step>.json record: the run, the split, each estimate (without per-example values) and the
-    paired differences of the estimators on the same examples."""
+    paired differences of the estimators on the same examples. The value keys are named by their unit:
+    bpd_elbo, bpd_ode, ... for images, nats_elbo, nats_ode, ... (-log p(x) per example) for the 2-D toys."""
     unit = exp.unit
     res = {"workdir": os.path.abspath(workdir), "step": step, "dataset": evaluator.dataset, "split": spec.split,
-           "unit": unit if unit == "bpd" else "nats per example (the bpd_* fields hold nats for 2-D toy data)",
+           "unit": unit if unit == "bpd" else "nats per example",
            "num_examples": evaluator.num_examples, "batch_size": evaluator.batch_size,
            "num_devices": len(jax.devices()), "seed": spec.seed,
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -124,15 +124,16 @@ def _result(exp, workdir, step, spec, evaluator, estimates, filled):
            "config_keys_filled_with_defaults": filled}
     for form in spec.forms:
         est = estimates[form]
-        res.update({f"bpd_elbo_{form}": est["mean"], f"bpd_elbo_{form}_stderr": est["stderr"],
+        res.update({f"{unit}_elbo_{form}": est["mean"], f"{unit}_elbo_{form}_stderr": est["stderr"],
                     f"elbo_{form}": est, f"seconds_elbo_{form}": est["seconds"]})
     if spec.forms:
-        res.update(bpd_elbo=res[f"bpd_elbo_{spec.forms[0]}"], bpd_elbo_stderr=res[f"bpd_elbo_{spec.forms[0]}_stderr"],
-                   elbo_form=spec.forms[0])
+        first = f"{unit}_elbo_{spec.forms[0]}"
+        res.update({f"{unit}_elbo": res[first], f"{unit}_elbo_stderr": res[f"{first}_stderr"],
+                    "elbo_form": spec.forms[0]})
     if "ode" in estimates:
         est = estimates["ode"]
-        res.update(bpd_ode=est["mean"], bpd_ode_stderr=est["stderr"], nfe=est["nfe"], ode=est,
-                   seconds_ode=est["seconds"])
+        res.update({f"{unit}_ode": est["mean"], f"{unit}_ode_stderr": est["stderr"], "nfe": est["nfe"], "ode": est,
+                    "seconds_ode": est["seconds"]})
     if "exact" in estimates:
         res.update(exact_nll_nats=estimates["exact"]["mean"], exact_nll_nats_stderr=estimates["exact"]["stderr"])
     names = [n for n in ("ism", "dsm", "ode") if n in estimates]
@@ -167,25 +168,33 @@ def describe(label):
                + ("plain bound (K=1)" if k == 1 else f"importance-weighted over K={k}")
                + f", {label['levels']} levels, {label['transform']} transform")
     sde = "learned VP schedule" if label["sde"] == "learned_vp" else f"{label['sde']} SDE"
-    return f"{how}; {deq}; {sde}; step {label['checkpoint_step']}, {'EMA' if label['ema_params'] else 'raw'} params"
+    bound = ""
+    if "bound" in label:
+        bound = f"; {'a lower bound on' if label['bound'] else 'an estimate (NOT a bound) of'} {label['bound_of']}"
+    return (f"{how}; {deq}; {sde}; step {label['checkpoint_step']}, {'EMA' if label['ema_params'] else 'raw'} "
+            f"params{bound}")
 
 
 def format_table(res):
     """The result as a plain-text table: estimator, value +- s.e., NFE / repeats, wall time."""
     unit = "bpd" if res["unit"] == "bpd" else "nats"
-    rows = [("estimator", f"{unit} (lower is better)", "s.e.", "repeats/NFE", "seconds")]
+    rows = [("estimator", f"{unit} (lower is better)", "s.e.", "repeats/NFE", "seconds", "K", "bound")]
+    label = lambda est, key: est.get("label", {}).get(key, "?")
+    yes = lambda est: {True: "yes", False: "NO (an estimate)"}.get(label(est, "bound"), "?")
     for form in FORMS:
         if f"elbo_{form}" in res:
             est = res[f"elbo_{form}"]
             rows.append((f"ELBO, {form.upper()} form ({est['time_sampling']} t)", f"{est['mean']:.5f}",
-                         f"{est['stderr']:.5f}", f"{est['repeats']} rep", f"{est['seconds']:.1f}"))
+                         f"{est['stderr']:.5f}", f"{est['repeats']} rep", f"{est['seconds']:.1f}",
+                         str(label(est, "importance_samples")), yes(est)))
     if "ode" in res:
         est = res["ode"]
         rows.append((f"ODE ({est['divergence']} trace)", f"{est['mean']:.5f}", f"{est['stderr']:.5f}",
-                     f"{est['nfe']:.0f} NFE", f"{est['seconds']:.1f}"))
+                     f"{est['nfe']:.0f} NFE", f"{est['seconds']:.1f}", str(label(est, "importance_samples")),
+                     yes(est)))
     if "exact_nll_nats" in res:
         rows.append(("exact -log p(x) (data)", f"{res['exact_nll_nats']:.5f}", f"{res['exact_nll_nats_stderr']:.5f}",
-                     "", ""))
+                     "", "", "", "exact"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
     d = res["dataset"]

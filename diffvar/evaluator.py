@@ -27,7 +27,7 @@ import numpy as np
 
 from diffvar import data as data_lib
 from diffvar import distributed, experiment, likelihood
-from diffvar.errors import SolverError
+from diffvar.errors import OptionError, SolverError
 
 PASSES = ("ism", "dsm", "ode")
 EXACT_TRACE_MAX_DIM = 16  # ode_divergence="auto": the exact trace (d JVPs) up to this many dimensions
@@ -181,9 +181,16 @@ def compile_ahead(fn, *args):
 
 def estimate_label(exp, spec, name, step, ema=True):
     """The label of estimate `name` ("ism", "dsm" or "ode") under `spec` at checkpoint `step`: the estimator and
-    its settings, the dequantization and K, the transform and its constant (docs/likelihood.md)."""
+    its settings, the dequantization and K, the transform and its constant, and `bound` (experiment.is_bound:
+    whether the number is a lower bound on log P(x) in expectation, an upper bound in bpd; docs/likelihood.md).
+    Times (t_min) are the reference schedule's (sde.truncation_time)."""
     discrete = exp.info.levels is not None
     t0 = likelihood.dequantization_time(spec.dequantization, exp.config.objective.t_eps) if discrete else 0.0
+    k = spec.importance_samples_for(name) if discrete else 1
+    divergence = spec.ode_divergence_for(exp.dim) if name == "ode" else spec.divergence
+    bound = dict(bound=experiment.is_bound("ode" if name == "ode" else "elbo", k, divergence),
+                 bound_of=("the probability-flow ODE's" if name == "ode" else "the plug-in reverse SDE's")
+                 + (" discrete log P(x)" if discrete else " log p(x)"))
     if name == "ode":
         steps = "one step size per example" if spec.ode_step_size == "per_example" else "one step size per batch"
         est = dict(estimator="probability-flow ODE", solver=f"Tsit5 (adaptive, {steps})", rtol=spec.ode_rtol,
@@ -192,16 +199,16 @@ def estimate_label(exp, spec, name, step, ema=True):
     else:
         est = dict(estimator="ELBO (lambda = 0 plug-in reverse SDE)", form=name, t_min=t0,
                    time_sampling=spec.time_sampling_for(name), divergence=spec.divergence, probe=spec.probe,
-                   probes=spec.probes, draws_per_pass=spec.draws_per_unit(exp), stratified=spec.stratified,
+                   probes=spec.probes, draws_per_pass=spec.draws, stratified=spec.stratified,
                    stderr="over examples of per-example means over passes (each pass one "
                    "independent unit per example)")
     d = exp.config.data
     deq = dict(dequantization=spec.dequantization if discrete else "none (continuous data)",
-               importance_samples=spec.importance_samples if discrete else 1, levels=exp.info.levels,
+               importance_samples=k, levels=exp.info.levels,
                transform=(d.transform if discrete else "none"),
                logit_alpha=(d.logit_alpha if discrete and d.transform == "logit" else None),
                bpd_constant=_bpd_constant(exp, spec) if discrete else "none: -log p(x) in nats")
-    return dict(est, **deq, sde=exp.config.sde.name, checkpoint_step=step, ema_params=ema,
+    return dict(est, **deq, **bound, sde=exp.config.sde.name, checkpoint_step=step, ema_params=ema,
                 ema_decay=exp.config.training.ema_decay)
 
 
@@ -224,7 +231,9 @@ class EvalSpec:
 
     forms: ELBO forms, a subset of ("ism", "dsm"). time_sampling: None gives the ISM form the config's and
     the DSM form importance sampling (its variance with uniform time is several times larger).
-    ode_divergence "auto": the exact trace up to EXACT_TRACE_MAX_DIM dimensions, else Hutchinson.
+    ode_divergence "auto": the exact trace up to EXACT_TRACE_MAX_DIM dimensions or when importance_samples > 1,
+    else Hutchinson. importance_samples K applies to the ODE alone; the ELBO forms are the plain bound (K = 1):
+    a log-mean-exp of ELBO estimates is not a bound (experiment.is_bound).
     """
 
     split: str
@@ -246,7 +255,6 @@ class EvalSpec:
     max_repeats: int = 1000
     dequantization: str = "uniform"
     importance_samples: int = 1
-    importance_elbo_draws: int = 8
     draws: int = 4
     stratified: bool = True
     probes: int = 1
@@ -258,8 +266,7 @@ class EvalSpec:
         spec = dict(split=e.split, forms=(e.form,), repeats=e.repeats, probe=e.probe, divergence=e.divergence,
                     seed=config.seed + 1, batch_size=e.batch_size, max_examples=e.max_examples,
                     config_time_sampling=e.time_sampling, dequantization=e.dequantization,
-                    importance_samples=e.importance_samples, importance_elbo_draws=e.importance_elbo_draws,
-                    draws=e.draws, stratified=e.stratified, probes=e.probes)
+                    importance_samples=e.importance_samples, draws=e.draws, stratified=e.stratified, probes=e.probes)
         spec.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**spec)
 
@@ -267,17 +274,15 @@ class EvalSpec:
         """The time proposal's name for ELBO form `form`."""
         return self.time_sampling or (self.config_time_sampling if form == "ism" else "importance")
 
-    def draws_per_unit(self, exp):
-        """ELBO draws averaged into one unit per example and pass: importance_elbo_draws per dequantization
-        sample when K > 1 (images), else draws."""
-        k_gt_1 = self.importance_samples > 1 and exp.info.levels is not None
-        return self.importance_elbo_draws if k_gt_1 else self.draws
+    def importance_samples_for(self, name):
+        """K of the estimate `name`: importance_samples for the ODE, 1 for the ELBO forms."""
+        return self.importance_samples if name == "ode" else 1
 
     def ode_divergence_for(self, dim):
-        """The ODE's trace estimator for data of `dim` dimensions."""
+        """The ODE's trace estimator for data of `dim` dimensions (exact when K > 1: the only bound there)."""
         if self.ode_divergence != "auto":
             return self.ode_divergence
-        return "exact" if dim <= EXACT_TRACE_MAX_DIM else "hutchinson"
+        return "exact" if dim <= EXACT_TRACE_MAX_DIM or self.importance_samples > 1 else "hutchinson"
 
 
 class Evaluator:
@@ -290,6 +295,11 @@ class Evaluator:
 
     def __init__(self, exp, mesh, spec, score=None):
         self.exp, self.spec, self.score = exp, spec, score
+        if spec.ode and exp.info.levels is not None:
+            try:
+                experiment.check_importance_samples("ode", spec.importance_samples, spec.ode_divergence_for(exp.dim))
+            except ValueError as e:
+                raise OptionError(f"--{e} (--ode_divergence={spec.ode_divergence})") from None
         self.batch_size = batch_size(spec.batch_size, spec.max_examples, len(jax.devices()),
                                      exp.info.size(spec.split))
         self.batches = split_batches(exp, mesh, spec.split, self.batch_size, spec.max_examples)
@@ -303,13 +313,13 @@ class Evaluator:
         if name in self._compiled:
             return self._compiled[name], 0.0
         s, exp = self.spec, self.exp
-        deq = dict(dequantization=s.dequantization, importance_samples=s.importance_samples)
+        deq = dict(dequantization=s.dequantization, importance_samples=s.importance_samples_for(name))
         if name == "ode":
             fn = experiment.make_ode_fn(exp, s.ode_rtol, s.ode_atol, s.ode_divergence_for(exp.dim), s.probe,
                                         score=self.score, step_size=s.ode_step_size, **deq)
         else:
             fn = experiment.make_elbo_fn(exp, name, s.time_sampling_for(name), s.probe, s.divergence, self.score,
-                                         draws=s.draws_per_unit(exp), stratified=s.stratified, probes=s.probes,
+                                         draws=s.draws, stratified=s.stratified, probes=s.probes,
                                          **deq)
         self._compiled[name], seconds = compile_ahead(fn, params, self.batches[0][0], key)
         return self._compiled[name], seconds

@@ -242,21 +242,37 @@ def make_train_step(exp):
 # known score (a Gaussian mixture's) runs through exactly the same code.
 
 
+def is_bound(estimator, importance_samples=1, divergence="exact"):
+    """Whether an estimate is a lower bound on log P(x) in expectation with no assumption beyond the model's:
+    estimator "elbo" or "ode" (divergence: the ODE's trace). K = 1: always (the ELBO is one, the ODE's
+    log-density is exact or, with a Hutchinson trace, unbiased, and E_q[log p - log q] is linear in it);
+    K > 1 only for the ODE with the exact trace (log-mean-exp of noisy estimates is biased upward)."""
+    return importance_samples == 1 or (estimator == "ode" and divergence == "exact")
+
+
+def check_importance_samples(estimator, importance_samples, divergence="exact"):
+    """Raises ValueError (one line) for a K > 1 estimate that would not be a bound (is_bound)."""
+    if not is_bound(estimator, importance_samples, divergence):
+        what = "ELBO estimates" if estimator == "elbo" else "ODE log-densities with a Hutchinson trace"
+        raise ValueError(f"importance_samples={importance_samples} with {what}: the log-mean-exp of noisy "
+                         f"log-densities is biased upward, not a bound; allowed: 1, or K > 1 with the ODE's exact "
+                         f"trace")
+
+
 def _bound_fn(exp, log_density, dequantization, importance_samples):
-    """(params, x data, rng) -> (per-example value in exp.unit [B], Jensen correction in nats [B]) for
-    log_density(params, rng, y, t0) -> (log p_{t0}(y) [B], its variance [B]): a bound on the discrete log P(x)
-    through likelihood.importance_weighted_bound for images, the density itself for continuous toys."""
+    """(params, x data, rng) -> per-example value in exp.unit [B] for log_density(params, rng, y, t0) ->
+    log p_{t0}(y) [B]: a bound on the discrete log P(x) through likelihood.importance_weighted_bound for images,
+    the density itself for continuous toys."""
     e, d = exp.config.objective, exp.config.data
 
     def fn(params, x, rng):
         if exp.info.levels is None:  # the key a K = 1 dequantization would score y with
-            logp, _ = log_density(params, jax.random.split(rng)[1], x, 0.0)
-            return -logp, jnp.zeros_like(logp)
+            return -log_density(params, jax.random.split(rng)[1], x, 0.0)
         t0 = likelihood.dequantization_time(dequantization, e.t_eps)
-        bound, correction = likelihood.importance_weighted_bound(
+        bound = likelihood.importance_weighted_bound(
             lambda r, y: log_density(params, r, y, t0), rng, x, exp.info.levels, dequantization, importance_samples,
             exp.sde_of(params), e.t_eps, d.transform, d.logit_alpha)
-        return likelihood.bpd_of_bound(bound, exp.dim), correction
+        return likelihood.bpd_of_bound(bound, exp.dim)
 
     return fn
 
@@ -269,19 +285,20 @@ def make_elbo_fn(exp, form="ism", time_sampling="uniform", probe="rademacher", d
     uniform, objective.t_eps for truncated_normal) and the ELBO of the lambda = 0 plug-in reverse SDE on
     [t0, T] scores it: the mean of `draws` ELBO draws (times stratified across them if `stratified`, `probes`
     Hutchinson probes per time point; likelihood.elbo_mean_and_variance), one independent unit per example and
-    pass. importance_samples = K > 1 gives the importance-weighted bound with the Jensen correction
-    (likelihood.importance_weighted_bound; draws >= 2 then). K = 1, uniform, one draw: -(ELBO(y) +
-    log|dy/dz|) / (d ln 2) + log2 L, with the same random draws as before these options existed.
+    pass. importance_samples must be 1 (check_importance_samples: a log-mean-exp of ELBO estimates is not a
+    bound). K = 1, uniform, one draw: -(ELBO(y) + log|dy/dz|) / (d ln 2) + log2 L, with the same random draws
+    as before these options existed.
     """
+    check_importance_samples("elbo", importance_samples)
     score = score or exp.score_fn
     kw = dict(form=form, divergence=divergence, probe=probe, time_sampling=time_sampling,
               t_eps=exp.config.objective.t_eps, stratified=stratified, probes=probes)
 
     def log_density(params, rng, y, t0):
-        return likelihood.elbo_mean_and_variance(score(params), exp.sde_of(params), y, rng, draws, t_min=t0, **kw)
+        return likelihood.elbo_mean_and_variance(score(params), exp.sde_of(params), y, rng, draws, t_min=t0,
+                                                 **kw)[0]
 
-    fn = _bound_fn(exp, log_density, dequantization, importance_samples)
-    return jax.jit(lambda params, x, rng: fn(params, x, rng)[0])  # shardings follow the arguments
+    return jax.jit(_bound_fn(exp, log_density, dequantization, importance_samples))  # shardings follow the arguments
 
 
 def make_ode_fn(exp, rtol=1e-5, atol=1e-5, divergence="exact", probe="rademacher", max_steps=4096, score=None,
@@ -289,8 +306,8 @@ def make_ode_fn(exp, rtol=1e-5, atol=1e-5, divergence="exact", probe="rademacher
     """Jitted (params, x [B, ...] data, rng) -> (per-example -log p in exp.unit [B], NFE) by the probability-flow
     ODE (step_size: likelihood.STEP_SIZES; one probe per example for Hutchinson), from max(t0, exp.ode_t_min), t0 the
     dequantization's time; K = importance_samples dequantization draws, each its own solve (unrolled; NFE is
-    their largest, -1 if any ran out of steps). With the Hutchinson trace the K > 1 bound is not corrected for
-    the trace's noise (docs/likelihood.md)."""
+    their largest, -1 if any ran out of steps); K > 1 needs the exact trace (check_importance_samples)."""
+    check_importance_samples("ode", importance_samples, divergence)
     score = score or exp.score_fn
     nfes = []
 
@@ -299,13 +316,13 @@ def make_ode_fn(exp, rtol=1e-5, atol=1e-5, divergence="exact", probe="rademacher
                                         probe=probe, t_min=max(t0, exp.ode_t_min), max_steps=max_steps,
                                         prior_logp=prior_logp, step_size=step_size)
         nfes.append(nfe)
-        return logp, jnp.zeros_like(logp)
+        return logp
 
     bound = _bound_fn(exp, log_density, dequantization, importance_samples)
 
     def fn(params, x, rng):
         nfes.clear()
-        value, _ = bound(params, x, rng)
+        value = bound(params, x, rng)
         nfe = jnp.stack(nfes)
         return value, jnp.where(jnp.any(nfe < 0), -1, jnp.max(nfe))
 

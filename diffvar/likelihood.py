@@ -448,32 +448,27 @@ def dequantize_as(rng, x, levels, dequantization, sde=None, t_eps=1e-3, transfor
 
 def importance_weighted_bound(log_density, rng, x, levels, dequantization="uniform", importance_samples=1,
                               sde=None, t_eps=1e-3, transform="logit", alpha=0.05):
-    """(bound [B], jensen_correction [B]): a lower bound on the discrete log P(x) in nats, x [B, ...] levels.
+    """A lower bound on the discrete log P(x) in nats, [B], for x [B, ...] integer levels:
 
-        bound = log (1/K) sum_k exp(w_k) - max_k v_k / 2,   w_k = log p^(y_k) - log q(y_k | x),  y_k ~ q iid,
-    K = importance_samples (unrolled), `log_density(rng, y) -> (log p^(y) [B], v [B])` an estimate of the
-    model's log p_{t0}(y) (t0 = dequantization_time) and the variance of that estimate (0 when exact).
-    K = 1 is the plain bound E_q[log p - log q], linear in the estimate, so an unbiased estimate of an ELBO
-    keeps it a bound and nothing is subtracted. For K > 1 the log-mean-exp is convex: noise e_k in w_k pushes
-    its expectation up, by at most log E exp(e_k) = v_k / 2 for Gaussian noise (the mean of several ELBO draws,
-    by the CLT), since E log sum_k r_k exp(e_k) <= log sum_k r_k E exp(e_k) <= max_k v_k / 2. Subtracting
-    max_k v_k / 2 (returned as jensen_correction) keeps the bound below log P(x); its size says how many
-    ELBO draws per sample are needed for it to be small (the ODE with the exact trace has v = 0).
+        bound = log (1/K) sum_k exp(log p(y_k) - log q(y_k | x)),   y_k ~ q iid,   K = importance_samples
+
+    (unrolled), `log_density(rng, y) -> [B]` the model's log p_{t0}(y) (t0 = dequantization_time). K = 1 is the
+    plain bound E_q[log p - log q], linear in log p: an unbiased estimate of log p (an ELBO, or an ODE with a
+    Hutchinson trace) keeps it a bound in expectation. For K > 1 log-mean-exp is convex: noise in log p pushes
+    its expectation up, by an amount no estimate of the noise bounds without assuming its distribution, so
+    log_density must then be exact (the probability-flow ODE with the exact trace; experiment.make_elbo_fn and
+    make_ode_fn refuse the others).
     """
     if not (isinstance(importance_samples, int) and importance_samples >= 1):
         raise ValueError(f"importance_samples must be an int >= 1, got {importance_samples!r}")
-    log_w, var = [], []
+    log_w = []
     for k in [rng] if importance_samples == 1 else jax.random.split(rng, importance_samples):
         k_q, k_p = jax.random.split(k)
         y, log_q = dequantize_as(k_q, x, levels, dequantization, sde, t_eps, transform, alpha)
-        log_p, v = log_density(k_p, y)
-        log_w.append(log_p - log_q)
-        var.append(v)
+        log_w.append(log_density(k_p, y) - log_q)
     if importance_samples == 1:
-        return log_w[0], jnp.zeros_like(log_w[0])
-    correction = 0.5 * jnp.max(jnp.stack(var), axis=0)
-    lme = jax.nn.logsumexp(jnp.stack(log_w), axis=0) - math.log(importance_samples)
-    return lme - correction, correction
+        return log_w[0]
+    return jax.nn.logsumexp(jnp.stack(log_w), axis=0) - math.log(importance_samples)
 
 
 def bpd_of_bound(bound, d):

@@ -3,7 +3,7 @@
     python scripts/evaluate.py --workdir=runs/digits [--checkpoint_step=N|best|latest] [--repeats=8]
         [--form=both|ism|dsm] [--time_sampling=uniform|importance] [--probe=rademacher|gaussian]
         [--noode] [--ode_rtol=1e-5 --ode_atol=1e-5] [--ode_step_size=batch|per_example] [--target_stderr=0.01] [--max_examples=N]
-        [--dequantization=uniform|truncated_normal] [--importance_samples=K] [--importance_elbo_draws=M]
+        [--dequantization=uniform|truncated_normal] [--importance_samples=K]
         [--draws=N] [--stratified] [--probes=P]
 
 Restores the run's config.json and the checkpoint's EMA parameters (read-only), evaluates the whole split
@@ -44,10 +44,9 @@ flags.DEFINE_integer("seed", None, "Seed of the evaluation's random draws (defau
                      "as in the trainer's periodic evaluation).")
 flags.DEFINE_string("dequantization", None, "Images: uniform (at t = 0) | truncated_normal (at t_eps, i-DODE's) "
                     "(default: the run's eval.dequantization); docs/likelihood.md.")
-flags.DEFINE_integer("importance_samples", None, "K dequantization samples per example, importance-weighted bound "
-                     "(1: the plain bound; default: the run's eval.importance_samples).")
-flags.DEFINE_integer("importance_elbo_draws", None, "ELBO draws per dequantization sample when K > 1, >= 2 "
-                     "(default: the run's eval.importance_elbo_draws).")
+flags.DEFINE_integer("importance_samples", None, "K dequantization samples per example of the ODE's importance-"
+                     "weighted bound, exact trace (1: the plain bound; the ELBO rows are always K = 1; default: "
+                     "the run's eval.importance_samples).")
 flags.DEFINE_integer("draws", None, "ELBO draws averaged into one unit per example and pass, K = 1 (default: the "
                      "run's eval.draws).")
 flags.DEFINE_bool("stratified", None, "Stratify the draws' times (one per stratum of equal mass; default: the run's "
@@ -68,8 +67,8 @@ def main():
         ode_rtol=FLAGS.ode_rtol, ode_atol=FLAGS.ode_atol, ode_divergence=FLAGS.ode_divergence,
         target_stderr=FLAGS.target_stderr, max_repeats=FLAGS.max_repeats, max_examples=FLAGS.max_examples,
         batch_size=FLAGS.batch_size, seed=FLAGS.seed, dequantization=FLAGS.dequantization,
-        importance_samples=FLAGS.importance_samples, importance_elbo_draws=FLAGS.importance_elbo_draws,
-        draws=FLAGS.draws, stratified=FLAGS.stratified, probes=FLAGS.probes, ode_step_size=FLAGS.ode_step_size,
+        importance_samples=FLAGS.importance_samples, draws=FLAGS.draws, stratified=FLAGS.stratified,
+        probes=FLAGS.probes, ode_step_size=FLAGS.ode_step_size,
         progress=not FLAGS.quiet)
     if distributed.is_chief():
         print(evaluate.format_table(res), flush=True)

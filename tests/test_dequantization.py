@@ -49,10 +49,9 @@ def target(mix, x, dequantization, transform, sde):
 
 
 def exact_density(mix, sde, t0):
-    """log_density(rng, y) -> (log p_{t0}(y), 0): the mixture's own marginal, no noise."""
+    """log_density(rng, y) -> log p_{t0}(y): the mixture's own marginal, no noise."""
     def log_density(rng, y):
-        logp = mix.logp(y) if t0 == 0.0 else mix.marginal_logp(sde, y, jnp.full(y.shape[:1], t0))
-        return logp, jnp.zeros_like(logp)
+        return mix.logp(y) if t0 == 0.0 else mix.marginal_logp(sde, y, jnp.full(y.shape[:1], t0))
     return log_density
 
 
@@ -133,7 +132,7 @@ def iw_gaps(mix, x, dequantization, transform, sde, ks, log_density=None, seed=3
     out = {}
     for k in ks:
         fn = jax.jit(lambda x, r: importance_weighted_bound(log_density, r, x, LEVELS, dequantization, k, sde, T_EPS,
-                                                            transform)[0])
+                                                            transform))
         out[k] = np.asarray(fn(x, jax.random.PRNGKey(seed)), np.float64) - exact
     return out
 
@@ -206,31 +205,40 @@ def test_elbo_and_ode_from_t_eps_give_the_density_at_t_eps():
     np.testing.assert_allclose(logp, exact, atol=5e-3)
 
 
-def test_importance_weighted_elbo_noise_is_corrected_not_counted_as_gain():
-    """K = 8 truncated-normal samples with log p(y_k) from the exact score's ELBO: with one ELBO draw and no
-    correction, Jensen pushes log-mean-exp above the same bound with the exact density (the noise counts as a
-    gain); with 16 draws and max_k v_k / 2 subtracted it stays below log P(x) and below the exact-density bound."""
+def test_importance_weighted_elbo_noise_counts_as_gain_which_is_why_it_is_refused():
+    """K = 8 truncated-normal samples with log p(y_k) from the exact score's ELBO (one draw, unbiased): Jensen
+    pushes the log-mean-exp above the same bound with the exact density, and above log P(x) itself: not a bound,
+    so experiment.make_elbo_fn refuses K > 1 (and make_ode_fn the Hutchinson trace at K > 1)."""
     sde = VPSDE()
     mix, x = data("scale", n=500)
     score = score_fn_for(mix, sde)
-
-    def noisy(draws, corrected):
-        def log_density(rng, y):
-            mean, var = elbo_mean_and_variance(score, sde, y, rng, draws, form="dsm", time_sampling="importance",
-                                               t_eps=T_EPS, t_min=T_EPS)
-            return mean, var if corrected else jnp.zeros_like(var)
-        return log_density
-
+    noisy = lambda rng, y: elbo_mean_and_variance(score, sde, y, rng, 1, form="dsm", time_sampling="importance",
+                                                  t_eps=T_EPS, t_min=T_EPS)[0]
     exact = iw_gaps(mix, x, "truncated_normal", "scale", sde, (8,))[8]
-    raw = iw_gaps(mix, x, "truncated_normal", "scale", sde, (8,), noisy(1, False))[8]
-    fixed = iw_gaps(mix, x, "truncated_normal", "scale", sde, (8,), noisy(16, True))[8]
+    raw = iw_gaps(mix, x, "truncated_normal", "scale", sde, (8,), noisy)[8]
     up, se_up = mean_se(raw - exact)
     assert up > 4 * se_up, (up, se_up)  # the bias is real
-    for g in (fixed, fixed - exact):
+    above, se = mean_se(raw)
+    assert above > 4 * se, (above, se)  # and it lifts the "bound" above log P(x)
+
+
+def test_exact_trace_ode_importance_weighted_bound_lies_below_log_p_and_rises_with_k():
+    """The probability-flow ODE with the exact trace and the exact score inside the truncated-normal
+    importance-weighted bound (the only K > 1 estimate diffvar reports): at K = 1 and 8 it is <= log P(x) within
+    Monte-Carlo error plus the solver's tolerance, and K = 8 is significantly closer to it."""
+    sde, transform = VPSDE(), "scale"
+    mix, x = data(transform, n=300)
+    score = score_fn_for(mix, sde)
+    exact_pT = lambda z: mix.marginal_logp(sde, z, jnp.full((z.shape[0],), sde.T))
+    ode = lambda rng, y: ode_logp(score, sde, y, rng, rtol=1e-5, atol=1e-5, divergence="exact", t_min=T_EPS,
+                                  prior_logp=exact_pT)[0]
+    gaps = iw_gaps(mix, x, "truncated_normal", transform, sde, (1, 8), ode)
+    for k, g in gaps.items():
         m, se = mean_se(g)
-        # Below, as promised; but the correction is costly here (~14 nats: this ELBO's variance from t_eps with
-        # 16 draws), which is why the ODE (v = 0) is the better inner estimator for K > 1.
-        assert m < 4 * se + PRIOR_TOL and se < 1.0, (m, se)
+        assert m < 4 * se + 5e-3, (k, m, se)  # 5e-3: the solver's tolerance (test_elbo_and_ode_from_t_eps_...)
+    assert mean_se(gaps[1])[1] < 0.1 and mean_se(gaps[1])[0] < -4 * mean_se(gaps[1])[1]  # a gap the test sees
+    d, se = mean_se(gaps[8] - gaps[1])
+    assert d > 4 * se, (d, se)
 
 
 def test_importance_weighted_bound_under_jit_equals_op_by_op():
@@ -240,7 +248,7 @@ def test_importance_weighted_bound_under_jit_equals_op_by_op():
     log_density = exact_density(mix, sde, T_EPS)
     for k in (1, 3):
         fn = lambda x: importance_weighted_bound(log_density, jax.random.PRNGKey(4), x, LEVELS, "truncated_normal",
-                                                 k, sde, T_EPS, "logit")[0]
+                                                 k, sde, T_EPS, "logit")
         np.testing.assert_allclose(jax.jit(fn)(x), fn(x), rtol=1e-5, atol=1e-4)
 
 
@@ -253,4 +261,4 @@ def test_invalid_arguments_name_themselves(kwargs, match):
     args = dict(dequantization="uniform", importance_samples=1, sde=VPSDE())
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
-        importance_weighted_bound(lambda r, y: (y[:, 0], y[:, 0]), jax.random.PRNGKey(0), jnp.ones((2, 3)), 8, **args)
+        importance_weighted_bound(lambda r, y: y[:, 0], jax.random.PRNGKey(0), jnp.ones((2, 3)), 8, **args)
