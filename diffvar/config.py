@@ -37,6 +37,8 @@ def defaults():
     d.random_flip = False             # random horizontal flips of training images
     d.transform = "logit"             # images: logit (y = logit(a + (1-2a) z)) | scale (y = 2z - 1)
     d.logit_alpha = 0.05              # a in the logit transform (sdeflow-light: 0.05)
+    d.dequantization = "uniform"      # images, training data: uniform (z = (x + u) / L) | none (the bin centres
+                                      # (x + 1/2) / L, i-DODE's: matched by the truncated normal at objective.t_eps)
 
     c.sde = s = ml_collections.ConfigDict()
     s.name = "vp"                     # vp | subvp | ve | learned_vp (VDM's learned schedule, initialised at vp:
@@ -111,8 +113,10 @@ def defaults():
     e.probe = "rademacher"            # rademacher | gaussian
     e.divergence = "hutchinson"       # hutchinson | exact
     e.max_examples = 0                # evaluate only the first N examples while training; 0 = all
-    e.dequantization = "uniform"      # images: uniform (at t = 0) | truncated_normal (at objective.t_eps,
-                                      # i-DODE's); the convention a bpd is reported in (docs/likelihood.md)
+    e.dequantization = "auto"         # images: uniform (at t = 0) | truncated_normal (at objective.t_eps,
+                                      # i-DODE's) | auto (the one matched to data.dequantization: uniform for
+                                      # uniform, truncated_normal for none); the convention a bpd is reported in
+                                      # (docs/likelihood.md)
     e.importance_samples = 1          # K dequantization samples of the ODE's log-mean-exp bound (exact trace
                                       # only); the ELBO is always the plain bound (K = 1; docs/likelihood.md)
 
@@ -133,7 +137,8 @@ CHOICES = {
     "model.time_embedding": TIME_EMBEDDINGS, "objective.name": OBJECTIVES, "objective.probe": likelihood.PROBES,
     "optim.name": ("adam", "adamw"), "optim.schedule": ("constant", "cosine"), "eval.split": SPLITS,
     "eval.form": likelihood.FORMS, "eval.time_sampling": TIME_SAMPLINGS, "eval.probe": likelihood.PROBES,
-    "eval.divergence": likelihood.DIVERGENCES, "eval.dequantization": likelihood.DEQUANTIZATIONS,
+    "eval.divergence": likelihood.DIVERGENCES, "eval.dequantization": ("auto",) + likelihood.DEQUANTIZATIONS,
+    "data.dequantization": likelihood.TRAINING_DEQUANTIZATIONS,
 }
 # key -> keyword arguments of check_number
 NUMBERS = {
@@ -224,7 +229,8 @@ def validate(config, num_devices=1):
 
 # What a checkpoint's meaning depends on: resuming a workdir with other values of these is refused. (The
 # schedule, evaluation, sampling, logging and training length may change between runs of a workdir.)
-IDENTITY = ("seed", "data.name", "data.transform", "data.logit_alpha", "sde", "model", "training.batch_size")
+IDENTITY = ("seed", "data.name", "data.transform", "data.logit_alpha", "data.dequantization", "sde", "model",
+            "training.batch_size")
 
 
 def identity_changes(saved, config):

@@ -66,7 +66,7 @@ def check_options(*, split=None, forms=("ism", "dsm"), repeats=None, time_sampli
     number("max_examples", max_examples, 0, integer=True)
     number("batch_size", batch_size, 1, integer=True)
     number("seed", seed, 0, integer=True)
-    choice("dequantization", dequantization, likelihood.DEQUANTIZATIONS)
+    choice("dequantization", dequantization, ("auto",) + likelihood.DEQUANTIZATIONS)
     number("importance_samples", importance_samples, 1, integer=True)
     number("draws", draws, 1, integer=True)
     number("probes", probes, 1, integer=True)

@@ -268,6 +268,8 @@ class EvalSpec:
                     config_time_sampling=e.time_sampling, dequantization=e.dequantization,
                     importance_samples=e.importance_samples, draws=e.draws, stratified=e.stratified, probes=e.probes)
         spec.update({k: v for k, v in overrides.items() if v is not None})
+        if spec["dequantization"] == "auto":  # the bound matched to how the model was trained
+            spec["dequantization"] = likelihood.MATCHED_DEQUANTIZATION[config.data.dequantization]
         return cls(**spec)
 
     def time_sampling_for(self, form):

@@ -83,7 +83,7 @@ class Experiment:
     def to_model_space(self, rng, x):
         """Data x [B, ...] -> (y [B, ...], log|dy/dz| [B]): dequantized (and logit) for images, x for toys."""
         d = self.config.data
-        return likelihood.to_model_space(rng, x, self.info.levels, d.transform, d.logit_alpha)
+        return likelihood.to_model_space(rng, x, self.info.levels, d.transform, d.logit_alpha, d.dequantization)
 
     def to_data_space(self, y):
         """Model-space samples -> [0, 1] images (or the 2-D points themselves)."""

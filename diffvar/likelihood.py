@@ -322,18 +322,25 @@ def logit_inverse(y, alpha=0.05):
 
 
 TRANSFORMS = ("logit", "scale")
+# How training data are made continuous: uniform noise in the bin (z = (x + u) / K; its matched bound is uniform
+# dequantization at t = 0) or none, the bin centres z = (x + 1/2) / K (the i-DODE way: the model's density at
+# t_eps is a mixture of narrow kernels around the centres; its matched bound is the truncated normal at t_eps).
+TRAINING_DEQUANTIZATIONS = ("uniform", "none")
+MATCHED_DEQUANTIZATION = {"uniform": "uniform", "none": "truncated_normal"}
 
 
-def to_model_space(rng, x, levels, transform="logit", alpha=0.05):
+def to_model_space(rng, x, levels, transform="logit", alpha=0.05, dequantization="uniform"):
     """Data -> the space the diffusion runs in, and log|dy/dz| [B] for exact bpd.
 
-    Discrete x (levels K): z = dequantize(x), then y = logit(alpha + (1 - 2 alpha) z) ("logit") or y = 2 z - 1
-    ("scale", log|dy/dz| = d log 2). Continuous x (levels None): y = x, log|dy/dz| = 0.
+    Discrete x (levels K): z = dequantize(x) ("uniform") or the bin centre (x + 1/2) / K ("none"; rng unused),
+    then y = logit(alpha + (1 - 2 alpha) z) ("logit") or y = 2 z - 1 ("scale", log|dy/dz| = d log 2).
+    Continuous x (levels None): y = x, log|dy/dz| = 0.
     """
     if levels is None:
         return x, jnp.zeros(x.shape[:1], x.dtype)
     check_choice("transform", transform, TRANSFORMS, error=ValueError)
-    z = dequantize(rng, x, levels)
+    check_choice("dequantization", dequantization, TRAINING_DEQUANTIZATIONS, error=ValueError)
+    z = dequantize(rng, x, levels) if dequantization == "uniform" else (x + 0.5) / levels
     if transform == "logit":
         return logit_transform(z, alpha)
     return 2.0 * z - 1.0, jnp.full(x.shape[:1], math.prod(x.shape[1:]) * math.log(2.0), x.dtype)

@@ -42,7 +42,8 @@ flags.DEFINE_integer("max_examples", 0, "Evaluate only the first N examples of t
 flags.DEFINE_integer("batch_size", None, "Global batch size (default: the run's eval.batch_size).")
 flags.DEFINE_integer("seed", None, "Seed of the evaluation's random draws (default: the run's, config.seed + 1, "
                      "as in the trainer's periodic evaluation).")
-flags.DEFINE_string("dequantization", None, "Images: uniform (at t = 0) | truncated_normal (at t_eps, i-DODE's) "
+flags.DEFINE_string("dequantization", None, "Images: uniform (at t = 0) | truncated_normal (at t_eps, i-DODE's) | "
+                    "auto (matched to the run's data.dequantization) "
                     "(default: the run's eval.dequantization); docs/likelihood.md.")
 flags.DEFINE_integer("importance_samples", None, "K dequantization samples per example of the ODE's importance-"
                      "weighted bound, exact trace (1: the plain bound; the ELBO rows are always K = 1; default: "

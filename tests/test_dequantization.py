@@ -262,3 +262,20 @@ def test_invalid_arguments_name_themselves(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         importance_weighted_bound(lambda r, y: y[:, 0], jax.random.PRNGKey(0), jnp.ones((2, 3)), 8, **args)
+
+
+def test_centre_training_data_and_its_matched_evaluation():
+    """data.dequantization='none' trains on the bin centres h((x + 1/2) / L) (bin_box's centre, the truncated
+    normal's), and eval.dequantization='auto' then evaluates with the truncated normal; the default stays uniform."""
+    from diffvar.evaluator import EvalSpec
+    from tests.helpers import load_config
+    x = jnp.asarray([[0.0, 3.0, 16.0]])
+    for transform in ("logit", "scale"):
+        y, _ = to_model_space(jax.random.PRNGKey(0), x, 17, transform, 0.05, "none")
+        np.testing.assert_allclose(y, bin_box(x, 17, transform)[2], rtol=1e-6)
+    c = load_config("digits")
+    assert (c.data.dequantization, c.eval.dequantization) == ("uniform", "auto")
+    assert EvalSpec.from_config(c).dequantization == "uniform"
+    c.data.dequantization = "none"
+    assert EvalSpec.from_config(c).dequantization == "truncated_normal"
+    assert EvalSpec.from_config(c, dequantization="uniform").dequantization == "uniform"

@@ -168,6 +168,8 @@ def test_non_finite_loss_stops_without_a_checkpoint(tmp_path, monkeypatch):
     ({"objective.t_eps": 2.0}, r"objective.t_eps=2.0 must be in \(0, sde.T=1.0\)"),
     ({"objective.t_eps": 0.0}, r"objective.t_eps=0.0 must be a number > 0"),
     ({"sde.beta_max": 0.05}, r"sde.beta_min=0.1 must be < sde.beta_max=0.05"),
+    ({"data.dequantization": "truncated_normal"}, r"data.dequantization='truncated_normal'.*uniform, none"),
+    ({"eval.dequantization": "none"}, r"eval.dequantization='none'.*auto, uniform, truncated_normal"),
 ])
 def test_bad_config_values_fail_before_compilation(overrides, match):
     c = tiny_config()
