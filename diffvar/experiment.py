@@ -334,7 +334,7 @@ def make_sampler(exp, num, lam=0.0, steps=1000, ode=False, rtol=1e-5, atol=1e-5,
 
     ode=False: the lambda-family Euler-Maruyama sampler with `steps` steps (lam = 0 reverse SDE ... 1
     probability-flow ODE); ode=True: the probability-flow ODE by an adaptive solver (Tsit5, rtol/atol; lam
-    and steps unused). Both stop at t = objective.t_eps.
+    and steps unused). Both stop at objective.t_eps, a reference time (sde.truncation_time: a fixed gamma).
     """
     score = score or exp.score_fn
     shape = (num,) + exp.info.shape
