@@ -202,8 +202,8 @@ def validate(config, num_devices=1):
     if s.name != "ve" and s.beta_min >= s.beta_max:
         raise ConfigError(f"sde.beta_min={s.beta_min!r} must be < sde.beta_max={s.beta_max!r}")
     if s.name == "learned_vp" and o.name not in LEARNED_SCHEDULE_OBJECTIVES:
-        raise ConfigError(f"objective.name={o.name!r} with sde.name='learned_vp': a learned schedule needs an objective "
-                          f"whose expectation depends on the schedule only through its end points: "
+        raise ConfigError(f"objective.name={o.name!r} with sde.name='learned_vp': a learned schedule needs an "
+                          f"objective whose expectation depends on the schedule only through its end points: "
                           f"{', '.join(LEARNED_SCHEDULE_OBJECTIVES)}")
     if s.name == "learned_vp" and s.learn_end and o.name != "elbo":
         raise ConfigError(f"sde.learn_end=True needs objective.name='elbo' (the full bound, prior term included: "
