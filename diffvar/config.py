@@ -87,7 +87,7 @@ def defaults():
     t.steps_per_call = 1              # optimizer steps per compiled call (lax.scan); >1 amortizes dispatch on
                                       # accelerators. Keep 1 for U-Nets on CPU: XLA:CPU runs convolution
                                       # gradients inside loops ~10x slower (measured, jax 0.10.2)
-    t.ema_decay = 0.999               # EMA of parameters, used for eval and samples; 0 disables
+    t.ema_decay = 0.999               # EMA of parameters, debiased, used for eval and samples; 0 disables
     t.log_every = 100                 # steps between metrics.jsonl lines / progress lines
     t.ckpt_every = 1000               # steps between checkpoints (also at the end and on SIGTERM)
     t.keep = 3                        # latest checkpoints kept (the best by test metric is kept too)

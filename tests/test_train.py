@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from diffvar import checkpoints, experiment
+from diffvar import checkpoints, data, experiment
 from diffvar import config as config_lib
 from diffvar import train as train_lib
 from diffvar.errors import ConfigError, NonFiniteLossError
@@ -192,3 +192,24 @@ def test_gmm2d_config_reaches_the_exact_log_density(tmp_path):
     assert se < 0.03
     assert abs(gap) < 0.05, (gap, se)
     assert gap > -4 * se
+
+
+def test_the_ema_is_debiased():
+    """experiment.ema_decay_at makes the EMA optax.ema(decay, debias=True)'s: a weighted mean of the trained
+    parameters, nothing of the initialisation (the undebiased EMA keeps decay^n of it). Through the train step:
+    after one step the EMA is the parameters themselves."""
+    import optax
+    decay, rng = 0.9, np.random.default_rng(0)
+    ps = [rng.normal(size=3).astype(np.float32) for _ in range(30)]
+    ema, ref = np.full(3, 1e3, np.float32), optax.ema(decay, debias=True)
+    ref_state = ref.init(ps[0])
+    for n, p in enumerate(ps):
+        ema = np.asarray(optax.incremental_update(p, ema, 1.0 - experiment.ema_decay_at(decay, n)))
+        expected, ref_state = ref.update(p, ref_state)
+        np.testing.assert_allclose(ema, expected, rtol=1e-5, atol=1e-5)
+
+    exp = experiment.build(tiny_config(**{"training.steps_per_call": 1}), 1)
+    state = experiment.init_state(exp, 0)
+    batch = np.asarray(next(data.make_train_iter(exp.config.data, 8, 0, 0, 1)))
+    state, _ = experiment.make_train_step(exp)(state, batch[None])
+    assert_same_params(state.ema_params, state.params)
