@@ -1,6 +1,7 @@
 """The trainer end to end on a tiny gmm2d run: outputs, exact resume, SIGTERM/SIGKILL, devices, bad configs."""
 import json
 import os
+import re
 import signal
 import time
 
@@ -38,6 +39,9 @@ def test_train_writes_outputs_and_resumes(tmp_path):
     assert compile_seconds[0] > 0 and compile_seconds[1:] == [0.0]
     status = json.load(open(os.path.join(workdir, "status.json")))
     assert status["status"] == "finished" and status["step"] == 40
+    # Checkpoints are written before their evaluation; the test metric is attached afterwards: orbax sees it.
+    mngr = checkpoints.manager(workdir, read_only=True)
+    assert mngr.metrics(40)["test_metric"] == summary["test_nats"] and mngr.best_step() in (20, 40)
     assert status["result"]["test_nats"] == summary["test_nats"]
     # Keeps the latest 2 plus the best evaluated one.
     steps = sorted(checkpoints.manager(workdir, read_only=True).all_steps())
@@ -105,6 +109,22 @@ def test_sigterm_saves_and_exits_zero(tmp_path):
     step, _ = params_at(workdir)
     assert step >= 20 and step % 10 == 0
     assert "SIGTERM" in out
+
+
+def test_sigterm_during_the_final_evaluation_stops_it_with_the_checkpoint_kept(tmp_path):
+    """The checkpoint of the last step is written before the final evaluation, which prints progress lines
+    with an ETA; SIGTERM during it ends the run within seconds (exit 0, status interrupted), keeping it."""
+    workdir = str(tmp_path / "run")
+    proc = start_training(workdir, "--config.training.num_steps=20", "--config.eval.final_repeats=100000",
+                          until="ELBO: pass 1/100000, batch 1/1")
+    proc.send_signal(signal.SIGTERM)
+    start = time.time()
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and time.time() - start < 30, out
+    assert params_at(workdir)[0] == 20
+    assert json.load(open(os.path.join(workdir, "status.json")))["status"] == "interrupted"
+    assert re.search(r"ELBO: pass 1/100000, batch 1/1, [\d.]+ s, ETA \d+:\d\d:\d\d", proc.matched)
+    assert not any("test_nats" in line for line in open(os.path.join(workdir, "metrics.jsonl")))
 
 
 def test_same_loss_curve_on_one_and_four_devices(tmp_path):
