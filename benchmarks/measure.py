@@ -15,8 +15,9 @@ What is timed is what users run, built from a config by diffvar.experiment.build
     2 x output size x its contraction (matmul_flops), the backward's included; what tensor cores execute, so it
     is the same on every backend;
   * xla: XLA's cost analysis of the compiled program times the number of devices (the analysis is of one
-    device's program; for steps_per_call > 1 of a separate steps_per_call = 1 compile, as it counts a loop body
-    once). On the CPU it counts convolutions and elementwise work too; on a GPU it misses the cuDNN convolutions;
+    device's program; None for steps_per_call > 1, whose loop body it counts once, and a second compile would
+    cost a minute on the GPU, where the figure is wrong anyway). On the CPU it counts the convolutions (without
+    their taps on zero padding) and elementwise work too; on a GPU it misses the cuDNN convolutions;
   * layers: from the layer shapes alone (layer_flops: conv 2 H' W' kh kw Cin Cout, dense 2 in out, attention
     4 P^2 C per example), x 3 for a train step (forward, input and weight gradients), x 2 for an ELBO draw with
     one probe (primal and JVP tangent);
@@ -265,8 +266,7 @@ def measure_workload(name, seconds, steps_per_call=0, settings=(), flops_only=Fa
         xla = flops_of(experiment.make_train_step(exp).lower(state, one).compile()) * mesh.size
         return {**out, "params": param_count(state), **flops_report(exp, state, one, x, key, xla), **runtime()}
     w = compile_workload(exp, mesh, host)
-    xla = flops_of(w["train"] if k == 1 else experiment.make_train_step(exp).lower(w["state"], one).compile())
-    flops = flops_report(exp, w["state"], one, x, key, xla * mesh.size)
+    flops = flops_report(exp, w["state"], one, x, key, flops_of(w["train"]) * mesh.size if k == 1 else None)
     out["params"] = param_count(w["state"])
     train_calls = rate(w["do_train"], seconds)
     elbo_calls = rate(w["do_elbo"], seconds / 2)
