@@ -92,6 +92,7 @@ def bound_rows(args):
         cmd = [sys.executable, os.path.join(ROOT, "scripts", "train.py"), "--config=" + os.path.join(
             ROOT, "configs", "digits.py"), f"--workdir={workdir}", f"--config.model.dtype={dtype}",
             f"--config.training.num_steps={args.train_steps}", f"--config.training.steps_per_call={k}",
+            f"--config.optim.warmup_steps={min(100, args.train_steps // 10)}",
             f"--config.training.log_every={k * max(1, 100 // k)}", f"--config.training.ckpt_every={args.train_steps}",
             "--config.eval.every=0", "--config.sampling.num=4", "--config.sampling.steps=10",
             *([f"--config.eval.final_repeats={args.final_repeats}"] if args.final_repeats else [])]
@@ -115,7 +116,7 @@ def fmt(v, spec):
 
 def table(out):
     """The Markdown rows of the speed table and the bound."""
-    lines = ["| workload | run | train steps/s | TFLOP/s | share of peak | ELBO examples/s | peak memory |",
+    lines = ["| workload | run | train steps/s | TFLOP/s | share of peak | ELBO examples/s | peak memory GiB |",
              "|---|---|---|---|---|---|---|"]
     for workload, rows in out["speed"].items():
         for r in rows:
@@ -126,7 +127,7 @@ def table(out):
             shares = ", ".join(f"{k[9:-5]} {100 * v:.1f} %" for k, v in r.items() if k.startswith("share_of_"))
             lines.append(f"| {workload} | {name} | {r['train_steps_per_sec']:.2f} | {fmt(r['train_tflops_per_sec'], '.2f')}"
                          f" | {shares or '-'} | {r['elbo_examples_per_sec']:,.0f} | "
-                         f"{fmt(r['peak_memory_mb'] and r['peak_memory_mb'] / 1024, '.1f')} GiB |")
+                         f"{fmt(r['peak_memory_mb'] and r['peak_memory_mb'] / 1024, '.1f')} |")
     for r in out["bound"]:
         lines.append(f"digits {r['precision']}: " + (r["error"] if "error" in r else
                      f"{r['steps']} steps, test bpd {r['test_bpd']:.4f} +- {r['test_bpd_stderr']:.4f}"))
