@@ -9,7 +9,7 @@ rows, each a process of its own:
 - the reference fp32 and the reference AMP bf16: benchmarks/torch_peer.py --device cuda --channels_last
   [--amp bf16] [--compile], cudnn.benchmark on (the settings a PyTorch user picks);
 each with train steps/s, TFLOP/s (measure.py's counted FLOPs of the step: the same network on both sides), its
-share of the card's dense peaks (measure.CARD_PEAKS: fp32 rows against fp32 and TF32, bf16 rows against bf16),
+share of the card's dense peaks (measure.utilisation: fp32 rows against fp32 and TF32, bf16 rows against bf16),
 ELBO examples/s and the allocator's peak memory. Then the bound at equal steps: scripts/train.py on configs/digits.py
 for --train_steps steps in float32 and in bfloat16 (same seed, data order and evaluation keys; K steps per call),
 each row its test bpd +- s.e. (uniform dequantization, 4 x 8 stratified ISM draws per example, 297 examples).
@@ -27,7 +27,7 @@ import sys
 import tempfile
 
 from bench import child, machine  # benchmarks/bench.py: one JSON line from a child process; the machine's words
-from measure import CARD_PEAKS
+from measure import utilisation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,11 +50,9 @@ def row(impl, precision, res, flops_per_step, device_kind, error=None):
     if error:
         return {"impl": impl, "precision": precision, "error": error}
     flops = flops_per_step * res["train_steps_per_sec"] if flops_per_step else None
-    peaks = CARD_PEAKS.get(device_kind, {})
-    names = ("bf16",) if precision == "bf16" else ("fp32", "tf32")
     return {"impl": impl, "precision": precision, "train_steps_per_sec": res["train_steps_per_sec"],
             "train_tflops_per_sec": flops and flops / 1e12,
-            **{f"share_of_{n}_peak": flops / peaks[n] for n in names if n in peaks and flops},
+            **utilisation(flops, "bfloat16" if precision == "bf16" else "float32", device_kind),
             "elbo_examples_per_sec": res["elbo_examples_per_sec"], "peak_memory_mb": res.get("device_peak_mb"),
             "max_rss_mb": res.get("max_rss_mb"), "raw": res}
 

@@ -110,7 +110,9 @@ CARD_PEAKS = {"NVIDIA H200": {"fp32": 66.9e12, "tf32": 494.7e12, "bf16": 989.4e1
 def matmul_flops(jaxpr):
     """FLOPs of the convolutions and matmuls in a (closed) jaxpr, sub-jaxprs included: 2 x output size x the
     contraction (dot_general: the contracted sizes; conv_general_dilated: kernel window x input features per
-    group). A scan's body counts `length` times, a cond's costliest branch once, a while body once."""
+    group / the input dilation, so that a strided convolution's input gradient, a convolution of the output
+    gradient dilated with zeros, counts the products with its nonzero entries only: as much as the forward). A
+    scan's body counts `length` times, a cond's costliest branch once, a while body once."""
     jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
     total = 0
     for eqn in jaxpr.eqns:
@@ -121,7 +123,8 @@ def matmul_flops(jaxpr):
             total += 2 * math.prod(out.shape) * math.prod(lhs.shape[d] for d in contract)
         elif name == "conv_general_dilated":
             rhs, spec = eqn.invars[1].aval, eqn.params["dimension_numbers"].rhs_spec  # (out, in, *window)
-            total += 2 * math.prod(out.shape) * rhs.shape[spec[1]] * math.prod(rhs.shape[d] for d in spec[2:])
+            window = math.prod(rhs.shape[d] for d in spec[2:])
+            total += 2 * math.prod(out.shape) * rhs.shape[spec[1]] * window // math.prod(eqn.params["lhs_dilation"])
         subs = [matmul_flops(j) for j in jaxprs_in_params(eqn.params)]
         if name == "scan":
             total += eqn.params["length"] * sum(subs)
@@ -175,11 +178,12 @@ def flops_report(exp, state, one_batch, x, key, train_xla_flops):
     }
 
 
-def utilisation(flops_per_sec, dtype):
-    """{peak name: share} of the card's peaks (CARD_PEAKS; fp32 and TF32 for float32, bf16 for bfloat16), or {}."""
-    peaks = CARD_PEAKS.get(jax.devices()[0].device_kind, {})
+def utilisation(flops_per_sec, dtype, device_kind):
+    """{"share_of_<peak>_peak": share} of the card's dense peaks (CARD_PEAKS: fp32 and TF32 for dtype float32,
+    bf16 for bfloat16); {} for a device not in CARD_PEAKS (the CPU) or no FLOP/s."""
+    peaks = CARD_PEAKS.get(device_kind, {})
     names = ("bf16",) if dtype == "bfloat16" else ("fp32", "tf32")
-    return {f"share_of_{n}_peak": flops_per_sec / peaks[n] for n in names if n in peaks}
+    return {f"share_of_{n}_peak": flops_per_sec / peaks[n] for n in names if n in peaks and flops_per_sec}
 
 
 def flops_of(compiled):
@@ -279,7 +283,7 @@ def measure_workload(name, seconds, steps_per_call=0, settings=(), flops_only=Fa
         **flops, "train_flops_per_sec": achieved,
         "elbo_flops_per_sec": flops["elbo_flops_per_example"] * elbo_calls * b,
         "peak_flops_per_sec": peak, "peak_matmul_size": n, "train_peak_fraction": achieved / peak,
-        **utilisation(achieved, m.dtype), "max_rss_mb": max_rss_mb(), **runtime(),
+        **utilisation(achieved, m.dtype, jax.devices()[0].device_kind), "max_rss_mb": max_rss_mb(), **runtime(),
     }
 
 
