@@ -1,4 +1,4 @@
-"""docs/performance.md's GPU table in one run (about 8 minutes on one H200): prints it and writes one JSON.
+"""docs/performance.md's GPU table in one run (estimated 8 minutes on one H200): prints it and writes one JSON.
 
     python benchmarks/gpu_table.py --out=runs/gpu_table.json          # on a machine with one GPU
     python benchmarks/gpu_table.py --cpu_check --out=/tmp/t.json      # tiny settings on the CPU: does it run
@@ -13,6 +13,10 @@ share of the card's dense peaks (measure.utilisation: fp32 rows against fp32 and
 ELBO examples/s and the allocator's peak memory. Then the bound at equal steps: scripts/train.py on configs/digits.py
 for --train_steps steps in float32 and in bfloat16 (same seed, data order and evaluation keys; K steps per call),
 each row its test bpd +- s.e. (uniform dequantization, 4 x 8 stratified ISM draws per example, 297 examples).
+
+Estimated (not yet run on a GPU): 2 x 100 s for cifar's diffvar rows (compiles of 40 s and more), 2 x 60 s for
+digits', 4 x 25 s for the reference's, 2 x 90 s for the bound: 8 to 10 minutes. Split it under a 10-minute limit
+with --workloads=cifar --train_steps=0, then --workloads=digits.
 
 Fails soft: a row that cannot run (no GPU for jax, no CUDA in this torch, no torch) says why in its place, and the
 rest still runs.
@@ -136,9 +140,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/gpu_table.json")
     p.add_argument("--workloads", default="cifar,digits", help="comma-separated, from measure.py's workloads")
-    p.add_argument("--seconds", type=float, default=10.0, help="timed training per row (ELBO: half of it)")
+    p.add_argument("--seconds", type=float, default=5.0, help="timed training per row (ELBO: half of it)")
     p.add_argument("--steps_per_call", type=int, default=10, help="diffvar's training.steps_per_call (lax.scan)")
-    p.add_argument("--train_steps", type=int, default=2000, help="steps of each digits run of the bound")
+    p.add_argument("--train_steps", type=int, default=2000, help="steps of each digits run of the bound (0: no bound)")
     p.add_argument("--final_repeats", type=int, default=0, help="the bound's eval.final_repeats (0: the config's)")
     p.add_argument("--peer_compile", action="store_true", help="torch.compile the reference (adds minutes)")
     p.add_argument("--cpu_check", action="store_true", help="on the CPU with tiny settings (digits only, 1 s per "
@@ -148,7 +152,8 @@ def main():
         os.environ["JAX_PLATFORMS"] = "cpu"
         args.workloads, args.seconds, args.steps_per_call, args.train_steps, args.final_repeats = "digits", 1, 1, 20, 1
     out = {"machine": machine(), "args": vars(args),
-           "speed": {w: speed_rows(w, args) for w in args.workloads.split(",")}, "bound": bound_rows(args)}
+           "speed": {w: speed_rows(w, args) for w in args.workloads.split(",") if w},
+           "bound": bound_rows(args) if args.train_steps else []}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1)
