@@ -127,8 +127,8 @@ def table(out):
                 lines.append(f"| {workload} | {name} | {r['error']} | | | | |")
                 continue
             shares = ", ".join(f"{k[9:-5]} {100 * v:.1f} %" for k, v in r.items() if k.startswith("share_of_"))
-            lines.append(f"| {workload} | {name} | {r['train_steps_per_sec']:.2f} | {fmt(r['train_tflops_per_sec'], '.2f')}"
-                         f" | {shares or '-'} | {r['elbo_examples_per_sec']:,.0f} | "
+            lines.append(f"| {workload} | {name} | {r['train_steps_per_sec']:.2f} | "
+                         f"{fmt(r['train_tflops_per_sec'], '.2f')} | {shares or '-'} | {r['elbo_examples_per_sec']:,.0f} | "
                          f"{fmt(r['peak_memory_mb'] and r['peak_memory_mb'] / 1024, '.1f')} |")
     for r in out["bound"]:
         lines.append(f"digits {r['precision']}: " + (r["error"] if "error" in r else
