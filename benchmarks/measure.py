@@ -10,11 +10,22 @@ What is timed is what users run, built from a config by diffvar.experiment.build
 - elbo: experiment.make_elbo_fn(exp, "ism", "uniform", "rademacher", "hutchinson"), the evaluation's function
   (dequantization, one-probe ISM ELBO, bpd), at the workload's batch (the peer's), for seconds / 2;
 - compile seconds of each, apart (AOT: fn.lower(...).compile());
-- FLOPs of one train step from XLA's cost analysis of the compiled step times the number of devices (the
-  analysis is of one device's program; for steps_per_call > 1 of a separate steps_per_call = 1 compile: the
-  analysis counts a loop body once), achieved FLOP/s = FLOPs x steps/s, and
-  the peak: the best of several default-precision fp32 N x N jitted matmuls (N = 2048 on CPU, 8192 else);
-- peak resident memory of this process (ru_maxrss).
+- FLOPs of one train step and of one ELBO example, three ways (flops_report):
+  * counted (the figure used for FLOP/s and utilisation): the convolutions and matmuls in the step's jaxpr, each
+    2 x output size x its contraction (matmul_flops), the backward's included; what tensor cores execute, so it
+    is the same on every backend;
+  * xla: XLA's cost analysis of the compiled program times the number of devices (the analysis is of one
+    device's program; None for steps_per_call > 1, whose loop body it counts once, and a second compile would
+    cost a minute on the GPU, where the figure is wrong anyway). On the CPU it counts the convolutions (without
+    their taps on zero padding) and elementwise work too; on a GPU it misses the cuDNN convolutions;
+  * layers: from the layer shapes alone (layer_flops: conv 2 H' W' kh kw Cin Cout, dense 2 in out, attention
+    4 P^2 C per example), x 3 for a train step (forward, input and weight gradients), x 2 for an ELBO draw with
+    one probe (primal and JVP tangent);
+- achieved FLOP/s = counted FLOPs x steps/s, against the measured peak (the best of several default-precision fp32
+  N x N jitted matmuls, N = 2048 on CPU, 8192 else) and, on a card in CARD_PEAKS, its fp32, TF32 and bf16 peaks;
+- peak resident memory of this process (ru_maxrss), and on an accelerator its allocator's peak.
+
+    python benchmarks/measure.py --workload=cifar --flops_only     # the FLOP counts alone (compiles, times nothing)
 """
 from __future__ import annotations
 
@@ -26,14 +37,17 @@ import resource
 import time
 from unittest import mock
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.core import jaxprs_in_params
 from jax.sharding import PartitionSpec as P
 
 from diffvar import config as config_lib
 from diffvar import data as data_lib
 from diffvar import distributed, evaluator, experiment, platform
+from diffvar.models.unet import AttnBlock
 from timing import rate  # benchmarks/timing.py, shared with the peer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,6 +101,91 @@ def train_batches(exp, name, k):
     return np.stack([next(it) for _ in range(k)])
 
 
+# Dense (no 2:4 sparsity) peak FLOP/s by jax's device_kind: NVIDIA's H100 / H200 SXM datasheet (the H200 is the
+# H100 SXM's GH100 with more memory). Its headline TF32 989 and BF16 1,979 TFLOP/s are with sparsity: halved here.
+CARD_PEAKS = {"NVIDIA H200": {"fp32": 66.9e12, "tf32": 494.7e12, "bf16": 989.4e12},
+              "NVIDIA H100 80GB HBM3": {"fp32": 66.9e12, "tf32": 494.7e12, "bf16": 989.4e12}}
+
+
+def matmul_flops(jaxpr):
+    """FLOPs of the convolutions and matmuls in a (closed) jaxpr, sub-jaxprs included: 2 x output size x the
+    contraction (dot_general: the contracted sizes; conv_general_dilated: kernel window x input features per
+    group / the input dilation, so that a strided convolution's input gradient, a convolution of the output
+    gradient dilated with zeros, counts the products with its nonzero entries only: as much as the forward). A
+    scan's body counts `length` times, a cond's costliest branch once, a while body once."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    total = 0
+    for eqn in jaxpr.eqns:
+        name, out = eqn.primitive.name, eqn.outvars[0].aval if eqn.outvars else None
+        if name == "dot_general":
+            (contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval
+            total += 2 * math.prod(out.shape) * math.prod(lhs.shape[d] for d in contract)
+        elif name == "conv_general_dilated":
+            rhs, spec = eqn.invars[1].aval, eqn.params["dimension_numbers"].rhs_spec  # (out, in, *window)
+            window = math.prod(rhs.shape[d] for d in spec[2:])
+            total += 2 * math.prod(out.shape) * rhs.shape[spec[1]] * window // math.prod(eqn.params["lhs_dilation"])
+        subs = [matmul_flops(j) for j in jaxprs_in_params(eqn.params)]
+        if name == "scan":
+            total += eqn.params["length"] * sum(subs)
+        elif name == "cond":
+            total += max(subs, default=0)
+        else:
+            total += sum(subs)
+    return total
+
+
+def layer_flops(exp):
+    """Forward FLOPs of the network for one example, from its layers' shapes: nn.Conv 2 H' W' kh kw Cin Cout,
+    nn.Dense 2 x (positions) x in x out, AttnBlock's two products 4 P^2 C (P = H W positions). The batch-of-1
+    shapes come from flax's method interception of one forward pass (abstract: nothing is computed)."""
+    total = [0]
+
+    def count(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        module, x = context.module, args[0] if args else None
+        if context.method_name == "__call__" and isinstance(module, (nn.Conv, nn.Dense)):
+            kernel = module.variables["params"]["kernel"]
+            total[0] += 2 * math.prod(out.shape[:-1]) * math.prod(kernel.shape[:-1]) * kernel.shape[-1]
+        elif context.method_name == "__call__" and isinstance(module, AttnBlock):
+            _, h, w, c = x.shape
+            total[0] += 4 * (h * w) ** 2 * c
+        return out
+
+    def forward(params):
+        with nn.intercept_methods(count):
+            return exp.apply(params, jnp.zeros((1,) + exp.info.shape), jnp.ones((1,)))
+
+    params = jax.eval_shape(lambda: experiment.init_state(exp, 0).params)
+    jax.eval_shape(forward, params)
+    return total[0]
+
+
+def flops_report(exp, state, one_batch, x, key, train_xla_flops):
+    """The FLOPs of one train step and of one ELBO example: counted from the jaxprs of the trainer's step on
+    one_batch [1, B, ...] and of the evaluation's one-draw ISM ELBO on x [B, ...], XLA's (train_xla_flops, given),
+    and from the layers (the module docstring)."""
+    b = exp.config.training.batch_size
+    forward = layer_flops(exp)
+    elbo_fn = experiment.make_elbo_fn(exp, "ism", "uniform", "rademacher", "hutchinson")
+    return {
+        "train_flops_per_step": matmul_flops(jax.make_jaxpr(experiment.make_train_step(exp))(state, one_batch)),
+        "train_flops_per_step_xla": train_xla_flops,
+        "train_flops_per_step_layers": 3 * forward * b,
+        "elbo_flops_per_example": matmul_flops(jax.make_jaxpr(elbo_fn)(state.params, x, key)) / x.shape[0],
+        "elbo_flops_per_example_layers": 2 * forward,
+        "forward_flops_per_example_layers": forward,
+    }
+
+
+def utilisation(flops_per_sec, dtype, device_kind):
+    """{"share_of_<peak>_peak": share} of the card's dense peaks (CARD_PEAKS: fp32 and TF32 for dtype float32,
+    bf16 for bfloat16); {} for a device not in CARD_PEAKS (the CPU) or no FLOP/s."""
+    peaks = CARD_PEAKS.get(device_kind, {})
+    names = ("bf16",) if dtype == "bfloat16" else ("fp32", "tf32")
+    return {f"share_of_{n}_peak": flops_per_sec / peaks[n] for n in names if n in peaks and flops_per_sec}
+
+
 def flops_of(compiled):
     """FLOPs XLA's cost analysis counts in a compiled function (NaN when it gives none)."""
     ca = compiled.cost_analysis()
@@ -106,6 +205,10 @@ def peak_flops(repeats=10):
         f(a, a).block_until_ready()
         best = min(best, time.perf_counter() - start)
     return 2.0 * n ** 3 / best, n
+
+
+def param_count(state):
+    return int(sum(np.prod(a.shape) for a in jax.tree.leaves(state.params)))
 
 
 def max_rss_mb():
@@ -144,23 +247,13 @@ def compile_workload(exp, mesh, host):
     return w
 
 
-def measure_workload(name, seconds, steps_per_call=0, settings=()):
-    """The diffvar figures of one workload (see the module docstring)."""
+def measure_workload(name, seconds, steps_per_call=0, settings=(), flops_only=False):
+    """The diffvar figures of one workload (see the module docstring); flops_only: the FLOP counts alone."""
     exp, mesh, host = prepare(name, steps_per_call, settings)
     config, synthetic = exp.config, WORKLOADS[name][2]
     k, b = config.training.steps_per_call, config.training.batch_size
-    w = compile_workload(exp, mesh, host)
-    flops_step = flops_of(w["train"])
-    if k > 1:
-        one = distributed.global_array(mesh, host[:1], P(None, "data"))
-        flops_step = flops_of(experiment.make_train_step(exp).lower(w["state"], one).compile())
-    flops_step *= mesh.size  # the analysis is of one device's program (its share of the batch)
-    train_calls = rate(w["do_train"], seconds)
-    elbo_calls = rate(w["do_elbo"], seconds / 2)
-    peak, n = peak_flops()
-    steps_per_sec = train_calls * k
     m = config.model
-    return {
+    out = {
         "workload": name, "config": f"configs/{WORKLOADS[name][0]}.py",
         "overrides": dict(WORKLOADS[name][1], **{"objective.name": "dsm"}), "settings": list(settings),
         "data": SYNTHETIC_NOTE.format(name=config.data.name, shape="x".join(map(str, synthetic[0])),
@@ -168,14 +261,29 @@ def measure_workload(name, seconds, steps_per_call=0, settings=()):
         "model": (f"mlp hidden={m.hidden} depth={m.depth} {m.activation} time={m.time_embedding}" if m.name == "mlp"
                   else f"unet ch={m.ch} ch_mult={tuple(m.ch_mult)} attn={tuple(m.attn_resolutions)} "
                        f"dropout={m.dropout}"),
-        "batch": b, "steps_per_call": k, "seconds": seconds,
-        "params": int(sum(np.prod(a.shape) for a in jax.tree.leaves(w["state"].params))),
-        "train_steps_per_sec": steps_per_sec, "train_compile_seconds": w["train_compile_seconds"],
+        "dtype": m.dtype, "batch": b, "steps_per_call": k, "seconds": seconds,
+    }
+    one = distributed.global_array(mesh, host[:1], P(None, "data"))
+    x, key = distributed.global_array(mesh, host[0]), jax.random.PRNGKey(1)
+    if flops_only:
+        state = jax.device_put(experiment.init_state(exp, config.seed), distributed.replicated(mesh))
+        xla = flops_of(experiment.make_train_step(exp).lower(state, one).compile()) * mesh.size
+        return {**out, "params": param_count(state), **flops_report(exp, state, one, x, key, xla), **runtime()}
+    w = compile_workload(exp, mesh, host)
+    flops = flops_report(exp, w["state"], one, x, key, flops_of(w["train"]) * mesh.size if k == 1 else None)
+    out["params"] = param_count(w["state"])
+    train_calls = rate(w["do_train"], seconds)
+    elbo_calls = rate(w["do_elbo"], seconds / 2)
+    peak, n = peak_flops()
+    steps_per_sec = train_calls * k
+    achieved = flops["train_flops_per_step"] * steps_per_sec
+    return {
+        **out, "train_steps_per_sec": steps_per_sec, "train_compile_seconds": w["train_compile_seconds"],
         "elbo_examples_per_sec": elbo_calls * b, "elbo_compile_seconds": w["elbo_compile_seconds"],
-        "train_flops_per_step": flops_step, "train_flops_per_sec": flops_step * steps_per_sec,
-        "peak_flops_per_sec": peak, "peak_matmul_size": n,
-        "train_peak_fraction": flops_step * steps_per_sec / peak,
-        "max_rss_mb": max_rss_mb(), **runtime(),
+        **flops, "train_flops_per_sec": achieved,
+        "elbo_flops_per_sec": flops["elbo_flops_per_example"] * elbo_calls * b,
+        "peak_flops_per_sec": peak, "peak_matmul_size": n, "train_peak_fraction": achieved / peak,
+        **utilisation(achieved, m.dtype, jax.devices()[0].device_kind), "max_rss_mb": max_rss_mb(), **runtime(),
     }
 
 
@@ -231,6 +339,7 @@ def main():
     p.add_argument("--steps_per_call", type=int, default=0, help="training.steps_per_call (0: the config's)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="a config setting on top of the workload's (repeatable), e.g. sde.name=learned_vp")
+    p.add_argument("--flops_only", action="store_true", help="the FLOP counts alone (compiles, times nothing)")
     p.add_argument("--ode", action="store_true", help="the digits test-set ODE instead of a workload")
     p.add_argument("--ode_workdir", default="", help="a digits training workdir whose latest checkpoint to use")
     p.add_argument("--ode_train_steps", type=int, default=200, help="without --ode_workdir: steps trained first")
@@ -239,7 +348,7 @@ def main():
     if args.ode:
         out = measure_ode(args.ode_workdir, args.ode_train_steps, args.ode_max_examples)
     else:
-        out = measure_workload(args.workload, args.seconds, args.steps_per_call, args.set)
+        out = measure_workload(args.workload, args.seconds, args.steps_per_call, args.set, args.flops_only)
     print(json.dumps(out), flush=True)
 
 

@@ -1,8 +1,13 @@
-"""Time to quality: `make train`'s run against the PyTorch peer trained for the same wall clock; digits test bpd.
+"""Time to quality: `make train`'s run against the PyTorch peer trained for the same wall clock; test bpd.
 
     python benchmarks/quality.py [--seeds=0,1] [--workdir=runs/quality] [--out=runs/quality.json]
+    python benchmarks/quality.py --config=fashion_mnist_cpu --minutes=50 --workdir=runs/quality_fashion \
+        --out=runs/quality_fashion.json
 
-For each seed, one after the other (never sharing the cores):
+--config: configs/<name>.py (digits, or a 28x28 config with the peer's MNIST U-Net: fashion_mnist_cpu, mnist).
+--minutes=M: both sides train at the same time for M minutes each (diffvar: training.max_minutes = M), each
+pinned to one of the two cores, so that whatever else the machine does slows both alike; then both are
+evaluated as below. Without it, for each seed, one after the other (never sharing the cores):
 1. diffvar: scripts/train.py --config=configs/digits.py --config.seed=SEED, the run `make train` starts, timed
    from process start to exit: W seconds (compilation, periodic evaluations, checkpoints, samples included).
 2. the peer: benchmarks/torch_peer.py trains the reference's digits U-Net on the same training split for W
@@ -39,6 +44,9 @@ from diffvar import cli, platform
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
+flags.DEFINE_string("config", "digits", "configs/<config>.py: digits, or 28x28 with the MNIST U-Net.")
+flags.DEFINE_float("minutes", 0.0, "Train both sides at once for this many minutes, one core each (0: one after "
+                   "the other, the peer for as long as diffvar's whole run took).")
 flags.DEFINE_list("seeds", ["0"], "Seeds: one diffvar run and one peer run each.")
 flags.DEFINE_string("workdir", "runs/quality", "Where the runs go (diffvar workdirs, the peer's weights).")
 flags.DEFINE_string("out", "runs/quality.json", "Where to write the JSON results.")
@@ -95,17 +103,31 @@ def peer_params(weights, model, shape):
     return out
 
 
-def run(cmd, log_path):
-    """Runs cmd with its output (stdout and stderr) to log_path; (seconds from start to exit, its last line)."""
-    start = time.time()
+PEER_WORKLOADS = {"digits": "digits", "mnist": "mnist", "fashion_mnist": "mnist"}  # data.name -> its U-Net
+
+
+def start(cmd, log_path, core=None):
+    """(Popen of cmd with its output to log_path, pinned to CPU `core` if given, start time)."""
+    pin = (lambda: os.sched_setaffinity(0, {core})) if core is not None else None
     with open(log_path, "w") as log:
-        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
-    seconds = time.time() - start
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pin), time.time()
+
+
+def finish(proc_start, log_path):
+    """Waits for a start()ed command; (seconds from its start to exit, its last line)."""
+    proc, began = proc_start
+    code = proc.wait()
+    seconds = time.time() - began
     if code:
-        sys.exit(f"quality: {' '.join(cmd[1:])} exited with status {code}; see {log_path}")
+        sys.exit(f"quality: {' '.join(proc.args[1:])} exited with status {code}; see {log_path}")
     with open(log_path) as log:
         lines = log.read().strip().splitlines()
     return seconds, lines[-1] if lines else ""
+
+
+def run(cmd, log_path):
+    """Runs cmd with its output (stdout and stderr) to log_path; (seconds from start to exit, its last line)."""
+    return finish(start(cmd, log_path), log_path)
 
 
 def evaluate_both(diffvar_workdir, peer_weights):
@@ -150,41 +172,53 @@ def one_seed(seed, workdir):
     a later call with the same settings (an interrupted benchmark re-runs only what it had not finished)."""
     from diffvar import config as config_lib
     from diffvar import data as data_lib
+    config_path = os.path.join(ROOT, "configs", f"{FLAGS.config}.py")
+    config = config_lib.load_file(config_path)
     wd = os.path.join(workdir, f"diffvar_seed{seed}")
-    overrides = [f"--config.seed={seed}"] + [f"--config.{o}" for o in FLAGS.overrides]
+    minutes = [f"--config.training.max_minutes={FLAGS.minutes}"] if FLAGS.minutes else []
+    overrides = [f"--config.seed={seed}"] + [f"--config.{o}" for o in FLAGS.overrides] + minutes
+    diffvar_cmd = [sys.executable, os.path.join(ROOT, "scripts", "train.py"), f"--config={config_path}",
+                   f"--workdir={wd}", *overrides]
+    diffvar_log = os.path.join(workdir, f"diffvar_seed{seed}.log")
+    peer_seconds = FLAGS.peer_seconds or 60 * FLAGS.minutes
+    name = f"peer_seed{seed}_lr{FLAGS.peer_lr:g}" + (f"_{peer_seconds:g}s" if peer_seconds else "")
+    weights_path, peer_log = os.path.join(workdir, f"{name}.npz"), os.path.join(workdir, f"{name}.log")
+
+    def peer_cmd(seconds):
+        levels_path = os.path.join(workdir, f"{config.data.name}_train_levels.npy")
+        np.save(levels_path, data_lib.load_split(config.data, "train"))
+        return [sys.executable, os.path.join(HERE, "torch_peer.py"), f"--workload={PEER_WORKLOADS[config.data.name]}",
+                f"--train_data={levels_path}", f"--levels={data_lib.get_info(config.data).levels}",
+                f"--logit_alpha={config.data.logit_alpha}", f"--train_seconds={seconds}",
+                f"--lr={FLAGS.peer_lr}", f"--seed={seed}", f"--save={weights_path}"]
 
     def train_diffvar():
         # From scratch: train.py would resume an interrupted run, and its wall time would be only a part.
         shutil.rmtree(wd, ignore_errors=True)
-        seconds, _ = run([sys.executable, os.path.join(ROOT, "scripts", "train.py"),
-                          f"--config={os.path.join(ROOT, 'configs', 'digits.py')}", f"--workdir={wd}", *overrides],
-                         os.path.join(workdir, f"diffvar_seed{seed}.log"))
-        return {"wall_seconds": seconds}
+        return {"wall_seconds": run(diffvar_cmd, diffvar_log)[0]}
 
-    seconds = cached(os.path.join(workdir, f"diffvar_seed{seed}.json"), overrides, train_diffvar)["wall_seconds"]
-    config = config_lib.load_file(os.path.join(ROOT, "configs", "digits.py"))
-    peer_seconds = FLAGS.peer_seconds or seconds
-    name = f"peer_seed{seed}_lr{FLAGS.peer_lr:g}" + (f"_{peer_seconds:g}s" if FLAGS.peer_seconds else "")
-    weights_path = os.path.join(workdir, f"{name}.npz")
+    def train_both():  # --minutes: at once, one core each
+        shutil.rmtree(wd, ignore_errors=True)
+        diffvar, peer = start(diffvar_cmd, diffvar_log, core=0), start(peer_cmd(peer_seconds), peer_log, core=1)
+        peer_seconds_taken, line = finish(peer, peer_log)
+        return {"wall_seconds": finish(diffvar, diffvar_log)[0], "peer": json.loads(line)}
 
-    def train_peer():
-        levels_path = os.path.join(workdir, "digits_train_levels.npy")
-        np.save(levels_path, data_lib.load_split(config.data, "train"))
-        _, line = run([sys.executable, os.path.join(HERE, "torch_peer.py"), "--workload=digits",
-                       f"--train_data={levels_path}", f"--levels={data_lib.get_info(config.data).levels}",
-                       f"--logit_alpha={config.data.logit_alpha}", f"--train_seconds={peer_seconds}",
-                       f"--lr={FLAGS.peer_lr}", f"--seed={seed}", f"--save={weights_path}"],
-                      os.path.join(workdir, f"{name}.log"))
-        return json.loads(line)
-
-    peer = cached(os.path.join(workdir, f"{name}.json"), [peer_seconds, FLAGS.peer_lr], train_peer)
+    key = [*overrides, FLAGS.config]
+    if FLAGS.minutes:
+        both = cached(os.path.join(workdir, f"both_seed{seed}.json"), key + [FLAGS.peer_lr], train_both)
+        seconds, peer = both["wall_seconds"], both["peer"]
+    else:
+        seconds = cached(os.path.join(workdir, f"diffvar_seed{seed}.json"), key, train_diffvar)["wall_seconds"]
+        peer_seconds = peer_seconds or seconds
+        peer = cached(os.path.join(workdir, f"{name}.json"), [peer_seconds, FLAGS.peer_lr],
+                      lambda: json.loads(run(peer_cmd(peer_seconds), peer_log)[1]))
     with np.load(weights_path) as f:
         weights = {k: f[k] for k in f.files}
     res = evaluate_both(wd, weights)
     with open(os.path.join(wd, "status.json")) as f:
         res["diffvar_bpd_printed_by_its_run"] = json.load(f)["result"]["test_bpd"]
-    return dict(seed=seed, wall_seconds=seconds, peer_seconds=peer_seconds, peer_steps=peer["steps"],
-                peer_lr=peer["lr"], peer_threads=peer["threads"], **res)
+    return dict(seed=seed, wall_seconds=seconds, peer_seconds=peer["seconds"], peer_steps=peer["steps"],
+                peer_lr=peer["lr"], peer_threads=peer["threads"], concurrent=bool(FLAGS.minutes), **res)
 
 
 def main(argv):

@@ -7,6 +7,7 @@ reverse-mode vector-Jacobian product. This file re-implements exactly that compu
 code runs it, so that benchmarks/bench.py reports "diffvar / PyTorch peer" measured in one run on one machine.
 
     python benchmarks/torch_peer.py --workload digits --seconds 20     # prints one JSON line
+    python benchmarks/torch_peer.py --workload cifar --device cuda --amp bf16 --channels_last --compile
     python benchmarks/torch_peer.py --workload digits --train_data levels.npy --levels 17 --train_seconds 540 \
         --save peer.npz                                                # trains on real data (benchmarks/quality.py)
 
@@ -25,8 +26,14 @@ With --train_data (integer levels [N, H, W, C], .npy), it instead trains as the 
 last partial batch dropped), uniform dequantization z = (x + u) / K and y = logit(a + (1 - 2a) z) (a = 0.05),
 the DSM loss above, Adam; then saves the weights (state_dict order) to --save and prints the steps taken.
 
+On a GPU (--device cuda) the settings a PyTorch user would pick: --amp bf16 (torch.autocast: the network in
+bf16, its output cast to float32 before the loss and the ELBO's sums), --channels_last, cudnn.benchmark (on with
+cuda), --compile (torch.compile of the network); each call is synchronised, and the JSON adds the allocator's peak
+(device_peak_mb). The defaults (cpu, no amp, contiguous NCHW, eager) are the CPU benchmark's.
+
 Requires torch (the CPU build): pip install -e '.[bench]' (torch==2.13.0).
 """
+import contextlib
 import argparse
 import json
 import math
@@ -48,13 +55,18 @@ def vp_alpha_sigma(t):
     return alpha, torch.sqrt(1.0 - alpha ** 2)
 
 
+def autocast(amp, device):
+    """The forward's precision context: torch.autocast to bf16 under --amp bf16, else nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if amp == "bf16" else contextlib.nullcontext()
+
+
 def vp_g(t):
     return torch.sqrt(BETA_MIN + t * (BETA_MAX - BETA_MIN))
 
 
 def timestep_embedding(t, dim):
     half = dim // 2
-    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / (half - 1))
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32, device=t.device) / (half - 1))
     args = t[:, None] * freqs[None]
     return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
 
@@ -171,26 +183,30 @@ def bcast(v, x):
     return v.view(-1, *([1] * (x.dim() - 1)))
 
 
-def dsm_loss(model, x):
-    t = torch.rand(x.shape[0])
+def dsm_loss(model, x, amp="none"):
+    t = torch.rand(x.shape[0], device=x.device)
     alpha, sigma = vp_alpha_sigma(t)
     eps = torch.randn_like(x)
     y = bcast(alpha, x) * x + bcast(sigma, x) * eps
-    a = model(y, t)
+    with autocast(amp, x.device):
+        a = model(y, t)
+    a = a.float()
     return ((a * bcast(sigma / vp_g(t), x) + eps) ** 2).flatten(1).sum(1).mean() / 2
 
 
-def elbo_ism(model, x):
+def elbo_ism(model, x, amp="none"):
     """One-sample ISM-form ELBO with a Rademacher probe, reverse-mode, as the reference does it."""
-    t = torch.rand(x.shape[0])
+    t = torch.rand(x.shape[0], device=x.device)
     alpha, sigma = vp_alpha_sigma(t)
     y = (bcast(alpha, x) * x + bcast(sigma, x) * torch.randn_like(x)).requires_grad_()
-    a = model(y, t)
+    with autocast(amp, x.device):
+        a = model(y, t)
+    a = a.float()
     beta = BETA_MIN + t * (BETA_MAX - BETA_MIN)
     mu = bcast(vp_g(t), x) * a + 0.5 * bcast(beta, x) * y
-    v = torch.randint(0, 2, x.shape).float() * 2 - 1
+    v = torch.randint(0, 2, x.shape, device=x.device).float() * 2 - 1
     div = (torch.autograd.grad(mu, y, v)[0] * v).flatten(1).sum(1)
-    alpha_T, sigma_T = vp_alpha_sigma(torch.ones(x.shape[0]))
+    alpha_T, sigma_T = vp_alpha_sigma(torch.ones(x.shape[0], device=x.device))
     yT = bcast(alpha_T, x) * x + bcast(sigma_T, x) * torch.randn_like(x)
     prior = (-0.5 * yT ** 2 - 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
     return prior - div - 0.5 * (a ** 2).flatten(1).sum(1)
@@ -228,6 +244,10 @@ def main():
     p.add_argument("--train_seconds", type=float, default=60.0, help="--train_data: wall time to train")
     p.add_argument("--lr", type=float, default=1e-4, help="Adam's learning rate (the reference's 1e-4)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--amp", choices=("none", "bf16"), default="none", help="bf16: torch.autocast for the network")
+    p.add_argument("--channels_last", action="store_true", help="the network and its input in channels_last")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network")
     p.add_argument("--save", default="", help="--train_data: write the trained weights here (.npz)")
     args = p.parse_args()
     from timing import rate  # benchmarks/timing.py, diffvar's loop; here, since tests load this file by path
@@ -236,6 +256,11 @@ def main():
     torch.manual_seed(args.seed)
     make, shape, batch = WORKLOADS[args.workload]
     model = make()
+    device = torch.device(args.device)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device cuda: this torch ({torch.__version__}) sees no CUDA device")
+    if args.train_data and (args.device != "cpu" or args.amp != "none" or args.channels_last or args.compile):
+        raise SystemExit("--train_data trains as the reference does, on the CPU in float32: drop the GPU options")
     if args.train_data:
         steps, seconds, loss = train_on_data(model, np.load(args.train_data), args.levels, args.logit_alpha,
                                              args.train_seconds, batch, args.lr, args.seed)
@@ -245,28 +270,40 @@ def main():
                           "workload": args.workload, "batch": batch, "lr": args.lr, "seed": args.seed,
                           "steps": steps, "seconds": seconds, "last_loss": loss, "saved": args.save}))
         return
+    fmt = torch.channels_last if args.channels_last and len(shape) == 3 else torch.contiguous_format
+    model = model.to(device, memory_format=fmt)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    x = torch.randn(batch, *shape)
+    x = torch.randn(batch, *shape, device=device).contiguous(memory_format=fmt)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    net = torch.compile(model) if args.compile else model
+    params = sum(p.numel() for p in model.parameters())
 
     def train_step():
-        loss = dsm_loss(model, x)
+        loss = dsm_loss(net, x, args.amp)
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if cuda:
+            torch.cuda.synchronize()
 
     def eval_step():
-        elbo_ism(model, x).sum().item()
+        elbo_ism(net, x, args.amp).sum().item()
 
     out = {
-        "peer": "pytorch-eager",
+        "peer": "pytorch-compile" if args.compile else "pytorch-eager",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "workload": args.workload,
         "batch": batch,
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": params,
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "amp": args.amp, "channels_last": args.channels_last, "cudnn_benchmark": cuda,
         "train_steps_per_sec": rate(train_step, args.seconds),
         "elbo_examples_per_sec": batch * rate(eval_step, args.seconds / 2),
         "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
+        "device_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
     }
     print(json.dumps(out))
 

@@ -33,7 +33,7 @@ def get_hyper(h, name=None):
     "lr": peak learning rate 5e-4, 1e-3, 2e-3, 4e-3 with the default objective, 5 minutes each.
     """
     # 5 minutes is ~1,000 steps on one core: an EMA over the last ~100 steps, not the default ~1,000, so that
-    # the evaluated parameters are those of the trained model rather than mostly its initialisation.
+    # the evaluated parameters are those of the last steps rather than an average over most of the run.
     budget = [h.fixed("config.training.max_minutes", 5.0), h.fixed("config.eval.final_repeats", 2),
               h.fixed("config.training.ema_decay", 0.99)]
     return h.named(name, {

@@ -1,8 +1,9 @@
 """The only module that touches orbax: open, save, restore, resolve 'latest' | 'best' | N, plausibility checks.
 
 A checkpoint at step N is workdir/checkpoints/N with three items: state (the TrainState), data (the training
-iterator's state, JSON) and meta (JSON: step, test_metric, unit). The test metric is also orbax's metric of
-the step, so orbax keeps the best checkpoint and names it (best_fn, best_step()). Saves are synchronous and
+iterator's state, JSON) and meta (JSON: step, unit). A checkpoint is written before its step's evaluation (a
+run stopped during the evaluation keeps its last steps); record_metric then attaches the test metric as
+orbax's metric of the step, so orbax keeps the best checkpoint and names it (best_fn, best_step()). Saves are synchronous and
 atomic (orbax writes a temporary directory and renames it). The trainer opens the manager read-write;
 evaluation and sampling open it read-only and never write under checkpoints/.
 """
@@ -22,6 +23,7 @@ import orbax.checkpoint as ocp
 from diffvar import config as config_lib
 from diffvar import distributed, experiment
 from diffvar.errors import CheckpointError, ConfigError, DataNotPreparedError, OptionError, WorkdirError
+from diffvar.files import write_json_atomic
 
 ITEMS = ("state", "data", "meta")
 MAX_PARAM_MAGNITUDE = 1e8   # no trained network has weights this large; random bytes read as float32 do
@@ -49,11 +51,20 @@ def manager(workdir, keep=3, read_only=False):
 
 def save(mngr, state, data_state, meta):
     """Writes (state, data iterator state, meta) at step state.step; returns when it is on disk."""
-    metrics = {"test_metric": meta["test_metric"]} if meta.get("test_metric") is not None else None
     mngr.save(int(state.step), args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)),
-        metrics=metrics, force=True)
+        force=True)
     mngr.wait_until_finished()
+
+
+def record_metric(mngr, step, value):
+    """Attaches the test metric `value` to the saved checkpoint at `step`: orbax's metrics item
+    (<step>/metrics/metrics, the JSON orbax itself writes for save(metrics=...)), written atomically, then
+    re-read by the manager, so best_step() and the preservation policy see it."""
+    folder = os.path.join(str(mngr.directory), str(step), "metrics")
+    os.makedirs(folder, exist_ok=True)
+    write_json_atomic(os.path.join(folder, "metrics"), {"test_metric": float(value)})
+    mngr.reload()
 
 
 def restore(mngr, step, abstract_state=None, items=ITEMS):

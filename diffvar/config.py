@@ -18,7 +18,7 @@ import ml_collections
 from diffvar import likelihood
 from diffvar.data import DATASETS, SPLITS
 from diffvar.errors import ConfigError, WorkdirError, check_choice, check_number
-from diffvar.models import MODELS
+from diffvar.models import DTYPES, MODELS
 from diffvar.models.mlp import ACTIVATIONS, TIME_EMBEDDINGS
 from diffvar.models.param import PARAMETERISATIONS
 from diffvar.objectives import OBJECTIVES
@@ -67,6 +67,9 @@ def defaults():
     m.activation = "softplus"         # mlp: softplus | silu | relu | tanh
     m.time_embedding = "concat"       # mlp: concat (raw t) | sinusoidal
     m.time_scale = 1000.0             # t is embedded as t * time_scale
+    m.dtype = "float32"               # float32 | bfloat16: the network's matmuls, convolutions and activations
+                                      # (parameters, optimizer state, the network's output, the SDE and the
+                                      # ELBO's sums stay float32; models/unet.py says where each cast happens)
 
     c.objective = o = ml_collections.ConfigDict()
     o.name = "dsm_is"                 # dsm (eps-loss) | dsm_is (ELBO, importance time) | dsm_lw | elbo | ssm
@@ -92,7 +95,7 @@ def defaults():
     t.steps_per_call = 1              # optimizer steps per compiled call (lax.scan); >1 amortizes dispatch on
                                       # accelerators. Keep 1 for U-Nets on CPU: XLA:CPU runs convolution
                                       # gradients inside loops ~10x slower (measured, jax 0.10.2)
-    t.ema_decay = 0.999               # EMA of parameters, used for eval and samples; 0 disables
+    t.ema_decay = 0.999               # EMA of parameters, debiased, used for eval and samples; 0 disables
     t.log_every = 100                 # steps between metrics.jsonl lines / progress lines
     t.ckpt_every = 1000               # steps between checkpoints (also at the end and on SIGTERM)
     t.keep = 3                        # latest checkpoints kept (the best by test metric is kept too)
@@ -134,10 +137,11 @@ def defaults():
 CHOICES = {
     "data.name": DATASETS, "data.transform": likelihood.TRANSFORMS, "sde.name": tuple(SDES) + ("learned_vp",),
     "model.name": MODELS, "model.parameterization": PARAMETERISATIONS, "model.activation": tuple(ACTIVATIONS),
-    "model.time_embedding": TIME_EMBEDDINGS, "objective.name": OBJECTIVES, "objective.probe": likelihood.PROBES,
-    "optim.name": ("adam", "adamw"), "optim.schedule": ("constant", "cosine"), "eval.split": SPLITS,
-    "eval.form": likelihood.FORMS, "eval.time_sampling": TIME_SAMPLINGS, "eval.probe": likelihood.PROBES,
-    "eval.divergence": likelihood.DIVERGENCES, "eval.dequantization": ("auto",) + likelihood.DEQUANTIZATIONS,
+    "model.time_embedding": TIME_EMBEDDINGS, "model.dtype": DTYPES, "objective.name": OBJECTIVES,
+    "objective.probe": likelihood.PROBES, "optim.name": ("adam", "adamw"), "optim.schedule": ("constant", "cosine"),
+    "eval.split": SPLITS, "eval.form": likelihood.FORMS, "eval.time_sampling": TIME_SAMPLINGS,
+    "eval.probe": likelihood.PROBES, "eval.divergence": likelihood.DIVERGENCES,
+    "eval.dequantization": ("auto",) + likelihood.DEQUANTIZATIONS,
     "data.dequantization": likelihood.TRAINING_DEQUANTIZATIONS,
 }
 # key -> keyword arguments of check_number

@@ -14,6 +14,8 @@ spread of the test set and the Monte-Carlo noise. Two estimators are compared th
 on the same examples, in which that spread cancels.
 
 Random draws: batch i, repeat r of a pass uses fold_in(fold_in(key, i), r), key = pass_key(seed, step, name).
+A pass prints a progress line with its ETA (when given a logs.Progress) and checks `stop()` after every batch:
+Interrupted ends it there (the trainer's SIGTERM).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffvar import data as data_lib
-from diffvar import distributed, experiment, likelihood
+from diffvar import distributed, experiment, likelihood, logs
 from diffvar.errors import OptionError, SolverError
 
 PASSES = ("ism", "dsm", "ode")
@@ -102,7 +104,22 @@ def _stop_reason(st, repeats, target_stderr, max_repeats):
     return None
 
 
-def elbo_pass(compiled, params, key, batches, repeats=1, target_stderr=0.0, max_repeats=1000, progress=None):
+class Interrupted(Exception):
+    """A pass stopped because `stop()` said so (the trainer's SIGTERM)."""
+
+
+def _tick(progress, stop, start, done, total, fmt, *args):
+    """After each batch: a progress line (rate-limited by `progress`) ending in the pass's ETA from `done` of
+    `total` batches, then Interrupted if `stop()`."""
+    if progress:
+        eta = (time.time() - start) * (total - done) / done
+        progress.say(fmt + ", %.1f s, ETA %s", *args, time.time() - start, logs.fmt_time(eta))
+    if stop and stop():
+        raise Interrupted()
+
+
+def elbo_pass(compiled, params, key, batches, repeats=1, target_stderr=0.0, max_repeats=1000, progress=None,
+              stop=None):
     """Negative ELBO over `batches` with `compiled` (experiment.make_elbo_fn, compiled): dict with mean, stderr,
     mc_stderr and floor_stderr (repeats >= 2), repeats, num_examples, seconds and values (per-example
     averages, np [N]).
@@ -121,8 +138,8 @@ def elbo_pass(compiled, params, key, batches, repeats=1, target_stderr=0.0, max_
             v = np.asarray(distributed.gather(compiled(params, x, k)), np.float64)[mask]
             total[i] += v
             total_sq[i] += v * v
-            if progress:
-                progress.say("ELBO: pass %d, batch %d/%d, %.1f s", r + 1, i + 1, len(batches), time.time() - start)
+            _tick(progress, stop, start, r * len(batches) + i + 1, max(repeats, r + 1) * len(batches),
+                  "ELBO: pass %d/%d, batch %d/%d", r + 1, max(repeats, r + 1), i + 1, len(batches))
         r += 1
         st = _stats(np.concatenate(total), np.concatenate(total_sq), r)
         if r < repeats:
@@ -141,7 +158,7 @@ def elbo_pass(compiled, params, key, batches, repeats=1, target_stderr=0.0, max_
     return out
 
 
-def ode_pass(compiled, params, key, batches, progress=None, max_steps=4096):
+def ode_pass(compiled, params, key, batches, progress=None, max_steps=4096, stop=None):
     """Probability-flow ODE -log p over `batches` with `compiled` (experiment.make_ode_fn, compiled): dict with
     mean, stderr, nfe (mean over batches of the solver's drift evaluations), nfe_max, num_examples, seconds,
     values (per example, np [N])."""
@@ -154,8 +171,7 @@ def ode_pass(compiled, params, key, batches, progress=None, max_steps=4096):
                               f"--ode_rtol/--ode_atol")
         values.append(np.asarray(distributed.gather(v), np.float64)[mask])
         nfes.append(int(nfe))
-        if progress:
-            progress.say("ODE: batch %d/%d, NFE %d, %.1f s", i + 1, len(batches), nfes[-1], time.time() - start)
+        _tick(progress, stop, start, i + 1, len(batches), "ODE: batch %d/%d, NFE %d", i + 1, len(batches), nfes[-1])
     values = np.concatenate(values)
     mean, se = mean_stderr(values)
     return {"mean": mean, "stderr": se, "nfe": float(np.mean(nfes)), "nfe_max": int(max(nfes)),
@@ -331,22 +347,22 @@ class Evaluator:
         words it)."""
         return estimate_label(self.exp, self.spec, name, step, ema)
 
-    def run(self, params, step, repeats=None, progress=None):
+    def run(self, params, step, repeats=None, progress=None, stop=None):
         """{form: est for each ELBO form, "ode": est (spec.ode), "exact": est (gmm2d)}; repeats overrides the
-        spec's (the trainer's final evaluation)."""
+        spec's (the trainer's final evaluation); Interrupted as soon as `stop()` is true after a batch."""
         s = self.spec
         out = {}
         for form in s.forms:
             key = pass_key(s.seed, step, form)
             compiled, seconds = self._compiled_fn(form, params, key)
             est = elbo_pass(compiled, params, key, self.batches, repeats or s.repeats, s.target_stderr,
-                            s.max_repeats, progress)
+                            s.max_repeats, progress, stop)
             out[form] = dict(est, compile_seconds=seconds, form=form, time_sampling=s.time_sampling_for(form),
                              divergence=s.divergence, probe=s.probe, label=self.label(form, step))
         if s.ode:
             key = pass_key(s.seed, step, "ode")
             compiled, seconds = self._compiled_fn("ode", params, key)
-            est = ode_pass(compiled, params, key, self.batches, progress)
+            est = ode_pass(compiled, params, key, self.batches, progress, stop=stop)
             label = self.label("ode", step)  # its t_min: max(the dequantization's t0, the model's smallest t)
             out["ode"] = dict(est, compile_seconds=seconds, rtol=s.ode_rtol, atol=s.ode_atol, probe=s.probe,
                               divergence=s.ode_divergence_for(self.exp.dim), t_min=label["t_min"], label=label,

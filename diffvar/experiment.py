@@ -211,6 +211,15 @@ def loss_and_grads(exp, params, x, rng):
     return jnp.mean(losses), grads
 
 
+def ema_decay_at(decay, step):
+    """The weight on the EMA before update number step + 1 that makes the EMA debiased (optax.ema's debias):
+    decay (1 - decay^n) / (1 - decay^(n+1)), n = step. The EMA after n updates is then
+    sum_i decay^(n-i) p_i / sum_i decay^(n-i) over the trained parameters p_1..p_n: nothing of the
+    initialisation, at any step (undebiased, 0.999^716 = 49 % of it is left after 716 steps)."""
+    n = jnp.asarray(step, jnp.float32)
+    return decay * (1.0 - decay ** n) / (1.0 - decay ** (n + 1.0))
+
+
 def make_train_step(exp):
     """Jitted (state, batch [K, B, ...]) -> (state, losses [K]): K optimizer steps in one call, state donated."""
     decay = exp.config.training.ema_decay
@@ -220,7 +229,8 @@ def make_train_step(exp):
         value, grads = loss_and_grads(exp, state.params, x, jax.random.fold_in(k, state.step))
         updates, opt_state = exp.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        ema = optax.incremental_update(params, state.ema_params, 1.0 - decay) if decay else params
+        ema = optax.incremental_update(params, state.ema_params, 1.0 - ema_decay_at(decay, state.step)) if decay \
+            else params
         return TrainState(state.step + 1, params, ema, opt_state, rng), value
 
     def train_call(state, batches):

@@ -4,7 +4,8 @@
 
 Workdir: config.json, checkpoints/ (train state + data-iterator state + meta), metrics.jsonl, tb/
 (TensorBoard), samples/, curves.png, status.json. Re-running on a workdir resumes from its latest checkpoint;
-SIGTERM saves a checkpoint and returns. The test-set ELBO it logs comes from evaluator.Evaluator, the object
+SIGTERM saves a checkpoint and returns (during an evaluation: after its current batch). A checkpoint due at an
+evaluation step is written before the evaluation. The test-set ELBO it logs comes from evaluator.Evaluator, the object
 scripts/evaluate.py reports with, built once per run (its estimator compiled at the first evaluation).
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from jax.sharding import PartitionSpec as P
 
 from diffvar import checkpoints, config as config_lib, data as data_lib, distributed, experiment, files, logs, plots
 from diffvar.errors import ConfigError, DiffvarError, NonFiniteLossError, StorageError
-from diffvar.evaluator import EvalSpec, Evaluator, paired_difference
+from diffvar.evaluator import EvalSpec, Evaluator, Interrupted, paired_difference
 
 
 def due(step, every, final=False):
@@ -87,11 +88,14 @@ def initial_state(exp, mesh, mngr, workdir):
     return state, train_iter
 
 
-def evaluate(evaluator, params, step, repeats):
+def evaluate(evaluator, params, step, repeats, stop):
     """The periodic test-set evaluation as a metrics.jsonl record (metric, its s.e., and the gap to the exact
-    -log p for gmm2d)."""
+    -log p for gmm2d), with progress lines every 30 s; evaluator.Interrupted when `stop.requested`."""
     key = logs.metric_key(evaluator.exp.unit)
-    results = evaluator.run(params, step, repeats)
+    logs.say("step %d | evaluating on %d test examples, %d pass(es)", step, evaluator.num_examples,
+             repeats or evaluator.spec.repeats)
+    results = evaluator.run(params, step, repeats, progress=logs.Progress(0, every=30.0),
+                            stop=lambda: stop.requested)
     est = results[evaluator.spec.forms[0]]
     rec = {"step": step, key: est["mean"], f"{key}_stderr": est["stderr"], "eval_examples": est["num_examples"],
            "eval_repeats": est["repeats"], "eval_seconds": est["seconds"],
@@ -108,6 +112,12 @@ def evaluate(evaluator, params, step, repeats):
     logs.say("step %d | test %s %.4f +- %.4f (%d examples, %.1f s%s)%s", step, evaluator.exp.unit, est["mean"],
              est["stderr"], est["num_examples"], est["seconds"], compile_note, gap)
     return rec
+
+
+def save_checkpoint(mngr, exp, state, train_iter, status):
+    """A checkpoint of `state` and the training iterator at state.step; status.json says the run goes on."""
+    checkpoints.save(mngr, state, train_iter.get_state(), {"step": int(state.step), "unit": exp.unit})
+    status.write("running")
 
 
 def write_samples(exp, draw, params, workdir, step):
@@ -164,19 +174,23 @@ def loop(exp, workdir, mesh, mngr, state, train_iter, log, status, stop):
         if due(step, t_cfg.log_every, final or stop.requested):
             log_training(log, exp, step, losses, progress, last_eval, deadline)
             losses = []
-        if stop.requested:  # SIGTERM: save what we have, no evaluation
-            checkpoints.save(mngr, state, train_iter.get_state(), {"step": step, "unit": exp.unit})
-            break
         with progress.paused():  # the rate counts training steps only
-            rec = None
+            saved = stop.requested or due(step, t_cfg.ckpt_every, final)
+            if saved:  # before the evaluation: a run stopped during it keeps this step
+                save_checkpoint(mngr, exp, state, train_iter, status)
+            if stop.requested:  # SIGTERM: no evaluation
+                break
             if due(step, e_cfg.every, final):
                 repeats = (e_cfg.final_repeats or e_cfg.repeats) if final else e_cfg.repeats
-                rec = last_eval = evaluate(evaluator, state.ema_params, step, repeats)
-                log.write(rec)
-            if due(step, t_cfg.ckpt_every, final):
-                meta = {"step": step, "test_metric": rec[key] if rec else None, "unit": exp.unit}
-                checkpoints.save(mngr, state, train_iter.get_state(), meta)
-                status.write("running")
+                try:
+                    last_eval = evaluate(evaluator, state.ema_params, step, repeats, stop)
+                except Interrupted:  # SIGTERM during the evaluation: keep this step
+                    if not saved:
+                        save_checkpoint(mngr, exp, state, train_iter, status)
+                    break
+                log.write(last_eval)
+                if saved and distributed.is_chief():
+                    checkpoints.record_metric(mngr, step, last_eval[key])
             if distributed.is_chief() and not final and due(step, config.sampling.every):
                 write_samples(exp, draw, state.ema_params, workdir, step)
         if final:

@@ -93,10 +93,13 @@ def within(diff, k=4.0, slack=0.0):
 
 
 def start_training(workdir, *flags, until="step 10/", **kw):
-    """train_script(..., wait=False) once its output shows `until` (a Popen; the rest of stdout unread)."""
+    """train_script(..., wait=False) once its output shows `until` (a Popen, with that line as proc.matched; the
+    rest of stdout unread)."""
     proc = train_script(workdir, *flags, wait=False, **kw)
+    proc.matched = None
     for line in proc.stdout:
         if until in line:
+            proc.matched = line
             break
     return proc
 

@@ -71,3 +71,33 @@ def test_quality_reuses_a_recorded_run_only_for_the_same_settings(tmp_path):
     assert quality.cached(path, ["--config.seed=0"], make)["wall_seconds"] == 1.0
     assert quality.cached(path, ["--config.seed=0"], make)["wall_seconds"] == 1.0 and len(made) == 1
     assert quality.cached(path, ["--config.seed=1"], make)["wall_seconds"] == 2.0 and len(made) == 2
+
+
+def test_counted_flops_are_the_layer_shapes_flops(monkeypatch):
+    """measure.py's counted FLOPs: a convolution's are 2 H W kh kw Cin Cout per example, a strided one's input
+    gradient costs what its forward does, and a small U-Net's train step is 3x the forward from its layer shapes
+    less the input gradients never computed (of the first convolution and of the time embedding's first Dense)."""
+    import jax
+    import jax.numpy as jnp
+    from diffvar import experiment
+    from tests.helpers import load_config
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    measure = load_benchmark("measure")
+
+    def conv(x, k, stride):
+        return jax.lax.conv_general_dilated(x, k, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    x, k = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 5))
+    assert measure.matmul_flops(jax.make_jaxpr(conv, static_argnums=2)(x, k, 1)) == 2 * 2 * 8 * 8 * 9 * 3 * 5
+    forward = measure.matmul_flops(jax.make_jaxpr(conv, static_argnums=2)(x, k, 2))
+    input_grad = jax.grad(lambda x: jnp.sum(jnp.sin(conv(x, k, 2))))
+    assert measure.matmul_flops(jax.make_jaxpr(input_grad)(x)) == 2 * forward  # the forward and its transpose
+
+    c = load_config("digits")
+    c.model.ch, c.model.ch_mult, c.model.num_res_blocks, c.training.batch_size = 8, (1, 2), 1, 4
+    exp = experiment.build(c)
+    state = jax.eval_shape(lambda: experiment.init_state(exp, 0))
+    batch = jax.ShapeDtypeStruct((1, 4, 8, 8, 1), jnp.float32)
+    counted = measure.matmul_flops(jax.make_jaxpr(experiment.make_train_step(exp))(state, batch))
+    never = 4 * (2 * 8 * 8 * 9 * 1 * 8 + 2 * 8 * 32)  # conv_in's and the first time Dense's input gradients
+    assert counted == 3 * 4 * measure.layer_flops(exp) - never

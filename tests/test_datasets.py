@@ -1,6 +1,7 @@
 """The benchmark datasets (MNIST, Fashion-MNIST, CIFAR-10, downsampled ImageNet) prepared without TensorFlow
 from synthetic files written in exactly the official formats: records, labels and TFDS's order; bad files
 refused with one line and nothing prepared; a few training steps and an evaluation on prepared CIFAR-10."""
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -9,6 +10,7 @@ import os
 import re
 import socket
 import tarfile
+import time
 
 import ml_collections
 import numpy as np
@@ -151,7 +153,7 @@ def test_idx_datasets(tmp_path, name):
     assert info == data.DataInfo(name, (28, 28, 1), 256, 30, 10, None)
     assert data.label(cfg_for(name, str(tmp_path / "d")), "test") == {
         "name": name, "builder": f"diffvar_{name}", "version": "1.0.0", "split": "test", "num_examples": 10,
-        "verified": False}
+        "verified": False, "matched": {f: None for f in IDX}, "origin": str(tmp_path / "src")}
     names = builder.info.features["label"].names
     assert names[0] == ("T-shirt/top" if name == "fashion_mnist" else "0")
 
@@ -185,7 +187,9 @@ def test_downsampled_imagenet(tmp_path, size):
     np.testing.assert_array_equal(data.load_split(cfg, "test"), records(d, name, "validation")[0])
     assert data.label(cfg, "test") == {"name": name, "builder": f"diffvar_downsampled_imagenet/{size}x{size}",
                                        "version": "1.0.0", "split": "validation", "num_examples": 5,
-                                       "verified": False}
+                                       "verified": False, "matched": {f"{s}_{size}x{size}.tar": None
+                                                                      for s in ("train", "valid")},
+                                       "origin": str(tmp_path / "src")}
 
 
 def test_official_digests_mark_the_dataset_verified(tmp_path, monkeypatch):
@@ -201,6 +205,100 @@ def test_official_digests_mark_the_dataset_verified(tmp_path, monkeypatch):
     assert data.label(cfg_for("cifar10", d), "train")["verified"] is True
     with open(os.path.join(d, "diffvar_cifar10", "1.0.0", "metadata.json")) as f:
         assert json.load(f)["sha256"] == {"cifar-10-binary.tar.gz": digest}
+
+
+def _regzip(path, mtime):
+    """Re-compresses a gzip file as a re-packager does (another header: no file name, another mtime)."""
+    payload = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(payload, mtime=mtime))
+    return payload
+
+
+def _record_payloads(monkeypatch, cls, payloads, host="fashion-mnist.s3-website.eu-central-1.amazonaws.com"):
+    """cls's official files with these payloads' size and sha256 (the archives' sha256 stay the official ones)."""
+    official = cls.official_files
+
+    def files(self):
+        return [dataclasses.replace(f, payload_size=len(payloads[f.name]),
+                                    payload_sha256=hashlib.sha256(payloads[f.name]).hexdigest())
+                for f in official(self)]
+    monkeypatch.setattr(cls, "official_files", files)
+
+
+def test_a_faithful_recompression_verifies_by_its_payload(tmp_path, monkeypatch):
+    """Files re-gzip'd with another header (Debian's Fashion-MNIST): the archive sha256 differs, the payload's
+    matches, so the dataset is verified, by "payload", and says where the files came from; one changed byte
+    of data is refused with one line naming both digests."""
+    src, d = tmp_path / "src", str(tmp_path / "d")
+    write_mnist(src, seed=3)
+    payloads = {f: _regzip(src / f, mtime=1591347949) for f in IDX}
+    _record_payloads(monkeypatch, builders.FashionMnist, payloads)
+    out = io.StringIO()
+    prepare.prepare("fashion_mnist", d, source=str(src), out=out)
+    label = data.label(cfg_for("fashion_mnist", d), "test")
+    assert (label["verified"], label["matched"], label["origin"]) == (True, {f: "payload" for f in IDX}, str(src))
+    assert "verified by payload sha256" in out.getvalue()
+
+    changed = bytearray(payloads[IDX[2]])
+    changed[-1] ^= 1
+    (src / IDX[2]).write_bytes(gzip.compress(bytes(changed)))
+    with pytest.raises(data.DataNotPreparedError, match=r"t10k-images-idx3-ubyte\.gz: sha256 \w+ does not match "
+                       r"the official .* and its decompressed payload does not match .*--unverified") as err:
+        prepare.prepare("fashion_mnist", str(tmp_path / "d2"), source=str(src), out=io.StringIO())
+    assert "\n" not in str(err.value) and nothing_prepared(str(tmp_path / "d2"))
+
+
+def test_the_system_folder_is_looked_in_first(tmp_path, monkeypatch):
+    """Without --source, Fashion-MNIST's files are read from the folder Debian's package installs them into,
+    and the run says so; where that folder lacks them, the offline failure names the package."""
+    system, d = tmp_path / "usr_share", str(tmp_path / "d")
+    write_mnist(system, seed=4)
+    _record_payloads(monkeypatch, builders.FashionMnist, {f: _regzip(system / f, mtime=0) for f in IDX})
+    monkeypatch.setattr(builders.FashionMnist, "SYSTEM_FOLDERS", (str(tmp_path / "absent"), str(system)))
+    out = io.StringIO()
+    prepare.prepare("fashion_mnist", d, out=out)
+    assert f"found fashion_mnist's files in {system} (installed by `apt-get install dataset-fashion-mnist`)" in \
+        out.getvalue()
+    assert data.label(cfg_for("fashion_mnist", d), "train")["origin"] == str(system)
+
+    monkeypatch.setattr(builders.FashionMnist, "SYSTEM_FOLDERS", (str(tmp_path / "absent"),))
+    with pytest.raises(data.DataNotPreparedError, match=r"could not download fashion_mnist .*install them with "
+                       r"`apt-get install dataset-fashion-mnist` and re-run, or download .*--source=FOLDER"):
+        prepare.prepare("fashion_mnist", str(tmp_path / "d2"), out=io.StringIO())
+
+
+def test_an_unreachable_host_fails_within_the_timeout(monkeypatch):
+    """A download from a host that does not answer (TEST-NET-1, never routed) fails after `timeout` seconds
+    with one line, instead of TFDS's minutes of silent retries."""
+    monkeypatch.undo()  # the real socket: nothing answers at 192.0.2.1
+    f = builders.OfficialFile("x.gz", "http://192.0.2.1/x.gz", 1, "0" * 64)
+    start = time.monotonic()
+    with pytest.raises(OSError):
+        prepare._reachable([f], timeout=2.0)
+    assert time.monotonic() - start < 5.0
+
+
+DEBIAN = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.mark.skipif(not os.path.isdir(DEBIAN), reason="Debian's dataset-fashion-mnist is not installed")
+def test_debians_fashion_mnist_is_prepared_verified(tmp_path):
+    """The real archives of `apt-get install dataset-fashion-mnist`: verified by payload without --source,
+    60,000 / 10,000 examples in TFDS's order (keys are rows of the files)."""
+    d = str(tmp_path / "d")
+    r = run_script("prepare_data", "--dataset=fashion_mnist", f"--data_dir={d}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"found fashion_mnist's files in {DEBIAN}" in r.stdout and "verified by payload sha256" in r.stdout
+    cfg = cfg_for("fashion_mnist", d)
+    label = data.label(cfg, "test")
+    assert (label["verified"], label["origin"], label["num_examples"]) == (True, DEBIAN, 10_000)
+    assert label["matched"] == {f: "payload" for f in IDX}
+    assert data.get_info(cfg).num_train == 60_000
+    images, labels = builders.read_idx_pair(os.path.join(DEBIAN, IDX[2]), os.path.join(DEBIAN, IDX[3]), (28, 28))
+    order = tfds_order("test", range(10_000))
+    x, y = records(d, "fashion_mnist", "test")
+    np.testing.assert_array_equal(x[:100, ..., 0], images[order[:100]])
+    np.testing.assert_array_equal(y, labels[order])
 
 
 def test_checksums_tsv_records_the_official_files():

@@ -44,3 +44,15 @@ def test_peer_params_refuses_weights_of_another_network():
     with pytest.raises(ValueError, match="modules"):
         quality.peer_params({k: v.numpy() for k, v in mnist_peer.state_dict().items()}, make_model(cfg, (8, 8, 1)),
                             (8, 8, 1))
+
+
+def test_peer_amp_bf16_runs_the_network_in_bf16_and_the_sums_in_float32():
+    model = torch_peer.WORKLOADS["toy2d"][0]()
+    x = torch.randn(64, 2)
+    for fn in (torch_peer.dsm_loss, torch_peer.elbo_ism):
+        torch.manual_seed(1)
+        want = fn(model, x)
+        torch.manual_seed(1)
+        got = fn(model, x, "bf16")
+        assert got.dtype == torch.float32 and torch.isfinite(got).all()
+        assert not torch.equal(got, want)  # autocast took effect

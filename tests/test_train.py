@@ -1,6 +1,7 @@
 """The trainer end to end on a tiny gmm2d run: outputs, exact resume, SIGTERM/SIGKILL, devices, bad configs."""
 import json
 import os
+import re
 import signal
 import time
 
@@ -8,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from diffvar import checkpoints, experiment
+from diffvar import checkpoints, data, experiment
 from diffvar import config as config_lib
 from diffvar import train as train_lib
 from diffvar.errors import ConfigError, NonFiniteLossError
@@ -38,6 +39,9 @@ def test_train_writes_outputs_and_resumes(tmp_path):
     assert compile_seconds[0] > 0 and compile_seconds[1:] == [0.0]
     status = json.load(open(os.path.join(workdir, "status.json")))
     assert status["status"] == "finished" and status["step"] == 40
+    # Checkpoints are written before their evaluation; the test metric is attached afterwards: orbax sees it.
+    mngr = checkpoints.manager(workdir, read_only=True)
+    assert mngr.metrics(40)["test_metric"] == summary["test_nats"] and mngr.best_step() in (20, 40)
     assert status["result"]["test_nats"] == summary["test_nats"]
     # Keeps the latest 2 plus the best evaluated one.
     steps = sorted(checkpoints.manager(workdir, read_only=True).all_steps())
@@ -105,6 +109,22 @@ def test_sigterm_saves_and_exits_zero(tmp_path):
     step, _ = params_at(workdir)
     assert step >= 20 and step % 10 == 0
     assert "SIGTERM" in out
+
+
+def test_sigterm_during_the_final_evaluation_stops_it_with_the_checkpoint_kept(tmp_path):
+    """The checkpoint of the last step is written before the final evaluation, which prints progress lines
+    with an ETA; SIGTERM during it ends the run within seconds (exit 0, status interrupted), keeping it."""
+    workdir = str(tmp_path / "run")
+    proc = start_training(workdir, "--config.training.num_steps=20", "--config.eval.final_repeats=100000",
+                          until="ELBO: pass 1/100000, batch 1/1")
+    proc.send_signal(signal.SIGTERM)
+    start = time.time()
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and time.time() - start < 30, out
+    assert params_at(workdir)[0] == 20
+    assert json.load(open(os.path.join(workdir, "status.json")))["status"] == "interrupted"
+    assert re.search(r"ELBO: pass 1/100000, batch 1/1, [\d.]+ s, ETA \d+:\d\d:\d\d", proc.matched)
+    assert not any("test_nats" in line for line in open(os.path.join(workdir, "metrics.jsonl")))
 
 
 def test_same_loss_curve_on_one_and_four_devices(tmp_path):
@@ -194,3 +214,24 @@ def test_gmm2d_config_reaches_the_exact_log_density(tmp_path):
     assert se < 0.03
     assert abs(gap) < 0.05, (gap, se)
     assert gap > -4 * se
+
+
+def test_the_ema_is_debiased():
+    """experiment.ema_decay_at makes the EMA optax.ema(decay, debias=True)'s: a weighted mean of the trained
+    parameters, nothing of the initialisation (the undebiased EMA keeps decay^n of it). Through the train step:
+    after one step the EMA is the parameters themselves."""
+    import optax
+    decay, rng = 0.9, np.random.default_rng(0)
+    ps = [rng.normal(size=3).astype(np.float32) for _ in range(30)]
+    ema, ref = np.full(3, 1e3, np.float32), optax.ema(decay, debias=True)
+    ref_state = ref.init(ps[0])
+    for n, p in enumerate(ps):
+        ema = np.asarray(optax.incremental_update(p, ema, 1.0 - experiment.ema_decay_at(decay, n)))
+        expected, ref_state = ref.update(p, ref_state)
+        np.testing.assert_allclose(ema, expected, rtol=1e-5, atol=1e-5)
+
+    exp = experiment.build(tiny_config(**{"training.steps_per_call": 1}), 1)
+    state = experiment.init_state(exp, 0)
+    batch = np.asarray(next(data.make_train_iter(exp.config.data, 8, 0, 0, 1)))
+    state, _ = experiment.make_train_step(exp)(state, batch[None])
+    assert_same_params(state.ema_params, state.params)

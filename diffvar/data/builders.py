@@ -11,8 +11,11 @@ by md5(split name + key), so records and their order are TFDS's. Images are `Ten
 (no PNG encoder, hence no TensorFlow) and everything is written as array_record.
 
 The files come from `builder.source` when set (diffvar.data.prepare sets it after checking digests), else
-through the TFDS download manager, which checks them against checksums.tsv. `info.metadata` records whether
-the files were the official ones ("verified") and their sha256.
+through the TFDS download manager, which checks them against checksums.tsv. payloads.tsv beside it records,
+for gzip'd files known to be re-packaged (Debian's Fashion-MNIST), the sha256 and size of the decompressed
+payload: a faithful re-compression verifies by content, a changed byte of data does not. `info.metadata`
+records whether the files were the official ones ("verified"), their sha256, which digest each matched
+("archive" or "payload") and where they came from ("origin").
 """
 from __future__ import annotations
 
@@ -57,21 +60,34 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 @dataclasses.dataclass(frozen=True)
 class OfficialFile:
-    """One file as TFDS records it."""
+    """One file as TFDS records it, and its decompressed payload's digest where payloads.tsv has one."""
 
     name: str
     url: str
     size: int
     sha256: str
+    payload_size: int | None = None
+    payload_sha256: str | None = None
+
+
+def _payloads() -> dict:
+    """{url: (payload size, payload sha256)} from payloads.tsv (URL, size, sha256; '#' starts a comment)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "payloads.tsv")
+    with open(path) as f:
+        rows = [line.split() for line in f if line.strip() and not line.startswith("#")]
+    return {url: (int(size), digest) for url, size, digest in rows}
 
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """The files a preparation reads: {official name: local path}, and whether their digests matched."""
+    """The files a preparation reads: {official name: local path}; whether their digests matched; each file's
+    archive sha256 and which recorded digest it matched ("archive", "payload", or None); where they came from."""
 
     paths: dict
     verified: bool
     sha256: dict
+    matched: dict
+    origin: str
 
 
 class OfficialFilesBuilder(Builder, skip_registration=True):
@@ -80,21 +96,27 @@ class OfficialFilesBuilder(Builder, skip_registration=True):
     source: Source | None = None
     progress = None  # callable(split, done, total) or None; set by diffvar.data.prepare
     URLS_ALIVE = True  # False: the download manager cannot fetch the files; they are placed by hand
+    SYSTEM_FOLDERS: tuple = ()  # folders a system package installs the official files into, looked in first
+    SYSTEM_PACKAGE = ""  # the command that installs them there
 
     def urls(self) -> tuple[str, ...]:
         raise NotImplementedError
 
     def official_files(self) -> list[OfficialFile]:
-        infos = type(self).url_infos
-        return [OfficialFile(infos[u].filename, u, int(infos[u].size), infos[u].checksum) for u in self.urls()]
+        infos, payloads = type(self).url_infos, _payloads()
+        return [OfficialFile(infos[u].filename, u, int(infos[u].size), infos[u].checksum,
+                             *payloads.get(u, (None, None))) for u in self.urls()]
 
     def _files(self, dl_manager) -> dict:
         """{official name: path}; records in info.metadata where the files came from."""
         if self.source is None:  # plain TFDS use: the download manager fetches and checks them
             files = self.official_files()
             paths = dl_manager.download({f.name: f.url for f in files})
-            self.source = Source(dict(paths), True, {f.name: f.sha256 for f in files})
-        self.info.metadata.update(verified=self.source.verified, sha256=dict(self.source.sha256))
+            self.source = Source(dict(paths), True, {f.name: f.sha256 for f in files},
+                                 {f.name: "archive" for f in files}, "download")
+        src = self.source
+        self.info.metadata.update(verified=src.verified, sha256=dict(src.sha256), matched=dict(src.matched),
+                                  origin=src.origin)
         return {name: os.fspath(p) for name, p in self.source.paths.items()}
 
     def _tick(self, split, done, total):
@@ -261,6 +283,8 @@ class FashionMnist(_IdxBuilder):
     CLASS_NAMES = _FASHION_NAMES
     HOMEPAGE = "https://github.com/zalandoresearch/fashion-mnist"
     CITATION = "Xiao, H., Rasul, K. and Vollgraf, R. (2017). Fashion-MNIST. arXiv:1708.07747."
+    SYSTEM_FOLDERS = ("/usr/share/datasets/fashion-mnist",)  # Debian's dataset-fashion-mnist (re-gzip'd files)
+    SYSTEM_PACKAGE = "apt-get install dataset-fashion-mnist"
 
 
 class Cifar10(OfficialFilesBuilder):
@@ -365,6 +389,13 @@ BUILDERS = {
 def verified(builder) -> bool:
     """Whether a prepared builder's files were the official ones (its metadata says so; False if silent)."""
     return bool((builder.info.metadata or {}).get("verified", False))
+
+
+def provenance(builder) -> dict:
+    """{"matched": {file: "archive" | "payload" | None}, "origin": folder or "download"} of a prepared builder,
+    from its metadata ({} for datasets prepared before these were recorded)."""
+    meta = builder.info.metadata or {}
+    return {k: meta[k] for k in ("matched", "origin") if k in meta}
 
 
 def make(name: str, data_dir: str) -> OfficialFilesBuilder:

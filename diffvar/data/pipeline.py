@@ -193,7 +193,9 @@ def get_info(cfg) -> DataInfo:
 def label(cfg, split: str) -> dict:
     """What an evaluation of `split` ran on: {"name", "builder" (TFDS name, "toy" for the 2-D toys),
     "version", "split" (the TFDS split read), "num_examples", "verified" (official files; always True for
-    the toys and digits)}. Reads only metadata."""
+    the toys and digits), and for prepared benchmarks "matched" ({file: "archive" | "payload" | None}, the
+    digest each file matched) and "origin" (the folder the files were read from, or "download")}. Reads only
+    metadata."""
     _check_split(split)
     name = dataset_name(cfg)
     if name in toy.TOY_DATASETS:
@@ -203,7 +205,7 @@ def label(cfg, split: str) -> dict:
     tfds_name = builder.name + (f"/{builder.builder_config.name}" if builder.builder_config else "")
     return {"name": name, "builder": tfds_name, "version": str(builder.version), "split": tfds_split(name, split),
             "num_examples": builder.info.splits[tfds_split(name, split)].num_examples,
-            "verified": name == "digits" or builders.verified(builder)}
+            "verified": name == "digits" or builders.verified(builder), **builders.provenance(builder)}
 
 
 def load_split(cfg, split: str) -> np.ndarray:

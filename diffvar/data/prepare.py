@@ -3,19 +3,27 @@
     builder = prepare("cifar10", data_dir, source="~/Downloads")       # a folder of official files, or one file
     builder = prepare("mnist", data_dir)                                # TFDS's download manager (needs network)
 
-Every file's sha256 is checked against checksums.tsv before anything is written; `unverified=True` accepts
-other files and the prepared dataset records `verified: False` in its metadata (diffvar.data.label reads
-it). TFDS writes into `<dataset>/incomplete.*` and renames it into place only when every split is written:
+Every file's sha256 is checked against checksums.tsv before anything is written, and where it differs, the
+sha256 of its decompressed payload against payloads.tsv (a faithful re-compression, such as Debian's
+Fashion-MNIST, verifies by content); `unverified=True` accepts other files and the prepared dataset records
+`verified: False` in its metadata (diffvar.data.label reads it), beside which digest each file matched and
+where the files came from. Without a source, the folders a system package installs the files into are
+looked in first (Debian's /usr/share/datasets/fashion-mnist), then the files are downloaded; offline, that
+fails within seconds. TFDS writes into `<dataset>/incomplete.*` and renames it into place only when every split is written:
 a failed or interrupted preparation leaves nothing the trainer takes as prepared, and running again
 prepares from scratch. Bad files raise DataNotPreparedError with one line naming the file.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import shlex
+import socket
 import sys
 import time
+import urllib.parse
+import zlib
 
 import requests
 import tensorflow_datasets as tfds
@@ -53,16 +61,30 @@ class Progress:
         print(f"  {what}: {counts}({100 * frac:.0f}%), {eta_text}", file=self.out, flush=True)
 
 
-def sha256(path: str, progress=None) -> str:
-    """The hex sha256 of a file, reporting progress in bytes."""
-    digest, total, done = hashlib.sha256(), os.path.getsize(path), 0
-    with open(path, "rb") as f:
+def sha256(path: str, progress=None, decompress: bool = False) -> str:
+    """The hex sha256 of a file (of its gzip payload if `decompress`), reporting progress in file bytes."""
+    digest, total = hashlib.sha256(), os.path.getsize(path)
+    what = f"sha256 {os.path.basename(path)}{' payload' if decompress else ''}"
+    with open(path, "rb") as raw, (gzip.open(raw) if decompress else raw) as f:
         while chunk := f.read(_HASH_CHUNK):
             digest.update(chunk)
-            done += len(chunk)
             if progress:
-                progress(f"sha256 {os.path.basename(path)}", done, total)
+                progress(what, raw.tell(), total)
     return digest.hexdigest()
+
+
+def _match(f: builders.OfficialFile, path: str, progress) -> tuple[str, str | None]:
+    """(the file's sha256, which recorded digest it matches: "archive", "payload" or None). The payload is
+    hashed only when the archive differs and payloads.tsv has its digest; an unreadable gzip matches nothing."""
+    found = sha256(path, progress)
+    if found == f.sha256:
+        return found, "archive"
+    if f.payload_sha256 is None:
+        return found, None
+    try:
+        return found, "payload" if sha256(path, progress, decompress=True) == f.payload_sha256 else None
+    except (OSError, EOFError, zlib.error):  # not a (complete) gzip file
+        return found, None
 
 
 def command(name: str, data_dir: str, source: str | None = None) -> str:
@@ -92,25 +114,53 @@ def _source_paths(name: str, files, source: str) -> dict:
     return {f.name: os.path.join(source, f.name) for f in files}
 
 
-def _check_digests(files, paths: dict, unverified: bool, progress) -> builders.Source:
-    """sha256 of every file against the recorded one; a mismatch raises unless `unverified`."""
-    found = {f.name: sha256(paths[f.name], progress) for f in files}
-    wrong = [f for f in files if found[f.name] != f.sha256]
+def _check_digests(files, paths: dict, unverified: bool, progress, origin: str) -> builders.Source:
+    """Every file against its recorded archive sha256, else its payload's; a mismatch raises unless `unverified`."""
+    found, matched = {}, {}
+    for f in files:
+        found[f.name], matched[f.name] = _match(f, paths[f.name], progress)
+    wrong = [f for f in files if matched[f.name] is None]
     if wrong and not unverified:
         f = wrong[0]
+        payload = (f" and its decompressed payload does not match the official payload's {f.payload_sha256}"
+                   if f.payload_sha256 else "")
         raise DataNotPreparedError(f"{paths[f.name]}: sha256 {found[f.name]} does not match the official "
-                                   f"{f.name}'s {f.sha256} (--unverified accepts other files, and every number "
-                                   f"computed on them is marked unverified)")
-    return builders.Source(paths, not wrong, found)
+                                   f"{f.name}'s {f.sha256}{payload} (--unverified accepts other files, and every "
+                                   f"number computed on them is marked unverified)")
+    return builders.Source(paths, not wrong, found, matched, origin)
 
 
-def _download(builder, name: str, files, data_dir: str) -> builders.Source:
+def _system_folder(builder, files):
+    """The first of builder.SYSTEM_FOLDERS that holds every official file, or None."""
+    for folder in builder.SYSTEM_FOLDERS:
+        if all(os.path.isfile(os.path.join(folder, f.name)) for f in files):
+            return folder
+    return None
+
+
+def _reachable(files, timeout: float) -> None:
+    """Raises OSError unless a connection to every host of the files' URLs opens within `timeout` seconds (TFDS's
+    download manager retries for minutes, silently, where there is no network)."""
+    for host, port in sorted({(u.hostname, u.port or (443 if u.scheme == "https" else 80))
+                              for u in (urllib.parse.urlsplit(f.url) for f in files)}):
+        socket.create_connection((host, port), timeout=timeout).close()
+
+
+def _download(builder, name: str, files, data_dir: str, timeout: float = 10.0) -> builders.Source:
     """The official files through TFDS's download manager (which checks their sha256)."""
+    package = f"install them with `{builder.SYSTEM_PACKAGE}` and re-run, or " if builder.SYSTEM_PACKAGE else ""
     if not builder.URLS_ALIVE:
         raise DataNotPreparedError(
             f"{name}'s files cannot be downloaded (their URLs, {', '.join(f.url for f in files)}, are dead: "
             f"tensorflow/datasets#4662): place {_describe(files)} in a folder FOLDER and run "
             f"`{command(name, data_dir, 'FOLDER')}`")
+    try:
+        _reachable(files, timeout)
+    except OSError as e:
+        raise DataNotPreparedError(
+            f"could not download {name} (cannot reach {urllib.parse.urlsplit(files[0].url).hostname}: "
+            f"{type(e).__name__}: {' '.join(str(e).split())[:200]}): {package}download {_describe(files)} by hand "
+            f"into a folder FOLDER and run `{command(name, data_dir, 'FOLDER')}`") from None
     dl = tfds.download.DownloadManager(download_dir=os.path.join(data_dir, "downloads"), url_infos=builder.url_infos,
                                        dataset_name=builder.name)
     try:
@@ -119,10 +169,11 @@ def _download(builder, name: str, files, data_dir: str) -> builders.Source:
         raise DataNotPreparedError(" ".join(str(e).split())) from None
     except (requests.RequestException, OSError) as e:
         raise DataNotPreparedError(
-            f"could not download {name} ({type(e).__name__}: {' '.join(str(e).split())[:300]}); download "
+            f"could not download {name} ({type(e).__name__}: {' '.join(str(e).split())[:300]}): {package}download "
             f"{_describe(files)} by hand into a folder FOLDER and run "
             f"`{command(name, data_dir, 'FOLDER')}`") from None
-    return builders.Source({k: os.fspath(p) for k, p in paths.items()}, True, {f.name: f.sha256 for f in files})
+    return builders.Source({k: os.fspath(p) for k, p in paths.items()}, True, {f.name: f.sha256 for f in files},
+                           {f.name: "archive" for f in files}, "download")
 
 
 def prepare(name: str, data_dir: str, source: str | None = None, unverified: bool = False, out=sys.stdout):
@@ -136,8 +187,11 @@ def prepare(name: str, data_dir: str, source: str | None = None, unverified: boo
         return builder
     files = builder.official_files()
     progress = Progress(out, unit=None)
+    if source is None and (source := _system_folder(builder, files)) is not None:
+        print(f"found {name}'s files in {source} (installed by `{builder.SYSTEM_PACKAGE}`)", file=out, flush=True)
     if source is not None:
-        builder.source = _check_digests(files, _source_paths(name, files, source), unverified, progress)
+        origin = os.path.abspath(os.path.expanduser(source))
+        builder.source = _check_digests(files, _source_paths(name, files, source), unverified, progress, origin)
     else:
         builder.source = _download(builder, name, files, data_dir)
     builder.progress = Progress(out, unit=" examples")
@@ -146,6 +200,7 @@ def prepare(name: str, data_dir: str, source: str | None = None, unverified: boo
     builder.download_and_prepare(file_format=FILE_FORMAT, download_dir=os.path.join(data_dir, "downloads"))
     builder = builders.make(name, data_dir)
     counts = ", ".join(f"{s} {v.num_examples:,}" for s, v in builder.info.splits.items())
-    print(f"prepared {name}: {counts} examples in {builder.data_dir}"
-          f"{'' if builders.verified(builder) else ' (UNVERIFIED files)'}", file=out, flush=True)
+    matched = sorted(set(builders.provenance(builder).get("matched", {}).values()) - {None})
+    how = f" (verified by {' and '.join(matched)} sha256)" if builders.verified(builder) else " (UNVERIFIED files)"
+    print(f"prepared {name}: {counts} examples in {builder.data_dir}{how}", file=out, flush=True)
     return builder

@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax.numpy as jnp
+
 from diffvar.models.mlp import ACTIVATIONS, MLP, TIME_EMBEDDINGS
 from diffvar.models.param import PARAMETERISATIONS, make_score_fn, output_to_score, score_to_output
 from diffvar.models.unet import UNet, check_unet_shape
 
 MODELS = ("mlp", "unet")
+# model.dtype: the dtype the network computes in (parameters, optimizer state and the output stay float32)
+DTYPES = ("float32", "bfloat16")
 _CLASSES = {"mlp": MLP, "unet": UNet}
 _FIELDS = {
-    "mlp": ("hidden", "depth", "activation", "time_embedding", "time_scale"),
-    "unet": ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout", "time_scale"),
+    "mlp": ("hidden", "depth", "activation", "time_embedding", "time_scale", "dtype"),
+    "unet": ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout", "time_scale", "dtype"),
 }
 
 
@@ -34,6 +38,10 @@ def make_model(cfg, data_shape):
     kw = _defaults(_CLASSES[name])
     kw.update({k: cfg[k] for k in _FIELDS[name] if k in cfg and cfg[k] is not None})
     data_shape = tuple(data_shape)
+    dtype = kw["dtype"] if isinstance(kw["dtype"], str) else jnp.dtype(kw["dtype"]).name
+    if dtype not in DTYPES:
+        raise ValueError(f"model.dtype must be one of {DTYPES}, got {kw['dtype']!r}")
+    kw["dtype"] = jnp.dtype(dtype)
 
     if name == "mlp":
         if kw["activation"] not in ACTIVATIONS:
@@ -65,6 +73,6 @@ def make_model(cfg, data_shape):
 
 
 __all__ = [
-    "MODELS", "MLP", "UNet", "make_model",
+    "MODELS", "DTYPES", "MLP", "UNet", "make_model",
     "PARAMETERISATIONS", "output_to_score", "score_to_output", "make_score_fn",
 ]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -19,6 +20,9 @@ class MLP(nn.Module):
 
     time_embedding 'concat': emb(t) = t, one column (the PyTorch reference's toy MLP, d+1 -> 128 x 3 -> d);
     'sinusoidal': emb(t) = timestep_embedding(t * time_scale, hidden).
+
+    Precision: the Dense layers and activations compute in `dtype` (model.dtype; flax casts the float32 input
+    and parameters to it), parameters stay float32, and the output is cast back to float32 at the end.
     """
 
     hidden: int = 128
@@ -26,6 +30,7 @@ class MLP(nn.Module):
     activation: str = "softplus"
     time_embedding: str = "concat"
     time_scale: float = 1000.0
+    dtype: Any = jnp.float32   # computation dtype: float32 | bfloat16 (parameters stay float32)
 
     @nn.compact
     def __call__(self, y, t, train: bool = False):
@@ -41,5 +46,6 @@ class MLP(nn.Module):
         d = math.prod(y.shape[1:])
         h = jnp.concatenate([y.reshape(y.shape[0], d), temb], axis=1)
         for _ in range(self.depth):
-            h = act(nn.Dense(self.hidden)(h))
-        return nn.Dense(d)(h).reshape(y.shape)
+            h = act(nn.Dense(self.hidden, dtype=self.dtype)(h))
+        out = nn.Dense(d, dtype=self.dtype)(h).reshape(y.shape)
+        return out.astype(jnp.float32)  # the network's edge: everything downstream is float32

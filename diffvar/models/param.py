@@ -5,6 +5,8 @@
     'eps'  : out = eps = -sigma(t) * score  (score = -eps / sigma)
 
 Shapes: out / score [B, ...], t [B]; `sde` is any diffvar.sde SDE (diffusion(t), alpha_sigma(t)).
+Precision: out is float32 whatever model.dtype (the networks cast their output back at their edge), so these
+conversions, the SDE's coefficients and everything the ELBO sums from them run in float32.
 """
 from __future__ import annotations
 
