@@ -200,7 +200,7 @@ def one_seed(seed, workdir):
     def train_both():  # --minutes: at once, one core each
         shutil.rmtree(wd, ignore_errors=True)
         diffvar, peer = start(diffvar_cmd, diffvar_log, core=0), start(peer_cmd(peer_seconds), peer_log, core=1)
-        peer_seconds_taken, line = finish(peer, peer_log)
+        _, line = finish(peer, peer_log)
         return {"wall_seconds": finish(diffvar, diffvar_log)[0], "peer": json.loads(line)}
 
     key = [*overrides, FLAGS.config]
@@ -217,7 +217,7 @@ def one_seed(seed, workdir):
     res = evaluate_both(wd, weights)
     with open(os.path.join(wd, "status.json")) as f:
         res["diffvar_bpd_printed_by_its_run"] = json.load(f)["result"]["test_bpd"]
-    return dict(seed=seed, wall_seconds=seconds, peer_seconds=peer["seconds"], peer_steps=peer["steps"],
+    return dict(seed=seed, wall_seconds=seconds, peer_seconds=peer_seconds, peer_steps=peer["steps"],
                 peer_lr=peer["lr"], peer_threads=peer["threads"], concurrent=bool(FLAGS.minutes), **res)
 
 

@@ -456,7 +456,8 @@ def test_prepare_train_evaluate_cifar10(tmp_path):
     r = run_script("train", f"--config={ROOT}/configs/cifar10.py", f"--workdir={w}", f"--config.data.data_dir={d}",
                    "--config.model.ch=8", "--config.model.ch_mult=(1,)", "--config.model.num_res_blocks=1",
                    "--config.model.attn_resolutions=()", "--config.training.batch_size=4",
-                   "--config.training.num_steps=3", "--config.optim.warmup_steps=1", "--config.training.log_every=1",
+                   "--config.training.num_steps=3", "--config.training.steps_per_call=1",
+                   "--config.optim.warmup_steps=1", "--config.training.log_every=1",
                    "--config.training.ckpt_every=3", "--config.eval.every=0", "--config.eval.batch_size=6",
                    "--config.sampling.every=0", "--config.sampling.num=2", "--config.sampling.steps=2")
     assert r.returncode == 0, r.stdout + r.stderr
