@@ -27,7 +27,8 @@ from diffvar.files import write_json_atomic
 
 ITEMS = ("state", "data", "meta")
 MAX_PARAM_MAGNITUDE = 1e8   # no trained network has weights this large; random bytes read as float32 do
-MAX_STATE_MAGNITUDE = 1e12  # optimizer moments (of clipped or finite-loss gradients)
+MAX_STATE_MAGNITUDE = 1e30  # optimizer moments: Adam's second moment is a squared gradient, and the learned
+                            # schedule's variance gradient is not clipped (9e13 written by a dsm_lw run)
 
 
 def directory(workdir):
