@@ -1,7 +1,7 @@
 """Fashion-MNIST on a CPU in about an hour: configs/fashion_mnist.py's U-Net (ch 32, ch_mult (1, 2, 2), 1.5M
-parameters, batch 64) for 50 minutes of training or 2,000 steps, whichever comes first, at a higher learning
-rate with a cosine decay over the 2,000 steps, then one evaluation on all 10,000 test images (uniform dequantization at t = 0, logit transform, ISM-form ELBO, one draw per
-example: the examples' spread dominates the standard error).
+parameters, batch 64) for 50 minutes of training or 2,000 steps, whichever comes first, at a higher learning rate
+with a cosine decay over the 2,000 steps, then one evaluation on all 10,000 test images (uniform dequantization at
+t = 0, logit transform, ISM-form ELBO, one draw per example: the examples' spread dominates the standard error).
 
     python scripts/prepare_data.py --dataset=fashion_mnist     # Debian: apt-get install dataset-fashion-mnist
     python scripts/train.py --config=configs/fashion_mnist_cpu.py --workdir=runs/fashion_mnist_cpu

@@ -1,11 +1,11 @@
 """The only module that touches orbax: open, save, restore, resolve 'latest' | 'best' | N, plausibility checks.
 
 A checkpoint at step N is workdir/checkpoints/N with three items: state (the TrainState), data (the training
-iterator's state, JSON) and meta (JSON: step, unit). A checkpoint is written before its step's evaluation (a
-run stopped during the evaluation keeps its last steps); record_metric then attaches the test metric as
-orbax's metric of the step, so orbax keeps the best checkpoint and names it (best_fn, best_step()). Saves are synchronous and
-atomic (orbax writes a temporary directory and renames it). The trainer opens the manager read-write;
-evaluation and sampling open it read-only and never write under checkpoints/.
+iterator's state, JSON) and meta (JSON: step, unit). A checkpoint is written before its step's evaluation (a run
+stopped during the evaluation keeps its last steps); record_metric then attaches the test metric as orbax's metric
+of the step, so orbax keeps the best checkpoint and names it (best_fn, best_step()). Saves are synchronous and
+atomic (orbax writes a temporary directory and renames it). The trainer opens the manager read-write; evaluation
+and sampling open it read-only and never write under checkpoints/.
 """
 from __future__ import annotations
 

@@ -2,10 +2,10 @@
 
     python scripts/train.py --config=configs/digits.py --workdir=runs/digits
 
-Workdir: config.json, checkpoints/ (train state + data-iterator state + meta), metrics.jsonl, tb/
-(TensorBoard), samples/, curves.png, status.json. Re-running on a workdir resumes from its latest checkpoint;
-SIGTERM saves a checkpoint and returns (during an evaluation: after its current batch). A checkpoint due at an
-evaluation step is written before the evaluation. The test-set ELBO it logs comes from evaluator.Evaluator, the object
+Workdir: config.json, checkpoints/ (train state + data-iterator state + meta), metrics.jsonl, tb/ (TensorBoard),
+samples/, curves.png, status.json. Re-running on a workdir resumes from its latest checkpoint; SIGTERM saves a
+checkpoint and returns (during an evaluation: after its current batch). A checkpoint due at an evaluation step is
+written before the evaluation. The test-set ELBO it logs comes from evaluator.Evaluator, the object
 scripts/evaluate.py reports with, built once per run (its estimator compiled at the first evaluation).
 """
 from __future__ import annotations

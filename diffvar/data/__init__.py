@@ -3,7 +3,7 @@
     info = get_info(cfg)                       # DataInfo(name, shape, levels, num_train, num_test, exact_logp)
     it = make_train_iter(cfg, batch_size, seed, shard_index, shard_count)   # infinite; get_state/set_state
     for x, mask in iterate_split(cfg, "test", batch_size): ...             # one pass, padded last batch
-    label(cfg, "test")                         # {"name", "builder", "version", "split", "num_examples", "verified", ...}
+    label(cfg, "test")                         # {"name", "builder", "version", "split", "verified", ...}
     prepare.prepare("cifar10", data_dir, source=FOLDER)                    # scripts/prepare_data.py
 
 `cfg` is the `data` ConfigDict: name (one of DATASETS), data_dir, random_flip.

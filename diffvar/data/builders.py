@@ -89,6 +89,12 @@ class Source:
     matched: dict
     origin: str
 
+    @classmethod
+    def downloaded(cls, paths: dict, files) -> "Source":
+        """Files fetched by TFDS's download manager, which checked their archive sha256."""
+        return cls(dict(paths), True, {f.name: f.sha256 for f in files}, {f.name: "archive" for f in files},
+                   "download")
+
 
 class OfficialFilesBuilder(Builder, skip_registration=True):
     """Reads `urls()` (recorded in checksums.tsv) from `self.source`, or downloads them."""
@@ -112,8 +118,7 @@ class OfficialFilesBuilder(Builder, skip_registration=True):
         if self.source is None:  # plain TFDS use: the download manager fetches and checks them
             files = self.official_files()
             paths = dl_manager.download({f.name: f.url for f in files})
-            self.source = Source(dict(paths), True, {f.name: f.sha256 for f in files},
-                                 {f.name: "archive" for f in files}, "download")
+            self.source = Source.downloaded(paths, files)
         src = self.source
         self.info.metadata.update(verified=src.verified, sha256=dict(src.sha256), matched=dict(src.matched),
                                   origin=src.origin)

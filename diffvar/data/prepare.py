@@ -3,15 +3,15 @@
     builder = prepare("cifar10", data_dir, source="~/Downloads")       # a folder of official files, or one file
     builder = prepare("mnist", data_dir)                                # TFDS's download manager (needs network)
 
-Every file's sha256 is checked against checksums.tsv before anything is written, and where it differs, the
-sha256 of its decompressed payload against payloads.tsv (a faithful re-compression, such as Debian's
-Fashion-MNIST, verifies by content); `unverified=True` accepts other files and the prepared dataset records
-`verified: False` in its metadata (diffvar.data.label reads it), beside which digest each file matched and
-where the files came from. Without a source, the folders a system package installs the files into are
-looked in first (Debian's /usr/share/datasets/fashion-mnist), then the files are downloaded; offline, that
-fails within seconds. TFDS writes into `<dataset>/incomplete.*` and renames it into place only when every split is written:
-a failed or interrupted preparation leaves nothing the trainer takes as prepared, and running again
-prepares from scratch. Bad files raise DataNotPreparedError with one line naming the file.
+Every file's sha256 is checked against checksums.tsv before anything is written, and where it differs, the sha256
+of its decompressed payload against payloads.tsv (a faithful re-compression, such as Debian's Fashion-MNIST,
+verifies by content); `unverified=True` accepts other files and the prepared dataset records `verified: False` in
+its metadata (diffvar.data.label reads it), beside which digest each file matched and where the files came from.
+Without a source, the folders a system package installs the files into are looked in first (Debian's
+/usr/share/datasets/fashion-mnist), then the files are downloaded; offline, that fails within seconds. TFDS writes
+into `<dataset>/incomplete.*` and renames it into place only when every split is written: a failed or interrupted
+preparation leaves nothing the trainer takes as prepared, and running again prepares from scratch. Bad files raise
+DataNotPreparedError with one line naming the file.
 """
 from __future__ import annotations
 
@@ -154,13 +154,17 @@ def _download(builder, name: str, files, data_dir: str, timeout: float = 10.0) -
             f"{name}'s files cannot be downloaded (their URLs, {', '.join(f.url for f in files)}, are dead: "
             f"tensorflow/datasets#4662): place {_describe(files)} in a folder FOLDER and run "
             f"`{command(name, data_dir, 'FOLDER')}`")
+
+    def cannot_download(e, what=""):
+        return DataNotPreparedError(
+            f"could not download {name} ({what}{type(e).__name__}: {' '.join(str(e).split())[:300]}): {package}"
+            f"download {_describe(files)} by hand into a folder FOLDER and run "
+            f"`{command(name, data_dir, 'FOLDER')}`")
+
     try:
         _reachable(files, timeout)
     except OSError as e:
-        raise DataNotPreparedError(
-            f"could not download {name} (cannot reach {urllib.parse.urlsplit(files[0].url).hostname}: "
-            f"{type(e).__name__}: {' '.join(str(e).split())[:200]}): {package}download {_describe(files)} by hand "
-            f"into a folder FOLDER and run `{command(name, data_dir, 'FOLDER')}`") from None
+        raise cannot_download(e, f"cannot reach {urllib.parse.urlsplit(files[0].url).hostname}: ") from None
     dl = tfds.download.DownloadManager(download_dir=os.path.join(data_dir, "downloads"), url_infos=builder.url_infos,
                                        dataset_name=builder.name)
     try:
@@ -168,12 +172,8 @@ def _download(builder, name: str, files, data_dir: str, timeout: float = 10.0) -
     except download_manager.NonMatchingChecksumError as e:
         raise DataNotPreparedError(" ".join(str(e).split())) from None
     except (requests.RequestException, OSError) as e:
-        raise DataNotPreparedError(
-            f"could not download {name} ({type(e).__name__}: {' '.join(str(e).split())[:300]}): {package}download "
-            f"{_describe(files)} by hand into a folder FOLDER and run "
-            f"`{command(name, data_dir, 'FOLDER')}`") from None
-    return builders.Source({k: os.fspath(p) for k, p in paths.items()}, True, {f.name: f.sha256 for f in files},
-                           {f.name: "archive" for f in files}, "download")
+        raise cannot_download(e) from None
+    return builders.Source.downloaded({k: os.fspath(p) for k, p in paths.items()}, files)
 
 
 def prepare(name: str, data_dir: str, source: str | None = None, unverified: bool = False, out=sys.stdout):
