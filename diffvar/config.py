@@ -22,7 +22,8 @@ from diffvar.models import DTYPES, MODELS
 from diffvar.models.mlp import ACTIVATIONS, TIME_EMBEDDINGS
 from diffvar.models.param import PARAMETERISATIONS
 from diffvar.objectives import OBJECTIVES
-from diffvar.sde import SDES, TIME_SAMPLINGS
+from diffvar.schedule import SCHEDULES, check_objective
+from diffvar.sde import TIME_SAMPLINGS
 
 
 def defaults():
@@ -49,6 +50,8 @@ def defaults():
     s.learn_end = False               # learned_vp: learn B(T) by the ELBO's gradient (objective elbo); else
                                       # keep the linear VP's B(T) = (beta_min + beta_max) T / 2
     s.schedule_features = 128         # learned_vp: sigmoid units of the monotone network (models/noise_schedule.py)
+    s.schedule_lr_scale = 1.0         # learned_vp: the schedule's Adam runs at this times optim's learning rate
+    s.schedule_grad_clip = 0.0        # learned_vp: global-norm clipping of the schedule's gradients; 0 = none
     s.sigma_min = 0.01                # ve: S(0)
     s.sigma_max = 50.0                # ve: S(T), also the prior's std
     s.T = 1.0                         # time horizon
@@ -135,7 +138,7 @@ def defaults():
 # validate(): every key, before anything is compiled or written.
 
 CHOICES = {
-    "data.name": DATASETS, "data.transform": likelihood.TRANSFORMS, "sde.name": tuple(SDES) + ("learned_vp",),
+    "data.name": DATASETS, "data.transform": likelihood.TRANSFORMS, "sde.name": SCHEDULES,
     "model.name": MODELS, "model.parameterization": PARAMETERISATIONS, "model.activation": tuple(ACTIVATIONS),
     "model.time_embedding": TIME_EMBEDDINGS, "model.dtype": DTYPES, "objective.name": OBJECTIVES,
     "objective.probe": likelihood.PROBES, "optim.name": ("adam", "adamw"), "optim.schedule": ("constant", "cosine"),
@@ -151,6 +154,7 @@ NUMBERS = {
     "sde.beta_min": dict(minimum=0, strict=True), "sde.beta_max": dict(minimum=0, strict=True),
     "sde.sigma_min": dict(minimum=0, strict=True), "sde.sigma_max": dict(minimum=0, strict=True),
     "sde.T": dict(minimum=0, strict=True), "sde.schedule_features": dict(minimum=1, integer=True),
+    "sde.schedule_lr_scale": dict(minimum=0, strict=True), "sde.schedule_grad_clip": dict(minimum=0),
     "model.ch": dict(minimum=2, integer=True), "model.num_res_blocks": dict(minimum=1, integer=True),
     "model.dropout": dict(minimum=0, maximum=0.999), "model.hidden": dict(minimum=1, integer=True),
     "model.depth": dict(minimum=1, integer=True), "model.time_scale": dict(minimum=0, strict=True),
@@ -172,9 +176,6 @@ NUMBERS = {
     "sampling.steps": dict(minimum=1, integer=True), "sampling.lam": dict(minimum=0, maximum=1),
 }
 SEQUENCES = ("model.ch_mult", "model.attn_resolutions")
-# The objectives that weight the noise levels as the ELBO does (dsm and ssm weight them by the time density,
-# which a learned schedule's interior moves; diffvar/objectives.py).
-LEARNED_SCHEDULE_OBJECTIVES = ("dsm_is", "dsm_lw", "elbo")  # of positive integers (ch_mult non-empty)
 
 
 def get(config, key):
@@ -205,13 +206,10 @@ def validate(config, num_devices=1):
         raise ConfigError(f"sde.sigma_min={s.sigma_min!r} must be < sde.sigma_max={s.sigma_max!r}")
     if s.name != "ve" and s.beta_min >= s.beta_max:
         raise ConfigError(f"sde.beta_min={s.beta_min!r} must be < sde.beta_max={s.beta_max!r}")
-    if s.name == "learned_vp" and o.name not in LEARNED_SCHEDULE_OBJECTIVES:
-        raise ConfigError(f"objective.name={o.name!r} with sde.name='learned_vp': a learned schedule needs an "
-                          f"objective whose expectation depends on the schedule only through its end points: "
-                          f"{', '.join(LEARNED_SCHEDULE_OBJECTIVES)}")
-    if s.name == "learned_vp" and s.learn_end and o.name != "elbo":
-        raise ConfigError(f"sde.learn_end=True needs objective.name='elbo' (the full bound, prior term included: "
-                          f"its gradient is the ELBO's), got objective.name={o.name!r}")
+    try:
+        check_objective(s.name, o.name, s.learn_end)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if o.t_eps >= s.T:
         raise ConfigError(f"objective.t_eps={o.t_eps!r} must be in (0, sde.T={s.T!r})")
     if config.optim.schedule == "cosine" and config.optim.warmup_steps >= t.num_steps:

@@ -30,8 +30,8 @@ from diffvar.errors import ConfigError
 from diffvar.models import make_model
 from diffvar.models.param import make_score_fn
 from diffvar.objectives import get_objective
-from diffvar.models.noise_schedule import NoiseSchedule
-from diffvar.sde import LearnedVPSDE, make_sde
+from diffvar.schedule import make_schedule, optimizer
+from diffvar.sde import SDE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,12 +40,11 @@ class Experiment:
 
     config: ml_collections.ConfigDict
     info: data_lib.DataInfo
-    sde: object
+    schedule: object                            # schedule.FixedSchedule | LearnedSchedule: params["schedule"]
     model: object                               # flax module: apply({"params": p}, y, t, train=...)
     loss_fn: Callable                           # loss_fn(score_fn, sde, y [B, ...], rng) -> [B]
-    tx: optax.GradientTransformation
-    schedule: Callable                          # step -> learning rate
-    noise_schedule: object = None               # sde.name = learned_vp: the NoiseSchedule module, else None
+    tx: optax.GradientTransformation            # over {"network": ..., "schedule": ...}
+    learning_rate: optax.Schedule               # step -> the network's learning rate
 
     @property
     def dim(self):
@@ -57,27 +56,22 @@ class Experiment:
         """'bpd' for discrete (image) data, 'nats' (per example) for continuous toys."""
         return "bpd" if self.info.levels is not None else "nats"
 
-    def sde_of(self, params):
-        """The forward SDE of these parameters: exp.sde, or with a learned schedule its LearnedVPSDE
-        (params = {"network": ..., "noise_schedule": ...})."""
-        if self.noise_schedule is None:
-            return self.sde
-        B = functools.partial(self.noise_schedule.apply, {"params": params["noise_schedule"]})
-        return LearnedVPSDE(B=B, reference=self.sde)
+    def sde_of(self, params: dict) -> SDE:
+        """The forward SDE of params = {"network": ..., "schedule": ...}."""
+        return self.schedule.sde(params["schedule"])
 
-    def apply(self, params, y, t, rng=None):
+    def apply(self, params: dict, y: jax.Array, t: jax.Array, rng: jax.Array | None = None) -> jax.Array:
         """Network output [B, ...] at network time t [B]; dropout is active when a dropout rng is given."""
         kwargs = dict(train=True, rngs={"dropout": rng}) if rng is not None else {}
-        network = params if self.noise_schedule is None else params["network"]
-        return self.model.apply({"params": network}, y, t, **kwargs)
+        return self.model.apply({"params": params["network"]}, y, t, **kwargs)
 
-    def score_fn(self, params, rng=None):
+    def score_fn(self, params: dict, rng: jax.Array | None = None) -> Callable:
         """score_fn(y, t) of these parameters: the network and its output's map to a score (drift / g, -eps /
-        sigma) both run at r = sde.network_time(t) on the reference schedule (exp.sde), so with a learned
+        sigma) both run at r = sde.network_time(t) on the schedule's reference clock, so with a learned
         schedule the score is a function of (y, gamma(t)) alone whatever the parameterisation (for a fixed one
-        r = t: unchanged)."""
-        sde = self.sde_of(params)
-        fn = make_score_fn(lambda p, y, r: self.apply(p, y, r, rng), self.sde, self.config.model.parameterization)
+        r = t)."""
+        sde, reference = self.sde_of(params), self.schedule.reference
+        fn = make_score_fn(lambda p, y, r: self.apply(p, y, r, rng), reference, self.config.model.parameterization)
         return lambda y, t: fn(params, y, sde.network_time(t))
 
     def to_model_space(self, rng, x):
@@ -101,23 +95,6 @@ class Experiment:
     def ode_t_min(self):
         """0 for drift/score networks; 1e-5 for eps networks, whose score -eps / sigma is infinite at t = 0."""
         return 1e-5 if self.config.model.parameterization == "eps" else 0.0
-
-
-def _make_sde(cfg):
-    """(sde, noise schedule or None): a learned_vp's sde is its reference linear VP (beta_min, beta_max)."""
-    if cfg.name == "ve":
-        return make_sde("ve", sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, T=cfg.T), None
-    kw = dict(beta_min=cfg.beta_min, beta_max=cfg.beta_max, T=cfg.T)
-    if cfg.name != "learned_vp":
-        return make_sde(cfg.name, **kw), None
-    return make_sde("vp", **kw), NoiseSchedule(**kw, features=cfg.schedule_features, learn_end=cfg.learn_end)
-
-
-def _with_noise_schedule(tx, schedule):
-    """The network's optimizer, and plain Adam on `schedule` for the noise schedule's parameters (its gradients
-    are a variance's, on another scale: kept out of the network's clipping)."""
-    labels = lambda params: {k: jax.tree.map(lambda _: k, v) for k, v in params.items()}
-    return optax.multi_transform({"network": tx, "noise_schedule": optax.adam(schedule)}, labels)
 
 
 def make_optimizer(cfg, num_steps):
@@ -147,16 +124,15 @@ def build(config, num_devices=1):
     o = config.objective
     objective = functools.partial(get_objective, o.name, t_eps=o.t_eps, probe=o.probe)
     try:
-        sde, noise_schedule = _make_sde(config.sde)
+        schedule = make_schedule(**config.sde)
         model = make_model(config.model, info.shape)
-        objective(sde)
+        objective(schedule.reference)
     except ValueError as e:  # a combination validate() cannot see alone (e.g. a U-Net too deep for the image)
         raise ConfigError(str(e)) from None
-    tx, schedule = make_optimizer(config.optim, config.training.num_steps)
-    if noise_schedule is not None:
-        tx = _with_noise_schedule(tx, schedule)
+    network_tx, learning_rate = make_optimizer(config.optim, config.training.num_steps)
+    tx = optimizer(network_tx, schedule.optimizer(learning_rate))
     loss_fn = lambda score_fn, sde, y, rng: objective(sde)(score_fn, y, rng)
-    return Experiment(config, info, sde, model, loss_fn, tx, schedule, noise_schedule)
+    return Experiment(config, info, schedule, model, loss_fn, tx, learning_rate)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -175,10 +151,8 @@ class TrainState:
 def init_state(exp, seed):
     """The initial TrainState (parameters from PRNGKey(seed))."""
     k_init, k_state = jax.random.split(jax.random.PRNGKey(seed))
-    params = exp.model.init(k_init, jnp.zeros((2,) + exp.info.shape), jnp.ones((2,)))["params"]
-    if exp.noise_schedule is not None:
-        schedule = exp.noise_schedule.init(jax.random.fold_in(k_init, 1), jnp.ones((1,)))["params"]
-        params = {"network": params, "noise_schedule": schedule}
+    network = exp.model.init(k_init, jnp.zeros((2,) + exp.info.shape), jnp.ones((2,)))["params"]
+    params = {"network": network, "schedule": exp.schedule.init(jax.random.fold_in(k_init, 1))}
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=jax.tree.map(jnp.copy, params),
                       opt_state=exp.tx.init(params), rng=k_state)
 
@@ -197,18 +171,9 @@ def per_example_loss(exp, params, x, rng):
 
 
 def loss_and_grads(exp, params, x, rng):
-    """(mean loss, gradients). With a learned schedule (VDM, appendix I.2) the network and the end point B(T)
-    descend the mean loss L-bar, the schedule's interior eta the variance of the loss estimator:
-    d Var[L] / d eta = E[2 (L - E L) dL / d eta], from a second pullback of the same forward pass."""
-    if exp.noise_schedule is None:
-        return jax.value_and_grad(lambda p: jnp.mean(per_example_loss(exp, p, x, rng)))(params)
-    losses, pullback = jax.vjp(lambda p: per_example_loss(exp, p, x, rng), params)
-    n = losses.shape[0]
-    (grads,) = pullback(jnp.full_like(losses, 1.0 / n))
-    (var_grads,) = pullback(2.0 * (losses - jnp.mean(losses)) / n)
-    interior = {k: v for k, v in var_grads["noise_schedule"].items() if k != "log_end"}
-    grads = {"network": grads["network"], "noise_schedule": {**grads["noise_schedule"], **interior}}
-    return jnp.mean(losses), grads
+    """(mean loss, gradients) as the schedule sets them (schedule.value_and_grad: a learned schedule's interior
+    descends the loss's variance)."""
+    return exp.schedule.value_and_grad(lambda p: per_example_loss(exp, p, x, rng), params)
 
 
 def ema_decay_at(decay, step):

@@ -256,14 +256,16 @@ def save_training_curves(path, metrics_jsonl_path):
 
 
 def save_noise_schedule(path, sde, reference, num=400):
-    """gamma(s) = log(sigma^2 / alpha^2) of a learned schedule `sde` against its fixed `reference` VP on (0, T]
-    (left), and the importance proposal's density gamma'(s) / (gamma(T) - gamma(s_1)) of each (right)."""
+    """gamma(s) = log(sigma^2 / alpha^2) of a model's schedule `sde` (and of its `reference` clock, when that is
+    another SDE: a learned schedule's fixed VP) on (0, T] (left), and the importance proposal's density
+    gamma'(s) / (gamma(T) - gamma(s_1)) of each (right)."""
     s = np.linspace(sde.T / num, sde.T, num, dtype=np.float32)
     fig = Figure(figsize=(10, 4))
     ax_gamma, ax_density = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    for model, label, color in ((sde, "learned", "tab:red"), (reference, "fixed VP", "tab:gray")):
+    curves = [(sde, "model", "tab:red")] + ([(reference, "reference", "tab:gray")] if reference is not sde else [])
+    for model, label, color in curves:
         gamma = np.asarray(model.gamma(s))
-        ax_gamma.plot(s, gamma, lw=1.5, color=color, label=f"{label} (B(T) = {float(-2 * model.log_alpha(s)[-1]):.4g})")
+        ax_gamma.plot(s, gamma, lw=1.5, color=color, label=f"{label} (gamma(T) = {gamma[-1]:.4g})")
         ax_density.plot(s, np.asarray(model.nll_weight(s)) / (gamma[-1] - gamma[0]), lw=1.5, color=color, label=label)
     ax_gamma.set_ylabel("gamma(s) = log(sigma^2 / alpha^2)")
     ax_density.set_ylabel("gamma'(s), normalised")

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -246,54 +244,6 @@ class VESDE(SDE):
 
     def gamma_inv(self, gamma):
         return self.T * jnp.log1p(jnp.exp(gamma) / self.sigma_min**2) / (2.0 * self._log_ratio)
-
-
-@struct.dataclass
-class LearnedVPSDE(VPSDEBase):
-    """VP SDE of a learned schedule B(s) = int_0^s beta (VDM's gamma in this framework; B from a monotone
-    network, models/noise_schedule.py). B: s [n] -> [n], increasing, with B(0) = 0 (so Y_0 = x); beta = B' by
-    jax.jvp. The network is conditioned on the time at which the fixed VP `reference` has the same gamma, so it
-    sees s only through gamma(s) and the ELBO depends on the schedule only through B(T). The linear VP is
-    B(s) = b0 s + (b1 - b0) s^2 / 2.
-    """
-
-    B: Callable = struct.field(pytree_node=False)
-    reference: VPSDE = struct.field(pytree_node=False, default_factory=VPSDE)
-
-    @property
-    def T(self):
-        return self.reference.T
-
-    def beta(self, t):
-        """B'(t), [B]."""
-        return jax.jvp(self.B, (t,), (jnp.ones_like(t),))[1]
-
-    def int_beta(self, t):
-        return self.B(t)
-
-    def int_beta_inv(self, b, iterations=30):
-        """The t in [0, T] with B(t) = b, [n]: bisection, then one Newton step whose derivative is the implicit
-        function's, dt = (db - dB) / B'(t) (so gradients reach B's parameters and b)."""
-        def halve(_, lo_hi):
-            lo, hi = lo_hi
-            mid = 0.5 * (lo + hi)
-            below = self.B(mid) < b
-            return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
-
-        lo, hi = jax.lax.fori_loop(0, iterations, halve, (jnp.zeros_like(b), jnp.full_like(b, self.T)))
-        t = jax.lax.stop_gradient(0.5 * (lo + hi))
-        return t - (self.B(t) - b) / jax.lax.stop_gradient(self.beta(t))
-
-    def network_time(self, t):
-        """The reference VP's time with the same gamma (B), [B]."""
-        return self.reference.int_beta_inv(self.B(t))
-
-    def truncation_time(self, t):
-        """B^-1(B_ref(t)), a scalar array for a float t (0.0 stays the float 0.0: B(0) = 0): the time of the
-        reference's gamma(t) under this schedule; its gradient keeps gamma there fixed (int_beta_inv's)."""
-        if t == 0.0:
-            return 0.0
-        return self.int_beta_inv(self.reference.int_beta(jnp.full((1,), t, jnp.float32)))[0]
 
 
 SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}

@@ -141,7 +141,7 @@ def check_finite(losses, step, workdir, config):
 
 def log_training(log, exp, step, losses, progress, last_eval, deadline):
     """A metrics.jsonl record of the steps since the last one (mean loss, learning rate, rate) and its line."""
-    rec = {"step": step, "loss": float(np.mean(losses)), "lr": float(exp.schedule(step)),
+    rec = {"step": step, "loss": float(np.mean(losses)), "lr": float(exp.learning_rate(step)),
            "steps_per_sec": progress.rate()}
     log.write(rec)
     key = logs.metric_key(exp.unit)
@@ -236,9 +236,8 @@ def run(exp, workdir):
         if distributed.is_chief():
             summary["samples"] = write_samples(exp, draw, state.ema_params, workdir, step)
             plots.save_training_curves(os.path.join(workdir, "curves.png"), log.path)
-            if exp.noise_schedule is not None:
-                plots.save_noise_schedule(os.path.join(workdir, "noise_schedule.png"),
-                                          exp.sde_of(state.ema_params), exp.sde)
+            plots.save_noise_schedule(os.path.join(workdir, "noise_schedule.png"), exp.sde_of(state.ema_params),
+                                      exp.schedule.reference)
         result = {name: v for name, v in (last_eval or {}).items() if name.startswith("test_")}
         summary.update(result, minutes=progress.elapsed() / 60)
         status.write("finished", result=result or None)

@@ -99,7 +99,7 @@ def test_exact_score_through_the_evaluation_path_gives_the_exact_density(run):
     mix = GaussianMixture.create(toy.GMM2D_WEIGHTS, toy.GMM2D_MEANS, toy.GMM2D_COVS)
     exp, params, step, _ = checkpoints.restore_params(run)
     assert step == STEPS
-    score = lambda p: score_fn_for(mix, exp.sde)
+    score = lambda p: score_fn_for(mix, exp.schedule.reference)
     batches = evaluator.split_batches(exp, distributed.make_mesh(), "test", 1024, 2048)
     exact = evaluator.exact_nll(exp, batches)
     fn = experiment.make_ode_fn(exp, rtol=1e-5, atol=1e-5, score=score)

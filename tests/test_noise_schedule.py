@@ -1,4 +1,4 @@
-"""The learned noise schedule (sde.LearnedVPSDE from models.noise_schedule.NoiseSchedule) against exact answers."""
+"""The learned noise schedule (schedule.LearnedVPSDE of models.noise_schedule.NoiseSchedule) against exact answers."""
 import math
 
 import jax
@@ -13,7 +13,8 @@ from diffvar.likelihood import elbo, ode_logp
 from diffvar.mixture import GaussianMixture, random_mixture, score_fn_for
 from diffvar.models.noise_schedule import NoiseSchedule
 from diffvar.objectives import get_objective
-from diffvar.sde import LearnedVPSDE, VPSDE
+from diffvar.schedule import LearnedVPSDE
+from diffvar.sde import VPSDE
 from tests.helpers import run_script, tiny_config, train_script, within
 
 REFERENCE = VPSDE()
@@ -34,7 +35,7 @@ def schedule_params(seed, scale=1.0, end=None):
 
 
 def learned_sde(module, params):
-    return LearnedVPSDE(B=lambda s: module.apply({"params": params}, s), reference=REFERENCE)
+    return LearnedVPSDE(module, params, REFERENCE)
 
 
 def test_the_linear_vp_is_one_setting_of_the_learned_schedule():
@@ -187,7 +188,7 @@ def test_expected_loss_depends_on_the_schedule_only_through_its_end_points(name)
     diff = paired(a, b)
     assert within(diff, slack=1e-4 * abs(a.mean())), (diff, a.mean())  # slack: float32 (dsm_is is pathwise equal)
     if name in TRUNCATED:
-        old = paired(a, losses_of(name, FixedTimeTruncation(B=bent.B, reference=REFERENCE)))
+        old = paired(a, losses_of(name, FixedTimeTruncation(bent.module, bent.params, REFERENCE)))
         assert abs(old["mean"]) > max(20 * old["stderr"], 5 * diff["stderr"]), (old, diff)
 
 
@@ -204,7 +205,7 @@ def test_the_interiors_gradient_of_the_expected_loss_is_zero(name):
 
     def derivatives(kind):
         def losses(p):
-            sde = kind(B=lambda s: module.apply({"params": p}, s), reference=REFERENCE)
+            sde = kind(module, p, REFERENCE)
             return get_objective(name, sde, t_eps=T_EPS)(score_fn_for(WIDE, sde), x, jax.random.PRNGKey(35))
         return np.asarray(jax.jit(lambda p: jax.jvp(losses, (p,), (direction,))[1])(params), np.float64)
 
@@ -226,10 +227,10 @@ def test_every_parameterisation_is_a_function_of_gamma():
     the same gamma at different times give the same score there (drift, the default, included)."""
     for kind in ("drift", "score", "eps"):
         exp, state = _learned_experiment(**{"model.parameterization": kind})
-        bent_params = dict(state.params, noise_schedule=schedule_params(31, 3.0)[1])
+        bent_params = dict(state.params, schedule=schedule_params(31, 3.0)[1])
         y, t = jnp.ones((3, 2)), jnp.asarray([0.01, 0.3, 0.8])
-        t_bent = exp.sde_of(bent_params).gamma_inv(exp.sde.gamma(t))  # the bent schedule's time of the same gamma
-        a = exp.score_fn(state.params)(y, exp.sde_of(state.params).gamma_inv(exp.sde.gamma(t)))
+        t_bent = exp.sde_of(bent_params).gamma_inv(exp.schedule.reference.gamma(t))  # the bent schedule's time of the same gamma
+        a = exp.score_fn(state.params)(y, exp.sde_of(state.params).gamma_inv(exp.schedule.reference.gamma(t)))
         b = exp.score_fn(bent_params)(y, t_bent)
         np.testing.assert_allclose(a, b, rtol=1e-3, err_msg=kind)
 
@@ -251,9 +252,9 @@ def test_interior_gradient_is_the_gradient_of_the_loss_variance():
     var_grads = jax.grad(lambda p: jnp.var(losses(p)))(state.params)
     close = lambda a, b: jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-3, atol=1e-6), a, b)
     close(grads["network"], mean_grads["network"])
-    close(grads["noise_schedule"]["log_end"], mean_grads["noise_schedule"]["log_end"])
+    close(grads["schedule"]["log_end"], mean_grads["schedule"]["log_end"])
     for k in ("w", "a", "c", "v"):
-        close(grads["noise_schedule"][k], var_grads["noise_schedule"][k])
+        close(grads["schedule"][k], var_grads["schedule"][k])
 
 
 def test_variance_minimising_updates_lower_the_loss_variance():
@@ -269,11 +270,11 @@ def test_variance_minimising_updates_lower_the_loss_variance():
 
     import optax
     params, opt = state.params, optax.adam(1e-2)
-    opt_state = opt.init(params["noise_schedule"])
-    step = jax.jit(lambda p, k: experiment.loss_and_grads(exp, p, data, k)[1]["noise_schedule"])
+    opt_state = opt.init(params["schedule"])
+    step = jax.jit(lambda p, k: experiment.loss_and_grads(exp, p, data, k)[1]["schedule"])
     for i in range(60):
         updates, opt_state = opt.update(step(params, jax.random.PRNGKey(i)), opt_state)
-        params = dict(params, noise_schedule=optax.apply_updates(params["noise_schedule"], updates))
+        params = dict(params, schedule=optax.apply_updates(params["schedule"], updates))
     before, after = variance(state.params), variance(params)
     assert after < 0.8 * before, (before, after)
 

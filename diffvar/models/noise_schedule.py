@@ -1,4 +1,4 @@
-"""A learned noise schedule: B(s) = int_0^s beta, monotone, B(0) = 0 (diffvar.sde.LearnedVPSDE turns it into an SDE).
+"""A learned noise schedule: B(s) = int_0^s beta, monotone, B(0) = 0 (diffvar.schedule turns it into an SDE).
 
     schedule = NoiseSchedule(beta_min=0.1, beta_max=20.0, T=1.0)
     params = schedule.init(rng, jnp.zeros((1,)))["params"]
