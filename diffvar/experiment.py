@@ -47,12 +47,12 @@ class Experiment:
     learning_rate: optax.Schedule               # step -> the network's learning rate
 
     @property
-    def dim(self):
+    def dim(self) -> int:
         """d, the number of data dimensions."""
         return math.prod(self.info.shape)
 
     @property
-    def unit(self):
+    def unit(self) -> str:
         """'bpd' for discrete (image) data, 'nats' (per example) for continuous toys."""
         return "bpd" if self.info.levels is not None else "nats"
 
@@ -97,7 +97,8 @@ class Experiment:
         return 1e-5 if self.config.model.parameterization == "eps" else 0.0
 
 
-def make_optimizer(cfg, num_steps):
+def make_optimizer(cfg: ml_collections.ConfigDict,
+                   num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """(optax chain, schedule): optional global-norm clipping, then Adam/AdamW on a warm-up (+ cosine) schedule."""
     if cfg.schedule == "cosine":
         schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1), num_steps)
@@ -113,7 +114,7 @@ def make_optimizer(cfg, num_steps):
     return optax.chain(*clip, opt), schedule
 
 
-def build(config, num_devices=1):
+def build(config: ml_collections.ConfigDict, num_devices: int = 1) -> Experiment:
     """Validates the config and builds the Experiment (reads dataset metadata; compiles nothing).
 
     Raises ConfigError (a bad value, naming its key) or DataNotPreparedError (an image dataset that is not
@@ -148,7 +149,7 @@ class TrainState:
     rng: jax.Array              # raw uint32[2] key
 
 
-def init_state(exp, seed):
+def init_state(exp: Experiment, seed: int) -> TrainState:
     """The initial TrainState (parameters from PRNGKey(seed))."""
     k_init, k_state = jax.random.split(jax.random.PRNGKey(seed))
     network = exp.model.init(k_init, jnp.zeros((2,) + exp.info.shape), jnp.ones((2,)))["params"]
@@ -157,26 +158,26 @@ def init_state(exp, seed):
                       opt_state=exp.tx.init(params), rng=k_state)
 
 
-def abstract_state(exp, sharding):
+def abstract_state(exp: Experiment, sharding: jax.sharding.Sharding) -> TrainState:
     """ShapeDtypeStructs of the TrainState, each with `sharding` (what a checkpoint restores into)."""
     shapes = jax.eval_shape(lambda: init_state(exp, exp.config.seed))
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), shapes)
 
 
-def per_example_loss(exp, params, x, rng):
+def per_example_loss(exp: Experiment, params: dict, x: jax.Array, rng: jax.Array) -> jax.Array:
     """The objective's loss of each example of a data batch x [B, ...], [B]."""
     k_pre, k_loss, k_drop = jax.random.split(rng, 3)
     y, _ = exp.to_model_space(k_pre, x)
     return exp.loss_fn(exp.score_fn(params, k_drop), exp.sde_of(params), y, k_loss)
 
 
-def loss_and_grads(exp, params, x, rng):
+def loss_and_grads(exp: Experiment, params: dict, x: jax.Array, rng: jax.Array) -> tuple[jax.Array, dict]:
     """(mean loss, gradients) as the schedule sets them (schedule.value_and_grad: a learned schedule's interior
     descends the loss's variance)."""
     return exp.schedule.value_and_grad(lambda p: per_example_loss(exp, p, x, rng), params)
 
 
-def ema_decay_at(decay, step):
+def ema_decay_at(decay: float, step: jax.Array | int) -> jax.Array:
     """The weight on the EMA before update number step + 1 that makes the EMA debiased (optax.ema's debias):
     decay (1 - decay^n) / (1 - decay^(n+1)), n = step. The EMA after n updates is then
     sum_i decay^(n-i) p_i / sum_i decay^(n-i) over the trained parameters p_1..p_n: nothing of the
@@ -185,7 +186,7 @@ def ema_decay_at(decay, step):
     return decay * (1.0 - decay ** n) / (1.0 - decay ** (n + 1.0))
 
 
-def make_train_step(exp):
+def make_train_step(exp: Experiment) -> Callable:
     """Jitted (state, batch [K, B, ...]) -> (state, losses [K]): K optimizer steps in one call, state donated."""
     decay = exp.config.training.ema_decay
 

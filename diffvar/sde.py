@@ -19,7 +19,7 @@ from flax import struct
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-def bcast(v, x):
+def bcast(v: jax.Array, x: jax.Array) -> jax.Array:
     """Broadcasts a per-example [B] array against x of shape [B, ...]."""
     return jnp.reshape(v, v.shape + (1,) * (x.ndim - v.ndim))
 
@@ -39,79 +39,79 @@ class SDE(abc.ABC):
     prior_std: float
 
     @abc.abstractmethod
-    def drift_coef(self, t):
+    def drift_coef(self, t: jax.Array) -> jax.Array:
         """f(y, t) / y, [B]."""
 
     @abc.abstractmethod
-    def g2(self, t):
+    def g2(self, t: jax.Array) -> jax.Array:
         """g(t)^2, [B]."""
 
     @abc.abstractmethod
-    def log_alpha(self, t):
+    def log_alpha(self, t: jax.Array) -> jax.Array:
         """log alpha(t), [B]: the mean of Y_t | x is alpha(t) x."""
 
     @abc.abstractmethod
-    def sigma2(self, t):
+    def sigma2(self, t: jax.Array) -> jax.Array:
         """sigma(t)^2, [B]: the variance of Y_t | x per dimension."""
 
     @abc.abstractmethod
-    def gamma(self, t):
+    def gamma(self, t: jax.Array) -> jax.Array:
         """gamma(t) = log(sigma(t)^2 / alpha(t)^2), [B], increasing in t."""
 
     @abc.abstractmethod
-    def gamma_inv(self, gamma):
+    def gamma_inv(self, gamma: jax.Array) -> jax.Array:
         """The time t with gamma(t) = gamma, [B]."""
 
-    def network_time(self, t):
+    def network_time(self, t: jax.Array) -> jax.Array:
         """The noise level the network is conditioned on at time t, [B]: t itself for a fixed schedule."""
         return t
 
-    def truncation_time(self, t):
+    def truncation_time(self, t: float) -> float | jax.Array:
         """The time at which this SDE has the gamma its reference schedule has at time t (a float): t itself for
         a fixed schedule. Every truncation (the losses' t_eps, the ELBO's t_min and its DSM/ISM switch, the
         truncated normal's time, the samplers' and the ODE's stop) is named by a reference time and sits at a
         fixed gamma through this map, so a learned schedule's interior cannot move it."""
         return t
 
-    def drift(self, y, t):
+    def drift(self, y: jax.Array, t: jax.Array) -> jax.Array:
         """f(y, t) = drift_coef(t) y, shape of y."""
         return bcast(self.drift_coef(t), y) * y
 
-    def div_drift(self, t, d):
+    def div_drift(self, t: jax.Array, d: int) -> jax.Array:
         """div_y f(y, t) = d * drift_coef(t), shape [B] (d = number of dimensions)."""
         return d * self.drift_coef(t)
 
-    def diffusion(self, t):
+    def diffusion(self, t: jax.Array) -> jax.Array:
         """g(t), shape [B]."""
         return jnp.sqrt(self.g2(t))
 
-    def alpha_sigma(self, t):
+    def alpha_sigma(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(alpha(t), sigma(t)), each [B]."""
         return jnp.exp(self.log_alpha(t)), jnp.sqrt(self.sigma2(t))
 
-    def marginal(self, x, t):
+    def marginal(self, x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Mean alpha(t) x (shape of x) and std sigma(t) ([B]) of Y_t | Y_0 = x."""
         alpha, sigma = self.alpha_sigma(t)
         return bcast(alpha, x) * x, sigma
 
-    def perturb(self, rng, x, t):
+    def perturb(self, rng: jax.Array, x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(y, eps): y = alpha(t) x + sigma(t) eps, eps ~ N(0, I), a draw of Y_t | Y_0 = x; both shape of x."""
         eps = jax.random.normal(rng, x.shape, x.dtype)
         mean, sigma = self.marginal(x, t)
         return mean + bcast(sigma, x) * eps, eps
 
-    def prior_logp(self, z):
+    def prior_logp(self, z: jax.Array) -> jax.Array:
         """log N(z; 0, prior_std^2 I) summed over trailing dims, [B]."""
         d = math.prod(z.shape[1:])
         s = self.prior_std
         sq = jnp.sum(jnp.reshape(z, (z.shape[0], -1)) ** 2, axis=1)
         return -0.5 * sq / s**2 - d * (0.5 * _LOG_2PI + math.log(s))
 
-    def prior_sample(self, rng, shape):
+    def prior_sample(self, rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
         """z ~ N(0, prior_std^2 I) of `shape`."""
         return self.prior_std * jax.random.normal(rng, shape)
 
-    def nll_weight(self, t):
+    def nll_weight(self, t: jax.Array) -> jax.Array:
         """g(t)^2 / sigma(t)^2 = d gamma / dt, [B]: the weight that turns the eps-loss into likelihood weighting."""
         return self.g2(t) / self.sigma2(t)
 
@@ -124,34 +124,34 @@ class VPSDEBase(SDE):
     prior_std = 1.0
 
     @abc.abstractmethod
-    def beta(self, t):
+    def beta(self, t: jax.Array) -> jax.Array:
         """beta(t), [B]."""
 
     @abc.abstractmethod
-    def int_beta(self, t):
+    def int_beta(self, t: jax.Array) -> jax.Array:
         """B(t) = int_0^t beta, [B]."""
 
     @abc.abstractmethod
-    def int_beta_inv(self, b):
+    def int_beta_inv(self, b: jax.Array) -> jax.Array:
         """The t >= 0 with B(t) = b, [B]."""
 
-    def drift_coef(self, t):
+    def drift_coef(self, t: jax.Array) -> jax.Array:
         return -0.5 * self.beta(t)
 
-    def g2(self, t):
+    def g2(self, t: jax.Array) -> jax.Array:
         return self.beta(t)
 
-    def log_alpha(self, t):
+    def log_alpha(self, t: jax.Array) -> jax.Array:
         return -0.5 * self.int_beta(t)
 
-    def sigma2(self, t):
+    def sigma2(self, t: jax.Array) -> jax.Array:
         return -jnp.expm1(-self.int_beta(t))
 
-    def gamma(self, t):
+    def gamma(self, t: jax.Array) -> jax.Array:
         """log(sigma^2 / alpha^2) = log(exp(B) - 1)."""
         return jnp.log(jnp.expm1(self.int_beta(t)))
 
-    def gamma_inv(self, gamma):
+    def gamma_inv(self, gamma: jax.Array) -> jax.Array:
         return self.int_beta_inv(jnp.logaddexp(gamma, 0.0))
 
 
@@ -170,13 +170,13 @@ class VPSDE(VPSDEBase):
         if self.beta_min >= self.beta_max:
             raise ValueError(f"beta_min must be < beta_max, got beta_min={self.beta_min}, beta_max={self.beta_max}")
 
-    def beta(self, t):
+    def beta(self, t: jax.Array) -> jax.Array:
         return self.beta_min + t * (self.beta_max - self.beta_min)
 
-    def int_beta(self, t):
+    def int_beta(self, t: jax.Array) -> jax.Array:
         return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
 
-    def int_beta_inv(self, b):
+    def int_beta_inv(self, b: jax.Array) -> jax.Array:
         """Solves B(t) = b for t >= 0."""
         db = self.beta_max - self.beta_min
         return 2.0 * b / (self.beta_min + jnp.sqrt(self.beta_min**2 + 2.0 * db * b))
@@ -186,17 +186,17 @@ class VPSDE(VPSDEBase):
 class SubVPSDE(VPSDE):
     """sub-VP SDE: VP drift, g^2 = beta (1 - exp(-2 B)), sigma = 1 - exp(-B)."""
 
-    def g2(self, t):
+    def g2(self, t: jax.Array) -> jax.Array:
         return self.beta(t) * -jnp.expm1(-2.0 * self.int_beta(t))
 
-    def sigma2(self, t):
+    def sigma2(self, t: jax.Array) -> jax.Array:
         return jnp.expm1(-self.int_beta(t)) ** 2
 
-    def gamma(self, t):
+    def gamma(self, t: jax.Array) -> jax.Array:
         """log(sigma^2 / alpha^2) = log(4 sinh(B/2)^2)."""
         return 2.0 * jnp.log(2.0 * jnp.sinh(0.5 * self.int_beta(t)))
 
-    def gamma_inv(self, gamma):
+    def gamma_inv(self, gamma: jax.Array) -> jax.Array:
         return self.int_beta_inv(2.0 * jnp.arcsinh(0.5 * jnp.exp(0.5 * gamma)))
 
 
@@ -223,26 +223,26 @@ class VESDE(SDE):
     def _log_ratio(self):
         return math.log(self.sigma_max / self.sigma_min)
 
-    def _S2(self, t):
+    def _S2(self, t: jax.Array) -> jax.Array:
         return self.sigma_min**2 * jnp.exp(2.0 * self._log_ratio * t / self.T)
 
-    def drift_coef(self, t):
+    def drift_coef(self, t: jax.Array) -> jax.Array:
         return jnp.zeros_like(t)
 
-    def g2(self, t):
+    def g2(self, t: jax.Array) -> jax.Array:
         return self._S2(t) * 2.0 * self._log_ratio / self.T
 
-    def log_alpha(self, t):
+    def log_alpha(self, t: jax.Array) -> jax.Array:
         return jnp.zeros_like(t)
 
-    def sigma2(self, t):
+    def sigma2(self, t: jax.Array) -> jax.Array:
         return self.sigma_min**2 * jnp.expm1(2.0 * self._log_ratio * t / self.T)
 
-    def gamma(self, t):
+    def gamma(self, t: jax.Array) -> jax.Array:
         """log sigma^2 (alpha = 1)."""
         return jnp.log(self.sigma2(t))
 
-    def gamma_inv(self, gamma):
+    def gamma_inv(self, gamma: jax.Array) -> jax.Array:
         return self.T * jnp.log1p(jnp.exp(gamma) / self.sigma_min**2) / (2.0 * self._log_ratio)
 
 
@@ -269,14 +269,14 @@ class UniformTime:
         if not (traced or isinstance(self.t_min, (int, float)) and 0.0 <= self.t_min < self.T):
             raise ValueError(f"t_min must be a number in [0, T={self.T}), got {self.t_min!r}")
 
-    def sample(self, rng, n):
+    def sample(self, rng: jax.Array, n: int) -> jax.Array:
         return jax.random.uniform(rng, (n,), minval=self.t_min, maxval=self.T)
 
-    def quantile(self, u):
+    def quantile(self, u: jax.Array) -> jax.Array:
         """The time with CDF u, [n]: t_min + u (T - t_min)."""
         return self.t_min + u * (self.T - self.t_min)
 
-    def density(self, t):
+    def density(self, t: jax.Array) -> jax.Array:
         return jnp.full_like(t, 1.0 / (self.T - self.t_min))
 
 
@@ -320,18 +320,18 @@ class ImportanceTime:
         """The normaliser, a scalar."""
         return self._parts()[3]
 
-    def density(self, t):
+    def density(self, t: jax.Array) -> jax.Array:
         """q(t), [n]."""
         w_eps, _, _, Z = self._parts()
         t_lo = self.t_lo
         w = self.sde.nll_weight(jnp.maximum(t, t_lo))
         return jnp.where(t < t_lo, 0.0 if self.truncated else w_eps, w) / Z
 
-    def sample(self, rng, n):
+    def sample(self, rng: jax.Array, n: int) -> jax.Array:
         """t ~ q, [n]."""
         return self.quantile(jax.random.uniform(rng, (n,)))
 
-    def quantile(self, u):
+    def quantile(self, u: jax.Array) -> jax.Array:
         """The time with CDF u, [n]: the mass m = u Z lies below t_lo (t = m / w(t_lo)) or above it
         (t = gamma^{-1}(gamma(t_lo) + m - flat mass))."""
         w_eps, gamma_eps, flat_mass, Z = self._parts()
@@ -342,7 +342,7 @@ class ImportanceTime:
         return jnp.clip(jnp.where(m < flat_mass, m / w_eps, t_up), 0.0, self.sde.T)
 
 
-def time_proposal(name, sde, t_eps=1e-3):
+def time_proposal(name: str, sde: SDE, t_eps: float = 1e-3) -> UniformTime | ImportanceTime:
     """The proposal called `name` (one of TIME_SAMPLINGS) for `sde`, on [0, T]."""
     if name == "uniform":
         return UniformTime(T=sde.T)
@@ -351,7 +351,7 @@ def time_proposal(name, sde, t_eps=1e-3):
     raise ValueError(f"name={name!r} is not allowed; choose one of {', '.join(TIME_SAMPLINGS)}")
 
 
-def make_sde(name, **kwargs):
+def make_sde(name: str, **kwargs: float) -> SDE:
     """Builds an SDE by name: 'vp', 'subvp' or 've'."""
     if name not in SDES:
         raise ValueError(f"name={name!r} is not allowed; choose one of {', '.join(SDES)}")
