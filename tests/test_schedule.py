@@ -1,4 +1,4 @@
-"""The learned noise schedule (schedule.LearnedVPSDE of models.noise_schedule.NoiseSchedule) against exact answers."""
+"""diffvar/schedule.py (the learned VP: LearnedVPSDE of models/noise_schedule.py, its gradients, its checks) against exact answers."""
 import math
 
 import jax
