@@ -1,4 +1,4 @@
-"""diffvar/schedule.py (the learned VP of models/noise_schedule.py: its SDE, gradients, checks) against exact answers."""
+"""diffvar/schedule.py (the learned VP of models/noise_schedule.py: SDE, gradients, checks) against exact answers."""
 import math
 
 import jax
