@@ -368,3 +368,40 @@ def test_training_curves(tmp_path, figures):
     assert [t.get_text() for t in ax_loss.texts] == ["no loss logged"]
     assert [t.get_text() for t in ax_eval.texts] == ["no evaluations logged"]
     _no_temp_files(tmp_path)
+
+
+def test_noise_schedule_figure(tmp_path, figures):
+    """gamma(s) of both schedules on (0, T] (left) and their importance densities gamma' / (gamma(T) - gamma(s_1))
+    (right, log scale), each labelled; any two SDEs with gamma and nll_weight will do."""
+    from diffvar.plots import save_noise_schedule
+    learned, fixed = VPSDE(beta_min=0.2, beta_max=15.0), VPSDE()
+    save_noise_schedule(tmp_path / "schedule.png", learned, fixed, num=50)
+    _png(tmp_path / "schedule.png")
+    ax_gamma, ax_density = figures[0].axes
+    s = np.linspace(1.0 / 50, 1.0, 50, dtype=np.float32)
+    for (x, y), sde in zip(_lines(ax_gamma).values(), (learned, fixed)):
+        np.testing.assert_allclose(x, s)
+        np.testing.assert_allclose(y, np.asarray(sde.gamma(s)), rtol=1e-6)
+    assert [label.split(" (")[0] for label in _lines(ax_gamma)] == ["learned", "fixed VP"]
+    for (_, y), sde in zip(_lines(ax_density).values(), (learned, fixed)):
+        gamma = np.asarray(sde.gamma(s), np.float64)
+        np.testing.assert_allclose(y, np.asarray(sde.nll_weight(s)) / (gamma[-1] - gamma[0]), rtol=1e-5)
+    assert list(_lines(ax_density)) == ["learned", "fixed VP"] and ax_density.get_yscale() == "log"
+    assert ax_gamma.get_ylabel() == "gamma(s) = log(sigma^2 / alpha^2)" and ax_density.get_xlabel() == "s"
+
+
+def test_samples_are_a_scatter_over_the_density_or_a_grid(tmp_path, figures):
+    from diffvar.data import DataInfo
+    from diffvar.data.toy import gmm_logp
+    from diffvar.plots import save_samples
+    toy = DataInfo("gmm2d", (2,), None, 10, 10, exact_logp=gmm_logp)
+    points = np.random.default_rng(0).normal(size=(64, 2))
+    save_samples(toy, points, tmp_path / "toy.png", tmp_path / "toy.npz", title="step 5", lam=0.0, nfe=None)
+    (ax,) = figures[0].axes
+    assert len(ax.get_images()) == 1 and ax.get_title() == "step 5\n64 samples"
+    with np.load(tmp_path / "toy.npz") as f:
+        assert sorted(f.files) == ["lam", "samples"] and np.array_equal(f["samples"], points)
+    digits = DataInfo("digits", (8, 8, 1), 17, 10, 10)
+    save_samples(digits, np.zeros((4, 8, 8, 1)), tmp_path / "grid.png")
+    assert len(figures) == 1 and _png(tmp_path / "grid.png").size == ((2 * 9 + 1) * 4, (2 * 9 + 1) * 4)
+    _no_temp_files(tmp_path)
