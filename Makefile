@@ -1,12 +1,13 @@
-# diffvar: `make train` trains the embedded default (digits), `make test` runs the tests.
+# diffvar: `make train` trains the embedded default (digits), `make test` runs the tests (no torch needed),
+# `make bench-test` the tests of the PyTorch peer (installs torch).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-TEST_STAMP := $(VENV)/.installed-bench
+BENCH_STAMP := $(VENV)/.installed-bench
 WORKDIR ?= runs/digits
 
-.PHONY: install test train clean
+.PHONY: install test bench-test lint train clean
 
 install: $(STAMP)
 
@@ -17,16 +18,25 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,slurm]'
 	touch $(STAMP)
 
-# The tests also check the PyTorch peer (benchmarks/torch_peer.py) against diffvar's U-Net: the bench extra (torch CPU).
-$(TEST_STAMP): $(STAMP)
+# The bench extra (torch CPU), for the PyTorch peer (benchmarks/torch_peer.py) only.
+$(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
-	touch $(TEST_STAMP)
+	touch $(BENCH_STAMP)
 
-# The layers contract (import-linter, pyproject.toml), then one pytest worker per core (pytest-xdist); each test
-# file runs on one worker, so its module fixtures are built once.
-test: $(TEST_STAMP)
+# ruff's lint rules and formatting, and the layers contract (import-linter); all in pyproject.toml.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+
+# Then one pytest worker per core (pytest-xdist); each test file runs on one worker, so its module fixtures are
+# built once. Tests that need torch skip without it (make bench-test runs them).
+test: lint
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n auto --dist loadfile tests
+
+# The peer's tests and the benchmarks' smoke runs, torch installed.
+bench-test: $(BENCH_STAMP)
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n auto --dist loadfile tests/test_peer.py tests/test_bench.py
 
 train: install
 	JAX_PLATFORMS=cpu $(PY) scripts/train.py --config=configs/digits.py --workdir=$(WORKDIR)

@@ -7,13 +7,16 @@ so its log density and score are exact at every t.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import jax
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
+from jax.typing import ArrayLike, DTypeLike
 
 from diffvar.likelihood import normal_mass_log
+from diffvar.sde import SDE
 
 
 @struct.dataclass
@@ -31,7 +34,8 @@ class GaussianMixture:
     evals: jax.Array
 
     @classmethod
-    def create(cls, weights, means, covs, dtype=jnp.float32):
+    def create(cls, weights: ArrayLike, means: ArrayLike, covs: ArrayLike, dtype: DTypeLike = jnp.float32
+               ) -> GaussianMixture:
         """From weights [K], means [K, d], covs [K, d, d] (eigendecomposed here, in float64 numpy), stored as dtype."""
         evals, evecs = np.linalg.eigh(np.asarray(covs, np.float64))
         if np.any(evals <= 0):
@@ -40,7 +44,8 @@ class GaussianMixture:
         return cls(cast(weights), cast(means), cast(evecs), cast(evals))
 
     @classmethod
-    def create_diagonal(cls, weights, means, variances, dtype=jnp.float32):
+    def create_diagonal(cls, weights: ArrayLike, means: ArrayLike, variances: ArrayLike,
+                        dtype: DTypeLike = jnp.float32) -> GaussianMixture:
         """From weights [K], means [K, d] and per-dimension variances [K, d] (C_k = diag(variances_k)); the
         eigenbasis is the identity exactly, as box_logp needs."""
         variances = np.asarray(variances, np.float64)
@@ -50,7 +55,8 @@ class GaussianMixture:
         cast = lambda a: jnp.asarray(a, dtype)
         return cls(cast(weights), cast(means), cast(evecs), cast(variances))
 
-    def box_logp(self, lo, hi, sde=None, t=None):
+    def box_logp(self, lo: jax.Array, hi: jax.Array, sde: SDE | None = None, t: jax.Array | None = None
+                 ) -> jax.Array:
         """log P(Y_t / alpha(t) in [lo, hi)) [B] for boxes lo, hi [B, d] (t = None: of Y_0, the data), for a
         mixture with diagonal covariances (create_diagonal; the diagonal of C_k is used, so a full covariance
         gives a wrong answer):
@@ -70,7 +76,7 @@ class GaussianMixture:
         return jax.nn.logsumexp(jnp.log(self.weights) + jnp.sum(normal_mass_log(a, b), axis=-1), axis=1)
 
     @property
-    def dim(self):
+    def dim(self) -> int:
         return self.means.shape[-1]
 
     def _coeffs(self, sde, t):
@@ -85,22 +91,22 @@ class GaussianMixture:
             jnp.sum(diff**2 / var + jnp.log(var), axis=-1) + self.dim * math.log(2 * math.pi))
         return log_comp, jnp.einsum("kij,bkj->bki", self.evecs, diff / var)
 
-    def logp(self, x):
+    def logp(self, x: jax.Array) -> jax.Array:
         """log p_0(x), [B]."""
         alpha = jnp.ones(x.shape[:1], self.evals.dtype)
         var = jnp.broadcast_to(self.evals, (x.shape[0],) + self.evals.shape)
         return jax.nn.logsumexp(self._parts(x, alpha, var)[0], axis=1)
 
-    def marginal_logp(self, sde, y, t):
+    def marginal_logp(self, sde: SDE, y: jax.Array, t: jax.Array) -> jax.Array:
         """log q_t(y), [B]."""
         return jax.nn.logsumexp(self._parts(y, *self._coeffs(sde, t))[0], axis=1)
 
-    def score(self, sde, y, t):
+    def score(self, sde: SDE, y: jax.Array, t: jax.Array) -> jax.Array:
         """grad_y log q_t(y), [B, d]: sum_k r_k(y) C_k(t)^{-1} (alpha m_k - y)."""
         log_comp, prec_diff = self._parts(y, *self._coeffs(sde, t))
         return jnp.sum(jax.nn.softmax(log_comp, axis=1)[..., None] * prec_diff, axis=1)
 
-    def sample(self, rng, n):
+    def sample(self, rng: jax.Array, n: int) -> jax.Array:
         """n samples, [n, d]."""
         k_c, k_z = jax.random.split(rng)
         comp = jax.random.choice(k_c, self.weights.shape[0], (n,), p=self.weights)
@@ -108,7 +114,7 @@ class GaussianMixture:
         return self.means[comp] + jnp.einsum("nij,nj->ni", self.evecs[comp], z)
 
 
-def score_fn_for(mixture, sde):
+def score_fn_for(mixture: GaussianMixture, sde: SDE) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """score_fn(y [B, ...], t [B]) -> [B, ...] of the mixture's marginal at t; y is flattened to [B, d]."""
     def score_fn(y, t):
         flat = jnp.reshape(y, (y.shape[0], -1))
@@ -116,7 +122,7 @@ def score_fn_for(mixture, sde):
     return score_fn
 
 
-def random_mixture(rng, dim, num_components=3, scale=2.0):
+def random_mixture(rng: jax.Array, dim: int, num_components: int = 3, scale: float = 2.0) -> GaussianMixture:
     """A well-conditioned random mixture in `dim` dimensions with full covariances."""
     k_w, k_m, k_c = jax.random.split(rng, 3)
     weights = jax.nn.softmax(jax.random.normal(k_w, (num_components,)))

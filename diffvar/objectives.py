@@ -30,22 +30,32 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import jax
 
 from diffvar.errors import check_choice
-from diffvar.likelihood import (PROBES, check_x, dsm_integrand, elbo, per_example_sum, score_residual,
-                                value_and_divergence)
-from diffvar.sde import ImportanceTime, UniformTime, bcast
+from diffvar.likelihood import (
+    PROBES,
+    check_x,
+    dsm_integrand,
+    elbo,
+    per_example_sum,
+    score_residual,
+    value_and_divergence,
+)
+from diffvar.sde import SDE, ImportanceTime, UniformTime, bcast
 
 OBJECTIVES = ("dsm", "dsm_is", "dsm_lw", "elbo", "ssm")
+ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]  # score_fn(y [B, ...], t [B]) -> [B, ...]
+Loss = Callable[[ScoreFn, jax.Array, jax.Array], jax.Array]  # loss(score_fn, x [B, ...], rng) -> [B]
 
 
 # ----------------------------------------------------------------------------------------------
 # The losses. Each: (score_fn, sde, x [B, ...], rng, ...) -> [B]; Y_t is sde.perturb(rng, x, t).
 
 
-def dsm_loss(score_fn, sde, x, rng, t_eps=1e-3):
+def dsm_loss(score_fn: ScoreFn, sde: SDE, x: jax.Array, rng: jax.Array, t_eps: float = 1e-3) -> jax.Array:
     """|sigma score(y, t) + eps|^2 / 2, t ~ U[t_lo, T]: the eps-loss (score weighted by sigma^2), [B]."""
     k_t, k_eps = jax.random.split(rng)
     t = UniformTime(T=sde.T, t_min=sde.truncation_time(t_eps)).sample(k_t, x.shape[0])
@@ -54,7 +64,7 @@ def dsm_loss(score_fn, sde, x, rng, t_eps=1e-3):
     return 0.5 * per_example_sum((bcast(sigma, x) * score_fn(y, t) + eps) ** 2)
 
 
-def dsm_is_loss(score_fn, sde, x, rng, t_eps=1e-3):
+def dsm_is_loss(score_fn: ScoreFn, sde: SDE, x: jax.Array, rng: jax.Array, t_eps: float = 1e-3) -> jax.Array:
     """dsm_integrand / q(t) = Z (|sigma score + eps|^2 - d) / 2 - Z sigma^2 div f / g^2, t ~ q oc g^2/sigma^2, [B].
 
     E[loss] = int_{t_lo}^T E[ism_integrand] dt = -(ELBO on [t_lo, T]) + E[log p_prior(Y_T)] (theta-free).
@@ -66,7 +76,7 @@ def dsm_is_loss(score_fn, sde, x, rng, t_eps=1e-3):
     return dsm_integrand(score_fn, sde, y, eps, t) / q.density(t)
 
 
-def dsm_lw_loss(score_fn, sde, x, rng, t_eps=1e-3):
+def dsm_lw_loss(score_fn: ScoreFn, sde: SDE, x: jax.Array, rng: jax.Array, t_eps: float = 1e-3) -> jax.Array:
     """(T - t_lo) g^2 |score + eps / sigma|^2 / 2, t ~ U[t_lo, T]: likelihood-weighted DSM, [B].
 
     E[loss] = E[dsm_is] + (d / 2) (gamma(T) - gamma(t_lo)) + d (log alpha(T) - log alpha(t_lo)).
@@ -79,13 +89,14 @@ def dsm_lw_loss(score_fn, sde, x, rng, t_eps=1e-3):
     return (sde.T - t_lo) * 0.5 * sde.g2(t) * per_example_sum(resid**2)
 
 
-def elbo_loss(score_fn, sde, x, rng, probe="rademacher"):
+def elbo_loss(score_fn: ScoreFn, sde: SDE, x: jax.Array, rng: jax.Array, probe: str = "rademacher") -> jax.Array:
     """-ELBO = -log p_prior(Y_T) + T (|g score|^2 / 2 + div(g^2 score - f)), t ~ U[0, T], one probe, [B]."""
     return -elbo(score_fn, sde, x, rng, num_samples=1, form="ism", divergence="hutchinson", probe=probe,
                  time_sampling="uniform")
 
 
-def ssm_loss(score_fn, sde, x, rng, t_eps=1e-3, probe="rademacher"):
+def ssm_loss(score_fn: ScoreFn, sde: SDE, x: jax.Array, rng: jax.Array, t_eps: float = 1e-3,
+             probe: str = "rademacher") -> jax.Array:
     """sigma^2 (|score|^2 / 2 + v^T J_score v), t ~ U[t_lo, T], y ~ N(alpha x, sigma^2 I), one probe v, [B]."""
     k_t, k_eps, k_v = jax.random.split(rng, 3)
     t = UniformTime(T=sde.T, t_min=sde.truncation_time(t_eps)).sample(k_t, x.shape[0])
@@ -94,7 +105,7 @@ def ssm_loss(score_fn, sde, x, rng, t_eps=1e-3, probe="rademacher"):
     return sde.sigma2(t) * (0.5 * per_example_sum(score**2) + div)
 
 
-def get_objective(name, sde, t_eps=1e-3, probe="rademacher"):
+def get_objective(name: str, sde: SDE, t_eps: float = 1e-3, probe: str = "rademacher") -> Loss:
     """The loss called `name` (one of OBJECTIVES) for `sde`: loss(score_fn, x [B, ...], rng) -> [B]."""
     check_choice("name", name, OBJECTIVES, error=ValueError)
     check_choice("probe", probe, PROBES, error=ValueError)
@@ -109,7 +120,7 @@ def get_objective(name, sde, t_eps=1e-3, probe="rademacher"):
     }
     fn = fns[name]
 
-    def loss(score_fn, x, rng):
+    def loss(score_fn: ScoreFn, x: jax.Array, rng: jax.Array) -> jax.Array:
         check_x(x)
         return fn(score_fn, sde, x, rng)
 

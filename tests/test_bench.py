@@ -79,6 +79,7 @@ def test_counted_flops_are_the_layer_shapes_flops(monkeypatch):
     less the input gradients never computed (of the first convolution and of the time embedding's first Dense)."""
     import jax
     import jax.numpy as jnp
+
     from diffvar import experiment
     from tests.helpers import load_config
     monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))

@@ -171,7 +171,7 @@ def test_train_iter_epochs_are_reshuffled_permutations():
     cfg = cfg_for("gmm2d")
     train = data.load_split(cfg, "train")
     batches = take(data.make_train_iter(cfg, 8192, 0), 16)  # two epochs of 65536
-    key = lambda a: a[np.lexsort(a.T)]  # noqa: E731
+    key = lambda a: a[np.lexsort(a.T)]
     epoch0, epoch1 = np.concatenate(batches[:8]), np.concatenate(batches[8:])
     np.testing.assert_array_equal(key(epoch0), key(train))
     np.testing.assert_array_equal(key(epoch1), key(train))

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from diffvar import data
-from diffvar.data import builders, prepare
+from diffvar.data import builders, formats, prepare
 from diffvar.errors import OptionError
 from tests.helpers import ROOT, assert_one_error_line, run_script
 
@@ -62,11 +62,13 @@ def write_cifar10(path, seed, per_batch=4, test=6):
     out = {"train": ([], []), "test": ([], [])}
     with tarfile.open(path, "w:gz") as tar:
         _add(tar, "cifar-10-batches-bin/batches.meta.txt", b"airplane\nautomobile\n")
-        batches = [(f"data_batch_{i}.bin", "train", per_batch) for i in range(1, 6)] + [("test_batch.bin", "test", test)]
+        batches = [(f"data_batch_{i}.bin", "train", per_batch) for i in range(1, 6)]
+        batches.append(("test_batch.bin", "test", test))
         for name, split, n in batches:
             planes = rng.integers(0, 256, (n, 3, 32, 32), np.uint8)
             labels = rng.integers(0, 10, n, np.uint8)
-            _add(tar, f"cifar-10-batches-bin/{name}", b"".join(bytes([y]) + p.tobytes() for y, p in zip(labels, planes)))
+            records = b"".join(bytes([y]) + p.tobytes() for y, p in zip(labels, planes))
+            _add(tar, f"cifar-10-batches-bin/{name}", records)
             out[split][0].append(np.stack([p.transpose(1, 2, 0) for p in planes]))  # written independently: CHW -> HWC
             out[split][1].append(labels)
     return {s: (np.concatenate(x), np.concatenate(y)) for s, (x, y) in out.items()}
@@ -95,9 +97,9 @@ def write_png_tar(path, prefix, size, n, seed):
 
 def write_imagenet(folder, size, seed, n=(12, 5)):
     os.makedirs(folder, exist_ok=True)
-    return {"train": write_png_tar(os.path.join(folder, f"train_{size}x{size}.tar"), f"train_{size}x{size}", size, n[0], seed),
-            "validation": write_png_tar(os.path.join(folder, f"valid_{size}x{size}.tar"), f"valid_{size}x{size}", size, n[1],
-                                        seed + 1)}
+    train, valid = f"train_{size}x{size}", f"valid_{size}x{size}"
+    return {"train": write_png_tar(os.path.join(folder, f"{train}.tar"), train, size, n[0], seed),
+            "validation": write_png_tar(os.path.join(folder, f"{valid}.tar"), valid, size, n[1], seed + 1)}
 
 
 def tfds_order(split, keys):
@@ -294,7 +296,7 @@ def test_debians_fashion_mnist_is_prepared_verified(tmp_path):
     assert (label["verified"], label["origin"], label["num_examples"]) == (True, DEBIAN, 10_000)
     assert label["matched"] == {f: "payload" for f in IDX}
     assert data.get_info(cfg).num_train == 60_000
-    images, labels = builders.read_idx_pair(os.path.join(DEBIAN, IDX[2]), os.path.join(DEBIAN, IDX[3]), (28, 28))
+    images, labels = formats.read_idx_pair(os.path.join(DEBIAN, IDX[2]), os.path.join(DEBIAN, IDX[3]), (28, 28))
     order = tfds_order("test", range(10_000))
     x, y = records(d, "fashion_mnist", "test")
     np.testing.assert_array_equal(x[:100, ..., 0], images[order[:100]])
@@ -377,7 +379,8 @@ def _corrupt(tmp_path, what):
 
 @pytest.mark.parametrize("what, message", [
     ("idx magic", "not an IDX file"), ("idx count", "has 9 bytes of data"),
-    ("cifar record", "not a whole number of 3,073-byte records"), ("cifar member", "lacks cifar-10-batches-bin/test_batch.bin"),
+    ("cifar record", "not a whole number of 3,073-byte records"),
+    ("cifar member", "lacks cifar-10-batches-bin/test_batch.bin"),
     ("cifar truncated", "not a complete .tar.gz"), ("png size", "is not a 32x32 RGB PNG"),
     ("tar truncated", "not a complete tar archive")])
 def test_wrong_formats(tmp_path, what, message):

@@ -12,8 +12,8 @@ import pytest
 
 from diffvar.models import MLP, MODELS, UNet, make_model
 from diffvar.models.embedding import timestep_embedding
-from diffvar.models.unet import norm_channels
 from diffvar.models.param import PARAMETERISATIONS, make_score_fn, output_to_score, score_to_output
+from diffvar.models.unet import norm_channels
 from diffvar.sde import VESDE, VPSDE, SubVPSDE
 
 # Parameter counts of the PyTorch peer's workloads (the reference models in benchmarks/torch_peer.py), obtained once
@@ -162,9 +162,9 @@ def _random_params(model, y, t):
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), y, t))
     leaves, tree = jax.tree.flatten(shapes)
     rng = np.random.default_rng(0)
-    scale = lambda shape: 1.0 / math.sqrt(math.prod(shape[:-1])) if len(shape) > 1 else 0.1  # fan-in  # noqa: E731
-    return jax.tree.unflatten(tree, [jnp.asarray(rng.normal(size=l.shape) * scale(l.shape), jnp.float32)
-                                     for l in leaves])
+    scale = lambda shape: 1.0 / math.sqrt(math.prod(shape[:-1])) if len(shape) > 1 else 0.1  # fan-in
+    return jax.tree.unflatten(tree, [jnp.asarray(rng.normal(size=leaf.shape) * scale(leaf.shape), jnp.float32)
+                                     for leaf in leaves])
 
 
 def test_unet_dropout_only_in_train():

@@ -229,6 +229,21 @@ def _no_temp_files(directory):
     assert not [p for p in directory.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.fixture
+def figures(monkeypatch):
+    """The matplotlib Figures diffvar.plots renders, in order (each is still written to its file)."""
+    from diffvar import plots
+    drawn, save = [], plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path, **kw: (drawn.append(fig), save(fig, path, **kw)))
+    return drawn
+
+
+def _lines(ax):
+    """{label or index: (x, y)} of an Axes' lines, as float arrays."""
+    return {line.get_label() if not line.get_label().startswith("_") else i: tuple(
+        np.asarray(v, np.float64) for v in line.get_data()) for i, line in enumerate(ax.get_lines())}
+
+
 def test_image_grid_gray(tmp_path):
     images = np.random.default_rng(0).uniform(size=(10, 8, 8, 1))
     path = tmp_path / "grid.png"
@@ -240,6 +255,14 @@ def test_image_grid_gray(tmp_path):
     # Quantized to 17 levels: cell pixels take values round(255 k / 16).
     allowed = set(np.round(255.0 * np.arange(17) / 16).astype(int)) | {128}
     assert set(np.unique(arr).tolist()) <= allowed
+    # Each cell shows its image (row-major), quantized, each pixel as a 4x4 block; the padding is mid-grey.
+    cells = arr[::4, ::4]
+    want = np.round(255.0 * np.minimum(np.floor(images[..., 0] * 17), 16) / 16)
+    for i in range(10):
+        r, c = divmod(i, 4)
+        np.testing.assert_array_equal(cells[1 + 9 * r: 9 + 9 * r, 1 + 9 * c: 9 + 9 * c], want[i])
+    assert (cells[0] == 128).all() and (cells[:, 0] == 128).all()
+    assert (cells[19:, 19:] == 128).all()  # cells 10 and 11 of the third row are empty
     _no_temp_files(tmp_path)
 
 
@@ -249,23 +272,46 @@ def test_image_grid_rgb_overwrite(tmp_path):
     save_image_grid(path, np.full((9, 32, 32, 3), 0.5))  # overwrites atomically
     im = _png(path)
     assert im.mode == "RGB" and im.size == ((3 * 33 + 1) * 2, (3 * 33 + 1) * 2)
+    assert (np.asarray(im)[2:66, 2:66] == 128).all()  # round(0.5 * 255): the second call's images
     with pytest.raises(ValueError, match="images"):
         save_image_grid(path, np.zeros((4, 8, 8, 2)))
 
 
-def test_scatter_with_density(tmp_path):
+def test_scatter_with_density(tmp_path, figures):
+    from matplotlib.image import AxesImage
+
     from diffvar.data.toy import gmm_logp, gmm_sample
     points = gmm_sample(np.random.default_rng(0), 2000)
     points[0] = np.nan
     path = tmp_path / "scatter.png"
-    save_scatter_2d(path, points, logp_fn=gmm_logp, lim=6.0)
+    save_scatter_2d(path, points, logp_fn=gmm_logp, lim=6.0, title="gmm")
     _png(path)
-    save_scatter_2d(tmp_path / "plain.png", points)
+    (ax,) = figures[0].axes
+    assert ax.get_xlim() == (-6.0, 6.0) and ax.get_ylim() == (-6.0, 6.0)
+    assert ax.get_title() == "gmm\n1999 samples (1 non-finite dropped)"
+    (density,) = [a for a in ax.get_images() if isinstance(a, AxesImage)]
+    grid = np.asarray(density.get_array())
+    assert grid.shape == (200, 200) and tuple(density.get_extent()) == (-6.0, 6.0, -6.0, 6.0)
+    xs = np.linspace(-6.0, 6.0, 200)
+    xx, yy = np.meshgrid(xs, xs)
+    want = np.exp(gmm_logp(np.stack([xx.ravel(), yy.ravel()], axis=1))).reshape(200, 200)
+    np.testing.assert_allclose(grid, want, rtol=1e-6)  # the density exp(logp) on the window, rows = y
+    scatters = [c for c in ax.collections if len(c.get_offsets()) == 1999]
+    assert len(scatters) == 1
+    np.testing.assert_array_equal(scatters[0].get_offsets(), points[1:])  # every finite sample, in order
+
+    save_scatter_2d(tmp_path / "plain.png", points, max_points=500)
     _png(tmp_path / "plain.png")
+    (ax,) = figures[1].axes
+    assert not ax.get_images() and ax.get_title() == "1999 samples (1 non-finite dropped)"
+    (scatter,) = ax.collections
+    np.testing.assert_array_equal(scatter.get_offsets(), points[1:501])  # the first max_points
+    lo, hi = np.percentile(points[1:], 0.5, axis=0), np.percentile(points[1:], 99.5, axis=0)
+    assert ax.get_xlim()[0] < lo[0] and ax.get_xlim()[1] > hi[0] and ax.get_ylim()[0] < lo[1]
     _no_temp_files(tmp_path)
 
 
-def test_training_curves(tmp_path):
+def test_training_curves(tmp_path, figures):
     metrics = tmp_path / "metrics.jsonl"
     lines = []
     for step in range(0, 1000, 50):
@@ -279,6 +325,21 @@ def test_training_curves(tmp_path):
     path = tmp_path / "curves.png"
     save_training_curves(path, metrics)
     _png(path)
+    ax_loss, ax_eval = figures[0].axes
+    steps = np.arange(0, 1000, 50.0)
+    (loss,) = _lines(ax_loss).values()
+    np.testing.assert_array_equal(loss[0], steps)
+    np.testing.assert_allclose(loss[1], 5.0 / (1 + steps / 100))
+    assert (ax_loss.get_xlabel(), ax_loss.get_ylabel(), ax_loss.get_yscale()) == ("step", "training loss", "log")
+    evals = _lines(ax_eval)
+    assert list(evals) == ["test_bpd"]
+    np.testing.assert_array_equal(evals["test_bpd"][0], [0, 200, 400, 600, 800])
+    np.testing.assert_allclose(evals["test_bpd"][1], [3.0, 2.8, 2.6, 2.4, 2.2])
+    (band,) = ax_eval.collections  # the +-2 s.e. band: its vertices span value -+ 0.04
+    ys = band.get_paths()[0].vertices[:, 1]
+    assert ys.min() == pytest.approx(2.2 - 0.04) and ys.max() == pytest.approx(3.0 + 0.04)
+    assert (ax_eval.get_xlabel(), ax_eval.get_ylabel()) == ("step", "test bits/dim")
+    assert ax_eval.get_title() == "test bpd (last: 2.2000 ± 0.0200)"
 
     toy = tmp_path / "toy.jsonl"
     toy.write_text("\n".join(json.dumps(r) for r in [
@@ -288,9 +349,59 @@ def test_training_curves(tmp_path):
     ]) + '\n{"step": 300, "lo')
     save_training_curves(tmp_path / "toy.png", toy)
     _png(tmp_path / "toy.png")
+    ax_loss, ax_eval = figures[1].axes
+    (loss,) = _lines(ax_loss).values()
+    np.testing.assert_array_equal(loss[1], [-1.0, -2.0, -2.5])
+    assert ax_loss.get_yscale() == "linear"  # a negative loss: no log scale
+    evals = _lines(ax_eval)
+    assert {k: (list(x), list(y)) for k, (x, y) in evals.items()} == {
+        "test_nats": ([100.0], [2.9]), "test_elbo_nats": ([200.0], [2.8])}
+    assert ax_eval.get_ylabel() == "test nats" and ax_eval.get_title() == "test metric"
+    assert [t.get_text() for t in ax_eval.get_legend().get_texts()] == ["test_nats", "test_elbo_nats"]
 
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     save_training_curves(tmp_path / "empty.png", empty)
     _png(tmp_path / "empty.png")
+    ax_loss, ax_eval = figures[2].axes
+    assert not ax_loss.get_lines() and not ax_eval.get_lines()
+    assert [t.get_text() for t in ax_loss.texts] == ["no loss logged"]
+    assert [t.get_text() for t in ax_eval.texts] == ["no evaluations logged"]
+    _no_temp_files(tmp_path)
+
+
+def test_noise_schedule_figure(tmp_path, figures):
+    """gamma(s) of both schedules on (0, T] (left) and their importance densities gamma' / (gamma(T) - gamma(s_1))
+    (right, log scale), each labelled; any two SDEs with gamma and nll_weight will do."""
+    from diffvar.plots import save_noise_schedule
+    learned, fixed = VPSDE(beta_min=0.2, beta_max=15.0), VPSDE()
+    save_noise_schedule(tmp_path / "schedule.png", learned, fixed, num=50)
+    _png(tmp_path / "schedule.png")
+    ax_gamma, ax_density = figures[0].axes
+    s = np.linspace(1.0 / 50, 1.0, 50, dtype=np.float32)
+    for (x, y), sde in zip(_lines(ax_gamma).values(), (learned, fixed)):
+        np.testing.assert_allclose(x, s)
+        np.testing.assert_allclose(y, np.asarray(sde.gamma(s)), rtol=1e-6)
+    assert [label.split(" (")[0] for label in _lines(ax_gamma)] == ["learned", "fixed VP"]
+    for (_, y), sde in zip(_lines(ax_density).values(), (learned, fixed)):
+        gamma = np.asarray(sde.gamma(s), np.float64)
+        np.testing.assert_allclose(y, np.asarray(sde.nll_weight(s)) / (gamma[-1] - gamma[0]), rtol=1e-5)
+    assert list(_lines(ax_density)) == ["learned", "fixed VP"] and ax_density.get_yscale() == "log"
+    assert ax_gamma.get_ylabel() == "gamma(s) = log(sigma^2 / alpha^2)" and ax_density.get_xlabel() == "s"
+
+
+def test_samples_are_a_scatter_over_the_density_or_a_grid(tmp_path, figures):
+    from diffvar.data import DataInfo
+    from diffvar.data.toy import gmm_logp
+    from diffvar.plots import save_samples
+    toy = DataInfo("gmm2d", (2,), None, 10, 10, exact_logp=gmm_logp)
+    points = np.random.default_rng(0).normal(size=(64, 2))
+    save_samples(toy, points, tmp_path / "toy.png", tmp_path / "toy.npz", title="step 5", lam=0.0, nfe=None)
+    (ax,) = figures[0].axes
+    assert len(ax.get_images()) == 1 and ax.get_title() == "step 5\n64 samples"
+    with np.load(tmp_path / "toy.npz") as f:
+        assert sorted(f.files) == ["lam", "samples"] and np.array_equal(f["samples"], points)
+    digits = DataInfo("digits", (8, 8, 1), 17, 10, 10)
+    save_samples(digits, np.zeros((4, 8, 8, 1)), tmp_path / "grid.png")
+    assert len(figures) == 1 and _png(tmp_path / "grid.png").size == ((2 * 9 + 1) * 4, (2 * 9 + 1) * 4)
     _no_temp_files(tmp_path)

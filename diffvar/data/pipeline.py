@@ -24,7 +24,8 @@ import functools
 import os
 import shlex
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grain
 import numpy as np

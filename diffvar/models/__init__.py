@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 
+import flax.linen as nn
 import jax.numpy as jnp
 
 from diffvar.models.mlp import ACTIVATIONS, MLP, TIME_EMBEDDINGS
@@ -26,7 +28,7 @@ def _defaults(cls):
     return {f.name: f.default for f in dataclasses.fields(cls) if f.name in _FIELDS[cls.__name__.lower()]}
 
 
-def make_model(cfg, data_shape):
+def make_model(cfg: Mapping, data_shape: Sequence[int]) -> nn.Module:
     """The flax module named by cfg.name, built from cfg's fields (missing ones take the module defaults).
 
     cfg: ConfigDict (or dict) with `name` in MODELS; keys that are not the model's fields are ignored.

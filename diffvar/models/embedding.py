@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 
 
-def timestep_embedding(t, dim):
+def timestep_embedding(t: jax.Array, dim: int) -> jax.Array:
     """t [B] -> [B, dim]: [sin(t w_k), cos(t w_k)] for k < dim // 2, w_k = 10000^(-k / (dim // 2 - 1)).
 
     An odd `dim` gets one trailing zero column.

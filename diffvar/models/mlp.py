@@ -33,7 +33,7 @@ class MLP(nn.Module):
     dtype: Any = jnp.float32   # computation dtype: float32 | bfloat16 (parameters stay float32)
 
     @nn.compact
-    def __call__(self, y, t, train: bool = False):
+    def __call__(self, y: jax.Array, t: jax.Array, train: bool = False) -> jax.Array:
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {self.activation!r}")
         if self.time_embedding == "concat":

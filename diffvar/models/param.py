@@ -10,17 +10,22 @@ conversions, the SDE's coefficients and everything the ELBO sums from them run i
 """
 from __future__ import annotations
 
-from diffvar.sde import bcast
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from diffvar.sde import SDE, bcast
 
 PARAMETERISATIONS = ("drift", "score", "eps")
 
 
-def _check(kind):
+def _check(kind: str) -> None:
     if kind not in PARAMETERISATIONS:
         raise ValueError(f"parameterization must be one of {PARAMETERISATIONS}, got {kind!r}")
 
 
-def output_to_score(out, t, sde, kind):
+def output_to_score(out: jax.Array, t: jax.Array, sde: SDE, kind: str) -> jax.Array:
     """Network output -> score, shape of out."""
     _check(kind)
     if kind == "drift":
@@ -30,7 +35,7 @@ def output_to_score(out, t, sde, kind):
     return out
 
 
-def score_to_output(score, t, sde, kind):
+def score_to_output(score: jax.Array, t: jax.Array, sde: SDE, kind: str) -> jax.Array:
     """Score -> network output (the exact inverse of output_to_score), shape of score."""
     _check(kind)
     if kind == "drift":
@@ -40,11 +45,12 @@ def score_to_output(score, t, sde, kind):
     return score
 
 
-def make_score_fn(apply_fn, sde, kind):
+def make_score_fn(apply_fn: Callable[[Any, jax.Array, jax.Array], jax.Array], sde: SDE, kind: str
+                  ) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
     """score_fn(params, y, t) -> score, for a network apply_fn(params, y, t) with output `kind`."""
     _check(kind)
 
-    def score_fn(params, y, t):
+    def score_fn(params: Any, y: jax.Array, t: jax.Array) -> jax.Array:
         return output_to_score(apply_fn(params, y, t), t, sde, kind)
 
     return score_fn

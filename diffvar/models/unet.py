@@ -22,15 +22,17 @@ Initialisation uses flax's defaults (LeCun-normal kernels, zero biases), not tor
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from diffvar.models.embedding import timestep_embedding
 
 
-def norm_channels(ch, ch_mult, num_res_blocks):
+def norm_channels(ch: int, ch_mult: Sequence[int], num_res_blocks: int) -> list[int]:
     """Channel counts of every GroupNorm in the U-Net (including the up path's concatenated inputs)."""
     out, skips, cur = [], [ch], ch
     for i, m in enumerate(ch_mult):
@@ -48,7 +50,7 @@ def norm_channels(ch, ch_mult, num_res_blocks):
     return out
 
 
-def check_unet_shape(height, width, ch, ch_mult, num_res_blocks):
+def check_unet_shape(height: int, width: int, ch: int, ch_mult: Sequence[int], num_res_blocks: int) -> str | None:
     """Returns an error message (or None) for a (height, width) the U-Net cannot restore, or bad widths."""
     factor = 2 ** (len(ch_mult) - 1)
     if height % factor or width % factor:
@@ -61,7 +63,7 @@ def check_unet_shape(height, width, ch, ch_mult, num_res_blocks):
     return None
 
 
-def group_norm(ch, dtype):
+def group_norm(ch: int, dtype: Any) -> nn.GroupNorm:
     """nn.GroupNorm for `ch` channels: min(32, ch) groups, epsilon 1e-6 (as DDPM), output in `dtype` (statistics
     in float32 whatever `dtype`: flax's); call inside a compact module."""
     return nn.GroupNorm(num_groups=min(32, ch), epsilon=1e-6, dtype=dtype)
@@ -77,7 +79,7 @@ class ResBlock(nn.Module):
     dtype: Any = jnp.float32   # computation dtype (the module docstring's precision)
 
     @nn.compact
-    def __call__(self, x, temb, train=False):
+    def __call__(self, x: jax.Array, temb: jax.Array, train: bool = False) -> jax.Array:
         dt = self.dtype
         h = nn.Conv(self.out_ch, (3, 3), dtype=dt, name="conv1")(nn.silu(group_norm(x.shape[-1], dt)(x)))
         h = h + nn.Dense(self.out_ch, dtype=dt, name="temb_proj")(nn.silu(temb))[:, None, None, :]
@@ -97,7 +99,7 @@ class AttnBlock(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> jax.Array:
         b, hh, ww, c = x.shape
         dt = self.dtype
         h = group_norm(c, dt)(x).reshape(b, hh * ww, c)
@@ -128,7 +130,7 @@ class UNet(nn.Module):
     dtype: Any = jnp.float32   # computation dtype: float32 | bfloat16 (parameters stay float32)
 
     @nn.compact
-    def __call__(self, y, t, train: bool = False):
+    def __call__(self, y: jax.Array, t: jax.Array, train: bool = False) -> jax.Array:
         if y.ndim != 4:
             raise ValueError(f"UNet expects y of shape [B, H, W, C], got {y.shape}")
         msg = check_unet_shape(y.shape[1], y.shape[2], self.ch, self.ch_mult, self.num_res_blocks)
