@@ -301,7 +301,7 @@ SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 
 # ----------------------------------------------------------------------------------------------
 # Time proposals q(s) on [0, T] or a sub-interval [t_min, T]: sample(rng, n) -> [n], density(t) -> [n], and the
-# inverse CDF quantile(u) -> [n] (stratified draws, likelihood.StratifiedTime).
+# inverse CDF quantile(u) -> [n] (stratified draws, elbo.StratifiedTime).
 
 TIME_SAMPLINGS = ("uniform", "importance")
 
@@ -392,13 +392,16 @@ class ImportanceTime:
         return jnp.clip(jnp.where(m < flat_mass, m / w_eps, t_up), 0.0, self.sde.T)
 
 
-def time_proposal(name, sde, t_eps=1e-3):
-    """The proposal called `name` (one of TIME_SAMPLINGS) for `sde`, on [0, T]."""
+def time_proposal(name, sde, t_eps=1e-3, t_min=0.0):
+    """The proposal called `name` (one of TIME_SAMPLINGS) for `sde`: on [0, T] (t_min = 0; importance: flat
+    below t_eps), or on [t0, T], t0 = sde.truncation_time(t_min) (importance: q proportional to g^2 / sigma^2)."""
+    if name not in TIME_SAMPLINGS:
+        raise ValueError(f"name={name!r} is not allowed; choose one of {', '.join(TIME_SAMPLINGS)}")
+    if t_min == 0.0:
+        return UniformTime(T=sde.T) if name == "uniform" else ImportanceTime(sde=sde, t_eps=t_eps)
     if name == "uniform":
-        return UniformTime(T=sde.T)
-    if name == "importance":
-        return ImportanceTime(sde=sde, t_eps=t_eps)
-    raise ValueError(f"name={name!r} is not allowed; choose one of {', '.join(TIME_SAMPLINGS)}")
+        return UniformTime(T=sde.T, t_min=sde.truncation_time(t_min))
+    return ImportanceTime(sde=sde, t_eps=t_min, truncated=True)
 
 
 def make_sde(name, **kwargs):
