@@ -283,8 +283,8 @@ class EvalSpec:
         unknown = sorted(set(overrides) - keys)
         if unknown:
             raise TypeError(f"EvalSpec.from_config got unknown options {unknown}; allowed: {sorted(keys)}")
-        loop = {k: e[k] for k in LOOP if k in e}
-        loop.update(seed=config.seed + 1, **{k: overrides[k] for k in LOOP if overrides.get(k) is not None})
+        loop = dict({k: e[k] for k in LOOP if k in e}, seed=config.seed + 1)
+        loop.update({k: overrides[k] for k in LOOP if overrides.get(k) is not None})
         opts = {c: options.from_section(c, e, p, **{f.name: overrides.get(p + f.name) for f in dataclasses.fields(c)})
                 for c, p, _ in config_lib.ESTIMATORS}
         base = opts[ElboOptions]

@@ -105,7 +105,7 @@ def test_eval_spec_takes_each_estimators_options_from_the_config():
     spec = evaluator.EvalSpec.from_config(c, forms=("ism", "dsm"), ode=True, probes=2, ode_atol=1e-3)
     assert [o.time_sampling for o in spec.elbo] == ["uniform", "importance"] and spec.elbo[1].probes == 2
     assert (spec.ode.rtol, spec.ode.atol, spec.ode.divergence) == (1e-4, 1e-3, "auto")
-    spec = evaluator.EvalSpec.from_config(c, forms=("dsm",), time_sampling="uniform")
-    assert spec.elbo[0].time_sampling == "uniform"
+    spec = evaluator.EvalSpec.from_config(c, forms=("dsm",), time_sampling="uniform", seed=5, repeats=3)
+    assert spec.elbo[0].time_sampling == "uniform" and (spec.seed, spec.repeats) == (5, 3)
     with pytest.raises(TypeError, match="num_draws"):
         evaluator.EvalSpec.from_config(c, num_draws=2)
