@@ -6,7 +6,7 @@ Two workloads, each scheme timed side by side in this one process:
 - digits: the checkpoint's EMA parameters, experiment.make_elbo_fn (the evaluation's own function: uniform
   dequantization, bpd), on the first max_examples test examples in one batch;
 - mixture16: a 16-D Gaussian mixture (diffvar.mixture.random_mixture, seed 16) with its exact score,
-  likelihood.elbo_mean_and_variance on 256 of its draws, in nats.
+  elbo.elbo on 256 of its draws, in nats.
 A pass gives every example one independent unit (the mean of a scheme's draws). Over `passes` passes:
 mc_var = the per-example variance of a unit (mean over examples), seconds = the median wall time of a pass.
 The figure of merit is work-normalised variance, mc_var x seconds; se_in_1s = sqrt(mc_var x seconds / N), the
@@ -25,11 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffvar import checkpoints, distributed, evaluator, experiment, likelihood
+from diffvar import checkpoints, distributed, evaluator, experiment
+from diffvar.elbo import ElboOptions, elbo
 from diffvar.mixture import random_mixture, score_fn_for
 from diffvar.sde import VPSDE
 
-# name -> make_elbo_fn / elbo keywords. "plain" is the evaluation's default before these schemes existed.
+# name -> ElboOptions / elbo keywords. "plain" is the evaluation's default before these schemes existed.
 SCHEMES = {
     "plain": dict(form="ism", time_sampling="uniform"),
     "iid4": dict(form="ism", time_sampling="uniform", draws=4),
@@ -75,7 +76,7 @@ def digits_functions(workdir, max_examples):
     x = x[np.asarray(mask)]
     fns = {}
     for name, kw in SCHEMES.items():
-        f = experiment.make_elbo_fn(exp, **kw)
+        f = experiment.make_elbo_fn(exp, ElboOptions(**kw))
         fns[name] = lambda x, k, f=f: f(params, x, k)
     return fns, x, step
 
@@ -88,11 +89,7 @@ def mixture_functions(num=256):
     x = mix.sample(jax.random.PRNGKey(0), num)
     fns = {}
     for name, kw in SCHEMES.items():
-        kw = dict(kw)
-        draws = kw.pop("draws", 1)
-        f = jax.jit(lambda x, k, kw=kw, draws=draws: -likelihood.elbo_mean_and_variance(score, sde, x, k, draws,
-                                                                                         **kw)[0])
-        fns[name] = f
+        fns[name] = jax.jit(lambda x, k, kw=kw: -elbo(score, sde, x, k, **kw))
     return fns, x, float(-jnp.mean(mix.logp(x)))
 
 

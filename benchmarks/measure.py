@@ -7,7 +7,7 @@ What is timed is what users run, built from a config by diffvar.experiment.build
 - train: experiment.make_train_step(exp), the trainer's compiled call of training.steps_per_call optimizer steps
   (state donated, EMA, clipping and Adam as configured), on a fixed batch placed as the trainer places it;
   steady state for `seconds` after two warm-up calls, each call synchronised on its losses;
-- elbo: experiment.make_elbo_fn(exp, "ism", "uniform", "rademacher", "hutchinson"), the evaluation's function
+- elbo: experiment.make_elbo_fn(exp) (one-draw ISM, uniform time, Rademacher Hutchinson), the evaluation's function
   (dequantization, one-probe ISM ELBO, bpd), at the workload's batch (the peer's), for seconds / 2;
 - compile seconds of each, apart (AOT: fn.lower(...).compile());
 - FLOPs of one train step and of one ELBO example, three ways (flops_report):
@@ -47,6 +47,7 @@ from jax.sharding import PartitionSpec as P
 from diffvar import config as config_lib
 from diffvar import data as data_lib
 from diffvar import distributed, evaluator, experiment, platform
+from diffvar import ode as ode_lib
 from diffvar.models.unet import AttnBlock
 from timing import rate  # benchmarks/timing.py, shared with the peer
 
@@ -167,7 +168,7 @@ def flops_report(exp, state, one_batch, x, key, train_xla_flops):
     and from the layers (the module docstring)."""
     b = exp.config.training.batch_size
     forward = layer_flops(exp)
-    elbo_fn = experiment.make_elbo_fn(exp, "ism", "uniform", "rademacher", "hutchinson")
+    elbo_fn = experiment.make_elbo_fn(exp)
     return {
         "train_flops_per_step": matmul_flops(jax.make_jaxpr(experiment.make_train_step(exp))(state, one_batch)),
         "train_flops_per_step_xla": train_xla_flops,
@@ -233,7 +234,7 @@ def compile_workload(exp, mesh, host):
     train, train_compile = evaluator.compile_ahead(experiment.make_train_step(exp), state, batches)
     x = distributed.global_array(mesh, host[0])
     key = jax.random.PRNGKey(1)
-    elbo_fn = experiment.make_elbo_fn(exp, "ism", "uniform", "rademacher", "hutchinson")
+    elbo_fn = experiment.make_elbo_fn(exp)
     elbo, elbo_compile = evaluator.compile_ahead(elbo_fn, state.params, x, key)
     w = {"train": train, "state": state, "elbo": elbo, "elbo_args": (x, key),
          "train_compile_seconds": train_compile, "elbo_compile_seconds": elbo_compile}
@@ -310,11 +311,11 @@ def measure_ode(workdir="", train_steps=200, max_examples=0, rtol=1e-5, atol=1e-
         model = (f"configs/digits.py model, freshly initialised and trained {train_steps} steps here (raw, not "
                  f"EMA, parameters)" if train_steps else "configs/digits.py model, freshly initialised")
     e = exp.config.eval
-    divergence = "exact" if exp.dim <= evaluator.EXACT_TRACE_MAX_DIM else "hutchinson"
+    divergence = ode_lib.trace_estimator("auto", exp.dim)
     batch_size = evaluator.batch_size(e.batch_size, max_examples, len(jax.devices()), exp.info.size("test"))
     batches = evaluator.split_batches(exp, mesh, "test", batch_size, max_examples)
     key = evaluator.pass_key(exp.config.seed + 1, 0, "ode")
-    fn = experiment.make_ode_fn(exp, rtol, atol, divergence, e.probe)
+    fn = experiment.make_ode_fn(exp, ode_lib.OdeOptions(rtol, atol, divergence, e.ode_probe))
     compiled, compile_seconds = evaluator.compile_ahead(fn, params, batches[0][0], key)
     est = evaluator.ode_pass(compiled, params, key, batches)
     return {"model": model, "rtol": rtol, "atol": atol, "divergence": divergence, "batch": batch_size,

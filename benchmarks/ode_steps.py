@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from diffvar import checkpoints, distributed, evaluator, experiment
+from diffvar.ode import OdeOptions
 
 
 def main():
@@ -32,7 +33,7 @@ def main():
     res = {"step": step, "device": jax.devices()[0].device_kind, "batch_size": a.batch_size}
     values = {}
     for mode in ("batch", "per_example"):
-        fn = experiment.make_ode_fn(exp, divergence="hutchinson", step_size=mode)
+        fn = experiment.make_ode_fn(exp, OdeOptions(divergence="hutchinson", step_size=mode))
         start = time.perf_counter()
         jax.block_until_ready(fn(params, batches[0][0], jax.random.PRNGKey(0)))
         compile_and_first = time.perf_counter() - start

@@ -15,15 +15,18 @@ import os
 
 import ml_collections
 
-from diffvar import likelihood
+from diffvar import options
 from diffvar.data import DATASETS, SPLITS
+from diffvar.divergence import PROBES
+from diffvar.dequantization import TRAINING_DEQUANTIZATIONS, TRANSFORMS, DequantizationOptions
+from diffvar.elbo import ElboOptions
 from diffvar.errors import ConfigError, WorkdirError, check_choice, check_number
 from diffvar.models import DTYPES, MODELS
 from diffvar.models.mlp import ACTIVATIONS, TIME_EMBEDDINGS
 from diffvar.models.param import PARAMETERISATIONS
 from diffvar.objectives import OBJECTIVES
+from diffvar.ode import OdeOptions
 from diffvar.schedule import SCHEDULES, check_objective
-from diffvar.sde import TIME_SAMPLINGS
 
 
 def defaults():
@@ -108,44 +111,49 @@ def defaults():
     e.split = "test"                  # split evaluated
     e.batch_size = 256                # examples per evaluation batch (global)
     e.repeats = 1                     # passes: independent ELBO units per example; more = smaller s.e.
-    e.draws = 4                       # ELBO draws (time, noise, probe) averaged into one unit per pass (K = 1)
-    e.stratified = True               # the draws' times stratified (draw j in the j-th of eval.draws strata
-                                      # of equal mass); their mean is one unit. 2.1x the s.e. per second of
-                                      # draws = 1 on digits (docs/performance.md, "The ELBO's noise")
-    e.probes = 1                      # Hutchinson probes per time point (one vmapped JVP)
-    e.final_repeats = 0               # draws per example at the last evaluation; 0 = eval.repeats
-    e.form = "ism"                    # ism | dsm
-    e.time_sampling = "uniform"       # uniform | importance
-    e.probe = "rademacher"            # rademacher | gaussian
-    e.divergence = "hutchinson"       # hutchinson | exact
+    e.final_repeats = 0               # passes at the last evaluation; 0 = eval.repeats
     e.max_examples = 0                # evaluate only the first N examples while training; 0 = all
-    e.dequantization = "auto"         # images: uniform (at t = 0) | truncated_normal (at objective.t_eps,
-                                      # i-DODE's) | auto (the one matched to data.dequantization: uniform for
-                                      # uniform, truncated_normal for none); the convention a bpd is reported in
-                                      # (docs/likelihood.md)
-    e.importance_samples = 1          # K dequantization samples of the ODE's log-mean-exp bound (exact trace
-                                      # only); the ELBO is always the plain bound (K = 1; docs/likelihood.md)
+    # The estimators' options, each defined once (its default, help and allowed values) by a dataclass:
+    # eval.<name> for elbo.ElboOptions (eval.form is the trainer's; draws = 4 stratified: 2.1x the s.e. per
+    # second of draws = 1 on digits, docs/performance.md, "The ELBO's noise"), eval.ode_<name> for
+    # ode.OdeOptions (scripts/evaluate.py's ODE) and eval.<name> for dequantization.DequantizationOptions.
+    e.update(estimator_defaults())
 
     c.sampling = sm = ml_collections.ConfigDict()
     sm.every = 0                      # steps between sample grids; 0 = only at the end
     sm.num = 64                       # samples per grid
     sm.steps = 500                    # Euler-Maruyama steps
     sm.lam = 0.0                      # 0 = reverse SDE ... 1 = probability-flow ODE
+    sm.t_min = 1e-3                   # the samplers' stop time, a reference time (sde.truncation_time): they
+                                      # sample the model's marginal there, where the score of data is finite
     return c
+
+
+# ----------------------------------------------------------------------------------------------
+# The estimators' options in config.eval: (options class, key prefix, the eval config's defaults where they
+# differ from the class's).
+
+ESTIMATORS = ((ElboOptions, "", dict(draws=4, stratified=True)), (OdeOptions, "ode_", dict(divergence="auto")),
+              (DequantizationOptions, "", dict(dequantization="auto")))
+
+
+def estimator_defaults():
+    """{key: default} of the estimators' options in config.eval (ESTIMATORS)."""
+    out = {}
+    for cls, prefix, overrides in ESTIMATORS:
+        out.update(options.defaults(cls, prefix, **overrides))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
 # validate(): every key, before anything is compiled or written.
 
 CHOICES = {
-    "data.name": DATASETS, "data.transform": likelihood.TRANSFORMS, "sde.name": SCHEDULES,
+    "data.name": DATASETS, "data.transform": TRANSFORMS, "sde.name": SCHEDULES,
     "model.name": MODELS, "model.parameterization": PARAMETERISATIONS, "model.activation": tuple(ACTIVATIONS),
     "model.time_embedding": TIME_EMBEDDINGS, "model.dtype": DTYPES, "objective.name": OBJECTIVES,
-    "objective.probe": likelihood.PROBES, "optim.name": ("adam", "adamw"), "optim.schedule": ("constant", "cosine"),
-    "eval.split": SPLITS, "eval.form": likelihood.FORMS, "eval.time_sampling": TIME_SAMPLINGS,
-    "eval.probe": likelihood.PROBES, "eval.divergence": likelihood.DIVERGENCES,
-    "eval.dequantization": ("auto",) + likelihood.DEQUANTIZATIONS,
-    "data.dequantization": likelihood.TRAINING_DEQUANTIZATIONS,
+    "objective.probe": PROBES, "optim.name": ("adam", "adamw"), "optim.schedule": ("constant", "cosine"),
+    "eval.split": SPLITS, "data.dequantization": TRAINING_DEQUANTIZATIONS,
 }
 # key -> keyword arguments of check_number
 NUMBERS = {
@@ -169,11 +177,10 @@ NUMBERS = {
     "training.ckpt_every": dict(minimum=1, integer=True), "training.keep": dict(minimum=1, integer=True),
     "eval.every": dict(minimum=0, integer=True), "eval.batch_size": dict(minimum=1, integer=True),
     "eval.repeats": dict(minimum=1, integer=True), "eval.final_repeats": dict(minimum=0, integer=True),
-    "eval.max_examples": dict(minimum=0, integer=True), "eval.importance_samples": dict(minimum=1, integer=True),
-    "eval.draws": dict(minimum=1, integer=True),
-    "eval.probes": dict(minimum=1, integer=True),
+    "eval.max_examples": dict(minimum=0, integer=True),
     "sampling.every": dict(minimum=0, integer=True), "sampling.num": dict(minimum=1, integer=True),
     "sampling.steps": dict(minimum=1, integer=True), "sampling.lam": dict(minimum=0, maximum=1),
+    "sampling.t_min": dict(minimum=0, strict=True),
 }
 SEQUENCES = ("model.ch_mult", "model.attn_resolutions")
 
@@ -192,8 +199,8 @@ def validate(config, num_devices=1):
         check_choice(key, get(config, key), allowed)
     for key, kw in NUMBERS.items():
         check_number(key, get(config, key), **kw)
-    if not isinstance(config.eval.stratified, bool):
-        raise ConfigError(f"eval.stratified={config.eval.stratified!r} must be True or False")
+    for cls, prefix, _ in ESTIMATORS:
+        options.check(cls, options.section_values(cls, config.eval, prefix), "eval." + prefix, ConfigError)
     for key in SEQUENCES:
         value = get(config, key)
         ok = isinstance(value, (tuple, list)) and all(
@@ -210,8 +217,9 @@ def validate(config, num_devices=1):
         check_objective(s.name, o.name, s.learn_end)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if o.t_eps >= s.T:
-        raise ConfigError(f"objective.t_eps={o.t_eps!r} must be in (0, sde.T={s.T!r})")
+    for key in ("objective.t_eps", "eval.t_eps", "eval.truncated_normal_t", "sampling.t_min"):
+        if get(config, key) >= s.T:
+            raise ConfigError(f"{key}={get(config, key)!r} must be in (0, sde.T={s.T!r})")
     if config.optim.schedule == "cosine" and config.optim.warmup_steps >= t.num_steps:
         raise ConfigError(f"optim.warmup_steps={config.optim.warmup_steps} must be < training.num_steps="
                           f"{t.num_steps} with optim.schedule='cosine'")

@@ -17,61 +17,64 @@ the network, so a known score (a Gaussian mixture's) is evaluated through exactl
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 
 import jax
 
-from diffvar import checkpoints, distributed, likelihood, logs
+from diffvar import checkpoints, distributed, logs, options
+from diffvar import config as config_lib
 from diffvar.data import SPLITS
+from diffvar.elbo import FORMS
 from diffvar.errors import OptionError, check_choice, check_number
 from diffvar.evaluator import EvalSpec, Evaluator, paired_difference
 from diffvar.files import write_json_atomic
-from diffvar.sde import TIME_SAMPLINGS
 
-FORMS = likelihood.FORMS
-ODE_DIVERGENCES = ("auto",) + likelihood.DIVERGENCES
+LOOP_FLAGS = dict(split=None, repeats=None, target_stderr=0.0, max_repeats=1000, max_examples=0, batch_size=None,
+                  seed=None)  # the loop's flags and their defaults (None: the run's config)
 
 
-def check_options(*, split=None, forms=("ism", "dsm"), repeats=None, time_sampling=None, probe=None,
-                  divergence=None, ode_rtol=1e-5, ode_atol=1e-5, ode_divergence="auto", target_stderr=0.0,
-                  max_repeats=1000, max_examples=0, batch_size=None, seed=None, num_devices=1, dequantization=None,
-                  importance_samples=None, draws=None, stratified=None, probes=None,
-                  ode_step_size=None):
+def estimator_flags():
+    """{flag name: (type, help)} of every estimator option (config.ESTIMATORS: the options dataclasses), the
+    flags scripts/evaluate.py defines with default None, "the run's eval.<name>". --form is not among them: it
+    selects the forms evaluated (both included)."""
+    out = {}
+    for cls, prefix, _ in config_lib.ESTIMATORS:
+        for f in dataclasses.fields(cls):
+            if prefix + f.name != "form":
+                default = f"the run's eval.{prefix}{f.name}" + (
+                    " for ISM, importance for DSM" if f.name == "time_sampling" else "")
+                out[prefix + f.name] = (type(f.default).__name__, f"{f.metadata['help']} (default: {default})")
+    return out
+
+
+def check_options(*, forms=("ism", "dsm"), num_devices=1, split=None, repeats=None, target_stderr=0.0,
+                  max_repeats=1000, max_examples=0, batch_size=None, seed=None, **estimator_options):
     """Raises OptionError naming the flag and what it allows; None means "the run's config" and is not checked
-    (config.validate checked those when the run started)."""
-    def choice(flag, value, allowed):
+    (config.validate checked those when the run started). estimator_options: by flag name (estimator_flags)."""
+    def number(flag, value, minimum, integer=False):
         if value is not None:
-            check_choice(f"--{flag}", value, allowed, error=OptionError)
+            check_number(f"--{flag}", value, minimum, integer=integer, error=OptionError)
 
-    def number(flag, value, minimum, integer=False, strict=False):
-        if value is not None:
-            check_number(f"--{flag}", value, minimum, integer=integer, strict=strict, error=OptionError)
-
-    choice("split", split, SPLITS)
+    if split is not None:
+        check_choice("--split", split, SPLITS, error=OptionError)
     if not forms:
         raise OptionError("--form selects no ELBO form; choose one of ism, dsm, both")
     for f in forms:
-        choice("form", f, FORMS + ("both",))
+        check_choice("--form", f, FORMS + ("both",), error=OptionError)
+    unknown = sorted(set(estimator_options) - set(estimator_flags()))
+    if unknown:
+        raise OptionError(f"--{unknown[0]} is not an evaluation option; choose from {', '.join(estimator_flags())}")
+    for cls, prefix, _ in config_lib.ESTIMATORS:
+        values = {f.name: estimator_options.get(prefix + f.name) for f in dataclasses.fields(cls)}
+        options.check(cls, values, "--" + prefix, OptionError)
     number("repeats", repeats, 1, integer=True)
     number("max_repeats", max_repeats, 1, integer=True)
-    choice("time_sampling", time_sampling, TIME_SAMPLINGS)
-    choice("probe", probe, likelihood.PROBES)
-    choice("divergence", divergence, likelihood.DIVERGENCES)
-    choice("ode_divergence", ode_divergence, ODE_DIVERGENCES)
-    choice("ode_step_size", ode_step_size, likelihood.STEP_SIZES)
-    number("ode_rtol", ode_rtol, 0, strict=True)
-    number("ode_atol", ode_atol, 0, strict=True)
     number("target_stderr", target_stderr, 0)
     number("max_examples", max_examples, 0, integer=True)
     number("batch_size", batch_size, 1, integer=True)
     number("seed", seed, 0, integer=True)
-    choice("dequantization", dequantization, ("auto",) + likelihood.DEQUANTIZATIONS)
-    number("importance_samples", importance_samples, 1, integer=True)
-    number("draws", draws, 1, integer=True)
-    number("probes", probes, 1, integer=True)
-    if stratified is not None and not isinstance(stratified, bool):
-        raise OptionError(f"--stratified={stratified!r} must be true or false")
     if batch_size is not None and batch_size % num_devices:
         raise OptionError(f"--batch_size={batch_size} must be divisible by the number of devices ({num_devices})")
 
@@ -81,10 +84,9 @@ def run_eval(workdir, step="latest", *, forms=("ism", "dsm"), ode=True, progress
     """Evaluates a checkpoint of `workdir`; returns the result dict and (process 0, write=True) writes it to
     workdir/eval/<step>.json atomically. Writes nothing else; the checkpoints are opened read-only.
 
-    options (split, repeats, time_sampling, probe, divergence, ode_rtol, ode_atol, ode_divergence,
-    target_stderr, max_repeats, max_examples, batch_size, seed, dequantization, importance_samples,
-    draws, stratified, probes, ode_step_size): None or absent takes the run's eval config
-    (EvalSpec.from_config): with them the ISM ELBO is the test metric the trainer logged at that step.
+    options: the loop's (LOOP_FLAGS) and the estimators' (estimator_flags: ElboOptions' fields, ode_ + OdeOptions',
+    DequantizationOptions'), by flag name; None or absent takes the run's eval config (EvalSpec.from_config):
+    with them the ISM ELBO is the test metric the trainer logged at that step.
     """
     forms = tuple(dict.fromkeys(FORMS if "both" in forms else forms)) if forms else ()
     check_options(forms=forms, num_devices=len(jax.devices()), **options)  # before anything is read
@@ -151,15 +153,16 @@ def _result(exp, workdir, step, spec, evaluator, estimates, filled):
 def describe(label):
     """An estimate's label (evaluator.estimate_label) in words, one line."""
     if label["estimator"].startswith("ELBO"):
-        draws = label["draws_per_pass"]
+        draws = label["draws"]
         strat = " stratified" if label.get("stratified") and draws > 1 else ""
         probes = label.get("probes", 1)
         how = (f"ELBO {label['form'].upper()} form from t={label['t_min']:g}, {label['time_sampling']} time, "
                f"{label['divergence']} divergence ({probes} {label['probe']} probe{'s' * (probes > 1)}), "
                f"mean of {draws}{strat} draw(s) per unit, one unit per example and pass")
     else:
-        how = (f"ODE {label['solver']}, rtol {label['rtol']:g} atol {label['atol']:g}, from t={label['t_min']:g}, "
-               f"{label['divergence']} trace")
+        steps = "one step size per example" if label.get("step_size") == "per_example" else "one per batch"
+        how = (f"ODE {label['solver']} ({steps}), rtol {label['rtol']:g} atol {label['atol']:g}, from "
+               f"t={label['t_min']:g}, {label['divergence']} trace")
     if label["levels"] is None:
         deq = "continuous data, no dequantization"
     else:
@@ -167,7 +170,7 @@ def describe(label):
         deq = (f"{label['dequantization']} dequantization, "
                + ("plain bound (K=1)" if k == 1 else f"importance-weighted over K={k}")
                + f", {label['levels']} levels, {label['transform']} transform")
-    sde = "learned VP schedule" if label["sde"] == "learned_vp" else f"{label['sde']} SDE"
+    sde = f"{label['sde']} SDE"
     bound = ""
     if "bound" in label:
         bound = f"; {'a lower bound on' if label['bound'] else 'an estimate (NOT a bound) of'} {label['bound_of']}"
@@ -184,12 +187,12 @@ def format_table(res):
     for form in FORMS:
         if f"elbo_{form}" in res:
             est = res[f"elbo_{form}"]
-            rows.append((f"ELBO, {form.upper()} form ({est['time_sampling']} t)", f"{est['mean']:.5f}",
+            rows.append((f"ELBO, {form.upper()} form ({label(est, 'time_sampling')} t)", f"{est['mean']:.5f}",
                          f"{est['stderr']:.5f}", f"{est['repeats']} rep", f"{est['seconds']:.1f}",
                          str(label(est, "importance_samples")), yes(est)))
     if "ode" in res:
         est = res["ode"]
-        rows.append((f"ODE ({est['divergence']} trace)", f"{est['mean']:.5f}", f"{est['stderr']:.5f}",
+        rows.append((f"ODE ({label(est, 'divergence')} trace)", f"{est['mean']:.5f}", f"{est['stderr']:.5f}",
                      f"{est['nfe']:.0f} NFE", f"{est['seconds']:.1f}", str(label(est, "importance_samples")),
                      yes(est)))
     if "exact_nll_nats" in res:

@@ -27,12 +27,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffvar import config as config_lib
 from diffvar import data as data_lib
-from diffvar import distributed, experiment, likelihood, logs
+from diffvar import distributed, experiment, logs, options
+from diffvar.dequantization import DequantizationOptions
+from diffvar.elbo import ElboOptions
 from diffvar.errors import OptionError, SolverError
+from diffvar.ode import OdeOptions, trace_estimator
 
 PASSES = ("ism", "dsm", "ode")
-EXACT_TRACE_MAX_DIM = 16  # ode_divergence="auto": the exact trace (d JVPs) up to this many dimensions
 
 
 def pass_key(seed, step, name):
@@ -166,7 +169,7 @@ def ode_pass(compiled, params, key, batches, progress=None, max_steps=4096, stop
     values, nfes = [], []
     for i, (x, mask) in enumerate(batches):
         v, nfe = compiled(params, x, jax.random.fold_in(key, i))
-        if int(nfe) < 0:  # likelihood.ode_logp's mark of a solve that ran out of steps
+        if int(nfe) < 0:  # ode.ode_logp's mark of a solve that ran out of steps
             raise SolverError(f"the ODE solver needed more than {max_steps} steps at this tolerance; loosen "
                               f"--ode_rtol/--ode_atol")
         values.append(np.asarray(distributed.gather(v), np.float64)[mask])
@@ -197,110 +200,111 @@ def compile_ahead(fn, *args):
 
 def estimate_label(exp, spec, name, step, ema=True):
     """The label of estimate `name` ("ism", "dsm" or "ode") under `spec` at checkpoint `step`: the estimator and
-    its settings, the dequantization and K, the transform and its constant, and `bound` (experiment.is_bound:
-    whether the number is a lower bound on log P(x) in expectation, an upper bound in bpd; docs/likelihood.md).
-    Times (t_min) are the reference schedule's (sde.truncation_time)."""
+    its options (as the options dataclass holds them), the dequantization and K, the transform and its
+    constant, and `bound` (experiment.is_bound: whether the number is a lower bound on log P(x) in expectation,
+    an upper bound in bpd; docs/likelihood.md). Times (t_min) are the reference schedule's (sde.truncation_time)."""
     discrete = exp.info.levels is not None
-    t0 = likelihood.dequantization_time(spec.dequantization, exp.config.objective.t_eps) if discrete else 0.0
-    k = spec.importance_samples_for(name) if discrete else 1
-    divergence = spec.ode_divergence_for(exp.dim) if name == "ode" else spec.divergence
-    bound = dict(bound=experiment.is_bound("ode" if name == "ode" else "elbo", k, divergence),
-                 bound_of=("the probability-flow ODE's" if name == "ode" else "the plug-in reverse SDE's")
-                 + (" discrete log P(x)" if discrete else " log p(x)"))
+    deq = spec.deq_for(name, exp)
+    t0 = deq.time if discrete else 0.0
+    k = deq.importance_samples if discrete else 1
     if name == "ode":
-        steps = "one step size per example" if spec.ode_step_size == "per_example" else "one step size per batch"
-        est = dict(estimator="probability-flow ODE", solver=f"Tsit5 (adaptive, {steps})", rtol=spec.ode_rtol,
-                   atol=spec.ode_atol, t_min=max(t0, exp.ode_t_min), divergence=spec.ode_divergence_for(exp.dim),
-                   probe=spec.probe)
+        o = spec.ode_for(exp)
+        est = dict(estimator="probability-flow ODE", solver="Tsit5 (adaptive)", **dataclasses.asdict(o),
+                   t_min=max(t0, exp.ode_t_min))
+        bound = experiment.is_bound("ode", k, o.divergence)
     else:
-        est = dict(estimator="ELBO (lambda = 0 plug-in reverse SDE)", form=name, t_min=t0,
-                   time_sampling=spec.time_sampling_for(name), divergence=spec.divergence, probe=spec.probe,
-                   probes=spec.probes, draws_per_pass=spec.draws, stratified=spec.stratified,
-                   stderr="over examples of per-example means over passes (each pass one "
-                   "independent unit per example)")
+        est = dict(estimator="ELBO (lambda = 0 plug-in reverse SDE)", **dataclasses.asdict(spec.elbo_for(name)),
+                   t_min=t0, stderr="over examples of per-example means over passes (each pass one independent "
+                   "unit per example)")
+        bound = experiment.is_bound("elbo", k)
     d = exp.config.data
-    deq = dict(dequantization=spec.dequantization if discrete else "none (continuous data)",
-               importance_samples=k, levels=exp.info.levels,
-               transform=(d.transform if discrete else "none"),
-               logit_alpha=(d.logit_alpha if discrete and d.transform == "logit" else None),
-               bpd_constant=_bpd_constant(exp, spec) if discrete else "none: -log p(x) in nats")
-    return dict(est, **deq, **bound, sde=exp.config.sde.name, checkpoint_step=step, ema_params=ema,
-                ema_decay=exp.config.training.ema_decay)
+    deq_label = dict(dataclasses.asdict(deq), importance_samples=k, levels=exp.info.levels,
+                     transform=(d.transform if discrete else "none"),
+                     logit_alpha=(d.logit_alpha if discrete and d.transform == "logit" else None),
+                     bpd_constant=_bpd_constant(exp, deq) if discrete else "none: -log p(x) in nats")
+    if not discrete:
+        deq_label["dequantization"] = "none (continuous data)"
+    bound_of = ("the probability-flow ODE's" if name == "ode" else "the plug-in reverse SDE's") + (
+        " discrete log P(x)" if discrete else " log p(x)")
+    return dict(est, **deq_label, bound=bound, bound_of=bound_of, sde=exp.config.sde.name, checkpoint_step=step,
+                ema_params=ema, ema_decay=exp.config.training.ema_decay)
 
 
-def _bpd_constant(exp, spec):
+def _bpd_constant(exp, deq):
     """In words: which constants turn the bound into bits/dim under this dequantization (docs/likelihood.md)."""
-    if spec.dequantization == "uniform":
+    if deq.dequantization == "uniform":
         return (f"bpd = -(log p_0(y) + log|dy/dz|) / (d ln 2) + log2 {exp.info.levels} (uniform q = "
                 f"{exp.info.levels}^d / |dy/dz|)")
-    return ("bpd = -(log p_t_eps(y) - log q(y|x)) / (d ln 2), log q the truncated normal's log-density "
-            "(its mass term included); no log2 L, no Jacobian")
+    return ("bpd = -(log p_t(y) - log q(y|x)) / (d ln 2) at t = truncated_normal_t, log q the truncated normal's "
+            "log-density (its mass term included); no log2 L, no Jacobian")
 
 
 # ----------------------------------------------------------------------------------------------
 # What an evaluation computes, and the object that computes it.
 
+LOOP = ("split", "seed", "batch_size", "max_examples", "repeats", "target_stderr", "max_repeats")
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalSpec:
-    """The settings of an evaluation; from_config() takes the run's eval config, with overrides.
+    """An evaluation: its loop over the split, and each estimator's options (defined once, in the options
+    dataclasses; config.ESTIMATORS says where they live in config.eval).
 
-    forms: ELBO forms, a subset of ("ism", "dsm"). time_sampling: None gives the ISM form the config's and
-    the DSM form importance sampling (its variance with uniform time is several times larger).
-    ode_divergence "auto": the exact trace up to EXACT_TRACE_MAX_DIM dimensions or when importance_samples > 1,
-    else Hutchinson. importance_samples K applies to the ODE alone; the ELBO forms are the plain bound (K = 1):
-    a log-mean-exp of ELBO estimates is not a bound (experiment.is_bound).
+    elbo: one ElboOptions per ELBO form evaluated. ode: the ODE's options, or None (no ODE pass); its divergence
+    "auto" is the exact trace up to ode.EXACT_TRACE_MAX_DIM dimensions or when importance_samples > 1, else
+    Hutchinson. deq: the dequantization (images); its importance_samples K applies to the ODE alone: the ELBO
+    forms are the plain bound (K = 1), a log-mean-exp of ELBO estimates is not a bound (experiment.is_bound).
     """
 
     split: str
-    forms: tuple
-    repeats: int
-    probe: str
-    divergence: str
     seed: int
     batch_size: int
     max_examples: int = 0
-    time_sampling: str | None = None
-    config_time_sampling: str = "uniform"
-    ode: bool = False
-    ode_rtol: float = 1e-5
-    ode_atol: float = 1e-5
-    ode_divergence: str = "auto"
-    ode_step_size: str = "batch"
+    repeats: int = 1
     target_stderr: float = 0.0
     max_repeats: int = 1000
-    dequantization: str = "uniform"
-    importance_samples: int = 1
-    draws: int = 4
-    stratified: bool = True
-    probes: int = 1
+    elbo: tuple = ()
+    ode: OdeOptions | None = None
+    deq: DequantizationOptions = DequantizationOptions()
+
+    @property
+    def forms(self):
+        """The ELBO forms evaluated, in order."""
+        return tuple(o.form for o in self.elbo)
 
     @classmethod
-    def from_config(cls, config, **overrides):
-        """The trainer's evaluation (config.eval, seed config.seed + 1); overrides that are None are ignored."""
+    def from_config(cls, config, forms=None, ode=False, **overrides):
+        """The trainer's evaluation (config.eval, seed config.seed + 1: its form, no ODE), or with `forms`, `ode`
+        and overrides by config.eval key name (LOOP, or an estimator option: draws, ode_rtol, ...; None: the
+        config's). Without a time_sampling override the DSM form samples time by importance (its variance with
+        uniform time is several times larger), the ISM form as eval.time_sampling says."""
         e = config.eval
-        spec = dict(split=e.split, forms=(e.form,), repeats=e.repeats, probe=e.probe, divergence=e.divergence,
-                    seed=config.seed + 1, batch_size=e.batch_size, max_examples=e.max_examples,
-                    config_time_sampling=e.time_sampling, dequantization=e.dequantization,
-                    importance_samples=e.importance_samples, draws=e.draws, stratified=e.stratified, probes=e.probes)
-        spec.update({k: v for k, v in overrides.items() if v is not None})
-        if spec["dequantization"] == "auto":  # the bound matched to how the model was trained
-            spec["dequantization"] = likelihood.MATCHED_DEQUANTIZATION[config.data.dequantization]
-        return cls(**spec)
+        keys = set(LOOP) | {p + f.name for c, p, _ in config_lib.ESTIMATORS for f in dataclasses.fields(c)}
+        unknown = sorted(set(overrides) - keys)
+        if unknown:
+            raise TypeError(f"EvalSpec.from_config got unknown options {unknown}; allowed: {sorted(keys)}")
+        loop = dict({k: e[k] for k in LOOP if k in e}, seed=config.seed + 1)
+        loop.update({k: overrides[k] for k in LOOP if overrides.get(k) is not None})
+        opts = {c: options.from_section(c, e, p, **{f.name: overrides.get(p + f.name) for f in dataclasses.fields(c)})
+                for c, p, _ in config_lib.ESTIMATORS}
+        base = opts[ElboOptions]
+        time = lambda f: base.time_sampling if f == "ism" or overrides.get("time_sampling") else "importance"
+        elbo = tuple(dataclasses.replace(base, form=f, time_sampling=time(f)) for f in (forms or (e.form,)))
+        return cls(**loop, elbo=elbo, ode=opts[OdeOptions] if ode else None,
+                   deq=opts[DequantizationOptions].resolved(config.data.dequantization))
 
-    def time_sampling_for(self, form):
-        """The time proposal's name for ELBO form `form`."""
-        return self.time_sampling or (self.config_time_sampling if form == "ism" else "importance")
+    def elbo_for(self, form):
+        """The ElboOptions of ELBO form `form`."""
+        return next(o for o in self.elbo if o.form == form)
 
-    def importance_samples_for(self, name):
-        """K of the estimate `name`: importance_samples for the ODE, 1 for the ELBO forms."""
-        return self.importance_samples if name == "ode" else 1
+    def ode_for(self, exp):
+        """The ODE's options for exp's data, its trace resolved (ode.trace_estimator)."""
+        k = self.deq.importance_samples if exp.info.levels is not None else 1
+        return dataclasses.replace(self.ode, divergence=trace_estimator(self.ode.divergence, exp.dim, k))
 
-    def ode_divergence_for(self, dim):
-        """The ODE's trace estimator for data of `dim` dimensions (exact when K > 1: the only bound there)."""
-        if self.ode_divergence != "auto":
-            return self.ode_divergence
-        return "exact" if dim <= EXACT_TRACE_MAX_DIM or self.importance_samples > 1 else "hutchinson"
+    def deq_for(self, name, exp):
+        """The dequantization of estimate `name`: K = importance_samples for the ODE, 1 for the ELBO forms."""
+        return self.deq if name == "ode" else dataclasses.replace(self.deq, importance_samples=1)
 
 
 class Evaluator:
@@ -313,11 +317,11 @@ class Evaluator:
 
     def __init__(self, exp, mesh, spec, score=None):
         self.exp, self.spec, self.score = exp, spec, score
-        if spec.ode and exp.info.levels is not None:
+        if spec.ode is not None and exp.info.levels is not None:
             try:
-                experiment.check_importance_samples("ode", spec.importance_samples, spec.ode_divergence_for(exp.dim))
+                experiment.check_importance_samples("ode", spec.deq.importance_samples, spec.ode_for(exp).divergence)
             except ValueError as e:
-                raise OptionError(f"--{e} (--ode_divergence={spec.ode_divergence})") from None
+                raise OptionError(f"--{e} (--ode_divergence={spec.ode.divergence})") from None
         self.batch_size = batch_size(spec.batch_size, spec.max_examples, len(jax.devices()),
                                      exp.info.size(spec.split))
         self.batches = split_batches(exp, mesh, spec.split, self.batch_size, spec.max_examples)
@@ -331,14 +335,11 @@ class Evaluator:
         if name in self._compiled:
             return self._compiled[name], 0.0
         s, exp = self.spec, self.exp
-        deq = dict(dequantization=s.dequantization, importance_samples=s.importance_samples_for(name))
+        deq = s.deq_for(name, exp)
         if name == "ode":
-            fn = experiment.make_ode_fn(exp, s.ode_rtol, s.ode_atol, s.ode_divergence_for(exp.dim), s.probe,
-                                        score=self.score, step_size=s.ode_step_size, **deq)
+            fn = experiment.make_ode_fn(exp, s.ode_for(exp), deq, score=self.score)
         else:
-            fn = experiment.make_elbo_fn(exp, name, s.time_sampling_for(name), s.probe, s.divergence, self.score,
-                                         draws=s.draws, stratified=s.stratified, probes=s.probes,
-                                         **deq)
+            fn = experiment.make_elbo_fn(exp, s.elbo_for(name), deq, score=self.score)
         self._compiled[name], seconds = compile_ahead(fn, params, self.batches[0][0], key)
         return self._compiled[name], seconds
 
@@ -349,7 +350,8 @@ class Evaluator:
 
     def run(self, params, step, repeats=None, progress=None, stop=None):
         """{form: est for each ELBO form, "ode": est (spec.ode), "exact": est (gmm2d)}; repeats overrides the
-        spec's (the trainer's final evaluation); Interrupted as soon as `stop()` is true after a batch."""
+        spec's (the trainer's final evaluation); Interrupted as soon as `stop()` is true after a batch. Each
+        est carries its label (its settings: estimate_label)."""
         s = self.spec
         out = {}
         for form in s.forms:
@@ -357,16 +359,12 @@ class Evaluator:
             compiled, seconds = self._compiled_fn(form, params, key)
             est = elbo_pass(compiled, params, key, self.batches, repeats or s.repeats, s.target_stderr,
                             s.max_repeats, progress, stop)
-            out[form] = dict(est, compile_seconds=seconds, form=form, time_sampling=s.time_sampling_for(form),
-                             divergence=s.divergence, probe=s.probe, label=self.label(form, step))
-        if s.ode:
+            out[form] = dict(est, compile_seconds=seconds, label=self.label(form, step))
+        if s.ode is not None:
             key = pass_key(s.seed, step, "ode")
             compiled, seconds = self._compiled_fn("ode", params, key)
-            est = ode_pass(compiled, params, key, self.batches, progress, stop=stop)
-            label = self.label("ode", step)  # its t_min: max(the dequantization's t0, the model's smallest t)
-            out["ode"] = dict(est, compile_seconds=seconds, rtol=s.ode_rtol, atol=s.ode_atol, probe=s.probe,
-                              divergence=s.ode_divergence_for(self.exp.dim), t_min=label["t_min"], label=label,
-                              step_size=s.ode_step_size)
+            est = ode_pass(compiled, params, key, self.batches, progress, s.ode.max_steps, stop=stop)
+            out["ode"] = dict(est, compile_seconds=seconds, label=self.label("ode", step))
         if self.exact is not None:
             out["exact"] = self.exact
         return out

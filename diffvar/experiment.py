@@ -3,7 +3,7 @@
     exp = build(config)                           # validates; reads dataset metadata; compiles nothing
     state = init_state(exp, config.seed)
     step = make_train_step(exp)                   # jitted (state, batches [K, B, ...]) -> (state, losses [K])
-    elbo = make_elbo_fn(exp, form="ism", ...)     # jitted (params, x [B, ...], rng) -> [B] in exp.unit
+    elbo = make_elbo_fn(exp, ElboOptions(draws=4))  # jitted (params, x [B, ...], rng) -> [B] in exp.unit
     draw = make_sampler(exp, num=64)              # jitted (params, rng) -> (samples in data space, NFE or -1)
 
 Nothing here touches devices or files: the runtime (evaluator, checkpoints, plots) and the programs
@@ -25,11 +25,16 @@ from flax import struct
 
 from diffvar import config as config_lib
 from diffvar import data as data_lib
-from diffvar import likelihood, sampling
+from diffvar import dequantization, sampling
+from diffvar import elbo as elbo_lib
+from diffvar import ode as ode_lib
+from diffvar.dequantization import DequantizationOptions
+from diffvar.elbo import ElboOptions
 from diffvar.errors import ConfigError
 from diffvar.models import make_model
 from diffvar.models.param import make_score_fn
 from diffvar.objectives import get_objective
+from diffvar.ode import OdeOptions
 from diffvar.schedule import make_schedule, optimizer
 from diffvar.sde import SDE
 
@@ -75,21 +80,16 @@ class Experiment:
         return lambda y, t: fn(params, y, sde.network_time(t))
 
     def to_model_space(self, rng, x):
-        """Data x [B, ...] -> (y [B, ...], log|dy/dz| [B]): dequantized (and logit) for images, x for toys."""
+        """Data x [B, ...] -> (y [B, ...], log|dy/dz| [B]): dequantized (and transformed) for images, x for toys."""
         d = self.config.data
-        return likelihood.to_model_space(rng, x, self.info.levels, d.transform, d.logit_alpha, d.dequantization)
+        return dequantization.to_model_space(rng, x, self.info.levels, d.transform, d.logit_alpha,
+                                             d.dequantization)
 
     def to_data_space(self, y):
         """Model-space samples -> [0, 1] images (or the 2-D points themselves)."""
         if self.info.levels is None:
             return y
-        return likelihood.from_model_space(y, self.config.data.transform, self.config.data.logit_alpha)
-
-    def to_unit(self, logp_y, logdet):
-        """Per-example log p(y) [B] (+ log|dy/dz|) -> bpd for images, -log p in nats for toys, [B]."""
-        if self.info.levels is None:
-            return -logp_y
-        return likelihood.bpd(logp_y, logdet, self.dim, self.info.levels)
+        return dequantization.inverse_transform(y, self.config.data.transform, self.config.data.logit_alpha)
 
     @property
     def ode_t_min(self):
@@ -215,10 +215,11 @@ def make_train_step(exp: Experiment) -> Callable:
 
 # ----------------------------------------------------------------------------------------------
 # Per-example estimators. `score` maps params -> score_fn(y, t) (default: the network, exp.score_fn), so a
-# known score (a Gaussian mixture's) runs through exactly the same code.
+# known score (a Gaussian mixture's) runs through exactly the same code. Each takes its options once, as one
+# object (elbo.ElboOptions, ode.OdeOptions, dequantization.DequantizationOptions).
 
 
-def is_bound(estimator, importance_samples=1, divergence="exact"):
+def is_bound(estimator: str, importance_samples: int = 1, divergence: str = "exact") -> bool:
     """Whether an estimate is a lower bound on log P(x) in expectation with no assumption beyond the model's:
     estimator "elbo" or "ode" (divergence: the ODE's trace). K = 1: always (the ELBO is one, the ODE's
     log-density is exact or, with a Hutchinson trace, unbiased, and E_q[log p - log q] is linear in it);
@@ -226,7 +227,7 @@ def is_bound(estimator, importance_samples=1, divergence="exact"):
     return importance_samples == 1 or (estimator == "ode" and divergence == "exact")
 
 
-def check_importance_samples(estimator, importance_samples, divergence="exact"):
+def check_importance_samples(estimator: str, importance_samples: int, divergence: str = "exact") -> None:
     """Raises ValueError (one line) for a K > 1 estimate that would not be a bound (is_bound)."""
     if not is_bound(estimator, importance_samples, divergence):
         what = "ELBO estimates" if estimator == "elbo" else "ODE log-densities with a Hutchinson trace"
@@ -235,92 +236,92 @@ def check_importance_samples(estimator, importance_samples, divergence="exact"):
                          f"trace")
 
 
-def _bound_fn(exp, log_density, dequantization, importance_samples):
-    """(params, x data, rng) -> per-example value in exp.unit [B] for log_density(params, rng, y, t0) ->
-    log p_{t0}(y) [B]: a bound on the discrete log P(x) through likelihood.importance_weighted_bound for images,
-    the density itself for continuous toys."""
-    e, d = exp.config.objective, exp.config.data
+def _bound_fn(exp, log_density, deq):
+    """(params, x data, rng) -> (per-example value in exp.unit [B], aux [K, ...]) for log_density(params, rng, y,
+    t0) -> (log p_{t0}(y) [B], aux): a bound on the discrete log P(x) (dequantization.importance_weighted_bound,
+    K = deq.importance_samples) in bpd for images; -log p(x) in nats, K = 1, for continuous toys."""
+    d = exp.config.data
 
     def fn(params, x, rng):
         if exp.info.levels is None:  # the key a K = 1 dequantization would score y with
-            return -log_density(params, jax.random.split(rng)[1], x, 0.0)
-        t0 = likelihood.dequantization_time(dequantization, e.t_eps)
-        bound = likelihood.importance_weighted_bound(
-            lambda r, y: log_density(params, r, y, t0), rng, x, exp.info.levels, dequantization, importance_samples,
-            exp.sde_of(params), e.t_eps, d.transform, d.logit_alpha)
-        return likelihood.bpd_of_bound(bound, exp.dim)
+            logp, aux = log_density(params, jax.random.split(rng)[1], x, 0.0)
+            return -logp, jax.tree.map(lambda a: a[None], aux)
+        bound, aux = dequantization.importance_weighted_bound(
+            lambda r, y: log_density(params, r, y, deq.time), rng, x, exp.info.levels, deq.dequantization,
+            deq.importance_samples, exp.sde_of(params), deq.truncated_normal_t, d.transform, d.logit_alpha)
+        return dequantization.bpd(bound, exp.dim), aux
 
     return fn
 
 
-def make_elbo_fn(exp, form="ism", time_sampling="uniform", probe="rademacher", divergence="hutchinson",
-                 score=None, dequantization="uniform", importance_samples=1, draws=1, stratified=False, probes=1):
+def make_elbo_fn(exp: Experiment, options: ElboOptions = ElboOptions(), deq: DequantizationOptions =
+                 DequantizationOptions(), score: Callable | None = None) -> Callable:
     """Jitted (params, x [B, ...] data, rng) -> per-example negative ELBO [B] in exp.unit (one pass).
 
-    Images: x is dequantized (`dequantization`, likelihood.DEQUANTIZATIONS) into model space y at t0 (0 for
-    uniform, objective.t_eps for truncated_normal) and the ELBO of the lambda = 0 plug-in reverse SDE on
-    [t0, T] scores it: the mean of `draws` ELBO draws (times stratified across them if `stratified`, `probes`
-    Hutchinson probes per time point; likelihood.elbo_mean_and_variance), one independent unit per example and
-    pass. importance_samples must be 1 (check_importance_samples: a log-mean-exp of ELBO estimates is not a
-    bound). K = 1, uniform, one draw: -(ELBO(y) + log|dy/dz|) / (d ln 2) + log2 L, with the same random draws
-    as before these options existed.
+    Images: x is dequantized (deq; "auto" is the one matched to data.dequantization) into model space y at t0 (0
+    for uniform, deq.truncated_normal_t for truncated_normal) and the ELBO of the lambda = 0 plug-in reverse SDE
+    on [t0, T] scores it: elbo.elbo with `options` (the mean of options.draws draws), one independent unit per
+    example and pass. deq.importance_samples must be 1 (check_importance_samples). K = 1, uniform:
+    -(ELBO(y) + log|dy/dz|) / (d ln 2) + log2 L.
     """
-    check_importance_samples("elbo", importance_samples)
+    deq = deq.resolved(exp.config.data.dequantization)
+    check_importance_samples("elbo", deq.importance_samples)
     score = score or exp.score_fn
-    kw = dict(form=form, divergence=divergence, probe=probe, time_sampling=time_sampling,
-              t_eps=exp.config.objective.t_eps, stratified=stratified, probes=probes)
+    kw = dataclasses.asdict(options)
 
     def log_density(params, rng, y, t0):
-        return likelihood.elbo_mean_and_variance(score(params), exp.sde_of(params), y, rng, draws, t_min=t0,
-                                                 **kw)[0]
+        return elbo_lib.elbo(score(params), exp.sde_of(params), y, rng, t_min=t0, **kw), ()
 
-    return jax.jit(_bound_fn(exp, log_density, dequantization, importance_samples))  # shardings follow the arguments
+    bound = _bound_fn(exp, log_density, deq)
+    return jax.jit(lambda params, x, rng: bound(params, x, rng)[0])  # shardings follow the arguments
 
 
-def make_ode_fn(exp, rtol=1e-5, atol=1e-5, divergence="exact", probe="rademacher", max_steps=4096, score=None,
-                prior_logp=None, dequantization="uniform", importance_samples=1, step_size="batch"):
+def make_ode_fn(exp: Experiment, options: OdeOptions = OdeOptions(), deq: DequantizationOptions =
+                DequantizationOptions(), score: Callable | None = None, prior_logp: Callable | None = None
+                ) -> Callable:
     """Jitted (params, x [B, ...] data, rng) -> (per-example -log p in exp.unit [B], NFE) by the probability-flow
-    ODE (step_size: likelihood.STEP_SIZES; one probe per example for Hutchinson), from max(t0, exp.ode_t_min), t0 the
-    dequantization's time; K = importance_samples dequantization draws, each its own solve (unrolled; NFE is
-    their largest, -1 if any ran out of steps); K > 1 needs the exact trace (check_importance_samples)."""
-    check_importance_samples("ode", importance_samples, divergence)
+    ODE (ode.ode_logp with `options`; "auto" trace resolved by ode.trace_estimator) from max(t0, exp.ode_t_min),
+    t0 the dequantization's time; K = deq.importance_samples dequantization draws, each its own solve
+    (unrolled); NFE, returned by each solve, is their largest, -1 if any ran out of steps. K > 1 needs the
+    exact trace (check_importance_samples)."""
+    deq = deq.resolved(exp.config.data.dequantization)
+    options = dataclasses.replace(options, divergence=ode_lib.trace_estimator(options.divergence, exp.dim,
+                                                                              deq.importance_samples))
+    check_importance_samples("ode", deq.importance_samples, options.divergence)
     score = score or exp.score_fn
-    nfes = []
+    kw = dataclasses.asdict(options)
 
     def log_density(params, rng, y, t0):
-        logp, nfe = likelihood.ode_logp(score(params), exp.sde_of(params), y, rng, rtol=rtol, atol=atol, divergence=divergence,
-                                        probe=probe, t_min=max(t0, exp.ode_t_min), max_steps=max_steps,
-                                        prior_logp=prior_logp, step_size=step_size)
-        nfes.append(nfe)
-        return logp
+        return ode_lib.ode_logp(score(params), exp.sde_of(params), y, rng, t_min=max(t0, exp.ode_t_min),
+                                prior_logp=prior_logp, **kw)
 
-    bound = _bound_fn(exp, log_density, dequantization, importance_samples)
+    bound = _bound_fn(exp, log_density, deq)
 
     def fn(params, x, rng):
-        nfes.clear()
-        value = bound(params, x, rng)
-        nfe = jnp.stack(nfes)
-        return value, jnp.where(jnp.any(nfe < 0), -1, jnp.max(nfe))
+        value, nfes = bound(params, x, rng)
+        return value, jnp.where(jnp.any(nfes < 0), -1, jnp.max(nfes))
 
     return jax.jit(fn)
 
 
-def make_sampler(exp, num, lam=0.0, steps=1000, ode=False, rtol=1e-5, atol=1e-5, score=None):
+def make_sampler(exp: Experiment, num: int, lam: float = 0.0, steps: int = 1000, ode: bool = False,
+                 rtol: float = 1e-5, atol: float = 1e-5, score: Callable | None = None) -> Callable:
     """Jitted (params, rng) -> (samples [num, ...] in data space, NFE or -1), built once per run.
 
     ode=False: the lambda-family Euler-Maruyama sampler with `steps` steps (lam = 0 reverse SDE ... 1
     probability-flow ODE); ode=True: the probability-flow ODE by an adaptive solver (Tsit5, rtol/atol; lam
-    and steps unused). Both stop at objective.t_eps, a reference time (sde.truncation_time: a fixed gamma).
+    and steps unused). Both stop at sampling.t_min, a reference time (sde.truncation_time: a fixed gamma).
     """
     score = score or exp.score_fn
     shape = (num,) + exp.info.shape
-    t_min = exp.config.objective.t_eps
+    t_min = exp.config.sampling.t_min
 
     def draw(params, rng):
+        sde = exp.sde_of(params)
         if ode:
-            y, nfe = sampling.sample_ode(score(params), exp.sde_of(params), rng, shape, rtol=rtol, atol=atol, t_min=t_min)
+            y, nfe = sampling.sample_ode(score(params), sde, rng, shape, rtol=rtol, atol=atol, t_min=t_min)
         else:
-            y = sampling.sample_lambda(score(params), exp.sde_of(params), rng, shape, lam=lam, steps=steps, t_min=t_min)
+            y = sampling.sample_lambda(score(params), sde, rng, shape, lam=lam, steps=steps, t_min=t_min)
             nfe = jnp.asarray(-1, jnp.int32)
         return exp.to_data_space(y), nfe
 

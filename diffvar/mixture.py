@@ -15,7 +15,7 @@ import numpy as np
 from flax import struct
 from jax.typing import ArrayLike, DTypeLike
 
-from diffvar.likelihood import normal_mass_log
+from diffvar.dequantization import normal_mass_log
 from diffvar.sde import SDE
 
 
@@ -61,7 +61,7 @@ class GaussianMixture:
         mixture with diagonal covariances (create_diagonal; the diagonal of C_k is used, so a full covariance
         gives a wrong answer):
             log sum_k w_k prod_j [Phi((alpha hi_j - alpha m_kj) / s_kj) - Phi((alpha lo_j - alpha m_kj) / s_kj)],
-        s_kj^2 = alpha^2 C_k,jj + sigma^2. With the boxes of a quantized variable (likelihood.bin_box) this is
+        s_kj^2 = alpha^2 C_k,jj + sigma^2. With the boxes of a quantized variable (dequantization.bin_box) this is
         the exact discrete log P(x) (t = None) and its counterpart at t (truncated-normal dequantization)."""
         var = jnp.einsum("kdj,kj->kd", self.evecs**2, self.evals)[None]  # [1, K, d]
         if t is None:

@@ -22,7 +22,7 @@ Which bound is trained. dsm_is is an unbiased one-sample estimate of -ELBO restr
 prior term, i.e. E[dsm_is] = int_{t_eps}^T E[ism_integrand] dt; dsm_lw has the same theta-gradient in
 expectation (its value differs by a theta-free constant) with more variance. The piece on [0, t_eps] is left out
 because its DSM estimator has infinite variance (the integrand's variance grows like 1/t^2), so the bound these
-two losses train is the one on [t_eps, T]; evaluation (likelihood.elbo) still reports the full ELBO on [0, T].
+two losses train is the one on [t_eps, T]; evaluation (elbo.elbo) still reports the full ELBO on [0, T].
 `elbo` trains the full bound through the ISM form (finite variance down to t = 0, one JVP per step).
 dsm and ssm are differently weighted (weight sigma^2 instead of g^2): they do not train the ELBO.
 """
@@ -35,15 +35,8 @@ from collections.abc import Callable
 import jax
 
 from diffvar.errors import check_choice
-from diffvar.likelihood import (
-    PROBES,
-    check_x,
-    dsm_integrand,
-    elbo,
-    per_example_sum,
-    score_residual,
-    value_and_divergence,
-)
+from diffvar.divergence import PROBES, check_x, per_example_sum, value_and_divergence
+from diffvar.elbo import dsm_integrand, elbo, score_residual
 from diffvar.sde import SDE, ImportanceTime, UniformTime, bcast
 
 OBJECTIVES = ("dsm", "dsm_is", "dsm_lw", "elbo", "ssm")
@@ -91,7 +84,7 @@ def dsm_lw_loss(score_fn: ScoreFn, sde: SDE, x: jax.Array, rng: jax.Array, t_eps
 
 def elbo_loss(score_fn: ScoreFn, sde: SDE, x: jax.Array, rng: jax.Array, probe: str = "rademacher") -> jax.Array:
     """-ELBO = -log p_prior(Y_T) + T (|g score|^2 / 2 + div(g^2 score - f)), t ~ U[0, T], one probe, [B]."""
-    return -elbo(score_fn, sde, x, rng, num_samples=1, form="ism", divergence="hutchinson", probe=probe,
+    return -elbo(score_fn, sde, x, rng, draws=1, form="ism", divergence="hutchinson", probe=probe,
                  time_sampling="uniform")
 
 

@@ -11,7 +11,7 @@ score of real data is still well defined, so they sample q_{t_min}, not q_0.
 
 All functions are pure and jittable (`score_fn`, `sde`, `shape`, `lam`, `steps` and the tolerances are
 static: close over them or mark them static in `jax.jit`). The drift and `solve_adaptive` are shared with
-diffvar.likelihood.ode_logp.
+diffvar.ode.ode_logp.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def _check_shape(shape):
 
 
 # ----------------------------------------------------------------------------------------------
-# The family's drift and the adaptive ODE solve (shared with diffvar.likelihood.ode_logp).
+# The family's drift and the adaptive ODE solve (shared with diffvar.ode.ode_logp).
 
 
 def lambda_drift(score_fn, sde, y, t, lam):
@@ -133,7 +133,7 @@ def sample_ode(score_fn, sde, rng, shape, rtol=1e-5, atol=1e-5, t_min=1e-3, max_
 
     Returns:
       (x [shape], nfe): nfe counts the drift evaluations of the solver (6 per attempted Tsit5 step plus the
-      first, by FSAL), as in `diffvar.likelihood.ode_logp`; an int32 scalar array.
+      first, by FSAL), as in `diffvar.ode.ode_logp`; an int32 scalar array.
     """
     _check_static(t_min=t_min, T=sde.T)
     shape = _check_shape(shape)

@@ -251,7 +251,7 @@ SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 
 # ----------------------------------------------------------------------------------------------
 # Time proposals q(s) on [0, T] or a sub-interval [t_min, T]: sample(rng, n) -> [n], density(t) -> [n], and the
-# inverse CDF quantile(u) -> [n] (stratified draws, likelihood.StratifiedTime).
+# inverse CDF quantile(u) -> [n] (stratified draws, elbo.StratifiedTime).
 
 TIME_SAMPLINGS = ("uniform", "importance")
 
@@ -342,17 +342,13 @@ class ImportanceTime:
         return jnp.clip(jnp.where(m < flat_mass, m / w_eps, t_up), 0.0, self.sde.T)
 
 
-def time_proposal(name: str, sde: SDE, t_eps: float = 1e-3) -> UniformTime | ImportanceTime:
-    """The proposal called `name` (one of TIME_SAMPLINGS) for `sde`, on [0, T]."""
+def time_proposal(name: str, sde: SDE, t_eps: float = 1e-3, t_min: float = 0.0) -> UniformTime | ImportanceTime:
+    """The proposal called `name` (one of TIME_SAMPLINGS) for `sde`: on [0, T] (t_min = 0; importance: flat
+    below t_eps), or on [t0, T], t0 = sde.truncation_time(t_min) (importance: q proportional to g^2 / sigma^2)."""
+    if name not in TIME_SAMPLINGS:
+        raise ValueError(f"name={name!r} is not allowed; choose one of {', '.join(TIME_SAMPLINGS)}")
+    if t_min == 0.0:
+        return UniformTime(T=sde.T) if name == "uniform" else ImportanceTime(sde=sde, t_eps=t_eps)
     if name == "uniform":
-        return UniformTime(T=sde.T)
-    if name == "importance":
-        return ImportanceTime(sde=sde, t_eps=t_eps)
-    raise ValueError(f"name={name!r} is not allowed; choose one of {', '.join(TIME_SAMPLINGS)}")
-
-
-def make_sde(name: str, **kwargs: float) -> SDE:
-    """Builds an SDE by name: 'vp', 'subvp' or 've'."""
-    if name not in SDES:
-        raise ValueError(f"name={name!r} is not allowed; choose one of {', '.join(SDES)}")
-    return SDES[name](**kwargs)
+        return UniformTime(T=sde.T, t_min=sde.truncation_time(t_min))
+    return ImportanceTime(sde=sde, t_eps=t_min, truncated=True)

@@ -13,15 +13,16 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from diffvar.likelihood import (bin_box, bpd, bpd_of_bound, dequantization_time, dequantize_as, elbo,
-                                elbo_mean_and_variance, importance_weighted_bound, ode_logp,
-                                to_model_space, truncated_standard_normal)
+from diffvar.dequantization import (DequantizationOptions, bin_box, bpd, dequantize, importance_weighted_bound,
+                                     forward_transform, inverse_transform, to_model_space, truncated_standard_normal)
+from diffvar.elbo import elbo
 from diffvar.mixture import GaussianMixture, score_fn_for
+from diffvar.ode import ode_logp
 from diffvar.sde import VPSDE
 
 T_EPS = 1e-3
 LEVELS = 8
-PRIOR_TOL = 0.01  # the ELBO's prior mismatch with the exact score, nats (tests/test_likelihood.py)
+PRIOR_TOL = 0.01  # the ELBO's prior mismatch with the exact score, nats (tests/test_elbo.py)
 # Each transform with a mixture that puts most of its mass inside the transform's range of boxes.
 MIXTURES = {
     "scale": GaussianMixture.create_diagonal([0.3, 0.7], [[-0.4, 0.3], [0.35, -0.2]], [[0.04, 0.09], [0.06, 0.02]]),
@@ -103,7 +104,7 @@ def test_log_q_is_a_density_on_the_box(dequantization, transform):
     where the kernel's width is comparable to the box: at 1e-3 the 1/q of the tails is never sampled.)"""
     sde, t = VPSDE(), 0.05
     x = jnp.tile(jnp.array([[0.0, 3.0], [7.0, 5.0]]), (20_000, 1))
-    y, log_q = dequantize_as(jax.random.PRNGKey(0), x, LEVELS, dequantization, sde, t, transform)
+    y, log_q = dequantize(jax.random.PRNGKey(0), x, LEVELS, dequantization, sde, t, transform)
     lo, hi, _ = bin_box(x, LEVELS, transform)
     a = 1.0 if dequantization == "uniform" else float(sde.alpha_sigma(jnp.array([t]))[0][0])
     assert bool(jnp.all((y >= a * lo - 1e-6) & (y <= a * hi + 1e-6)))
@@ -115,24 +116,53 @@ def test_log_q_is_a_density_on_the_box(dequantization, transform):
 
 
 def test_uniform_bound_is_todays_bpd():
-    """dequantize_as('uniform') with K = 1 is the old formula: bpd(log p, log|dy/dz|, d, L), same draws."""
+    """dequantize('uniform') with K = 1 is the old formula, -(log p + log|dy/dz|) / (d ln 2) + log2 L, with the
+    draws of to_model_space."""
     x = jax.random.randint(jax.random.PRNGKey(0), (16, 4, 4, 1), 0, 17).astype(jnp.float32)
     logp = jax.random.normal(jax.random.PRNGKey(1), (16,))
     y, logdet = to_model_space(jax.random.PRNGKey(2), x, 17)
-    y2, log_q = dequantize_as(jax.random.PRNGKey(2), x, 17, "uniform")
+    y2, log_q = dequantize(jax.random.PRNGKey(2), x, 17, "uniform")
     np.testing.assert_array_equal(y, y2)
-    np.testing.assert_allclose(bpd_of_bound(logp - log_q, 16), bpd(logp, logdet, 16, 17), rtol=1e-5)
+    formula = -(np.asarray(logp) + np.asarray(logdet)) / (16 * math.log(2.0)) + math.log2(17)
+    np.testing.assert_allclose(bpd(logp - log_q, 16), formula, rtol=1e-5)
+
+
+def test_bpd_of_a_known_density_on_the_unit_cube():
+    """p(z) = prod_i 2 z_i on [0,1]^d observed at K levels: the dequantized bound is known in closed form,
+    E_u[-log2 p((x+u)/K)]/d + log2 K, and it upper-bounds the exact discrete NLL -log2 prod((2x+1)/K^2)/d."""
+    K, d = 17, 64
+    x = jax.random.randint(jax.random.PRNGKey(0), (4000, 8, 8, 1), 0, K).astype(jnp.float32)
+    z = (x + jax.random.uniform(jax.random.PRNGKey(1), x.shape)) / K  # to_model_space's draws
+    assert float(z.min()) >= 0.0 and float(z.max()) < 1.0
+    y, logdet = forward_transform(z, "logit", alpha=0.05)
+    for a, b in zip((y, logdet), to_model_space(jax.random.PRNGKey(1), x, K, "logit", 0.05)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(inverse_transform(y, "logit", alpha=0.05), z, atol=1e-5)
+    log_pz = jnp.sum(jnp.log(2 * z).reshape(4000, -1), axis=1)
+    log_py = log_pz - logdet  # the density of y = logit(...) is p_z / |dy/dz|
+    got = bpd(log_py + logdet - d * math.log(K), d)  # the bound log p(y) - log q, q = K^d / |dy/dz|
+    xs = np.asarray(x, np.float64).reshape(4000, -1)
+    e_log = (xs + 1) * np.log(xs + 1) - (xs + 1) - np.where(xs > 0, xs * np.log(np.maximum(xs, 1)) - xs, 0.0)
+    expected = -(np.log(2.0 / K) + e_log).sum(1) / (d * math.log(2)) + math.log2(K)
+    diff = np.asarray(got, np.float64) - expected
+    assert abs(diff.mean()) < 4 * diff.std() / math.sqrt(diff.size) + 1e-4
+    exact_nll = -np.log2((2 * xs + 1) / K**2).sum(1) / d
+    assert np.all(expected >= exact_nll - 1e-9)
+    # Log-Jacobian of the logit transform against autodiff.
+    jac = jax.vmap(jax.grad(lambda v: jnp.sum(forward_transform(v[None], "logit", 0.05)[0])))(z[:3].reshape(3, -1))
+    np.testing.assert_allclose(logdet[:3], jnp.sum(jnp.log(jac), axis=1), rtol=1e-4)
 
 
 def iw_gaps(mix, x, dequantization, transform, sde, ks, log_density=None, seed=3):
     """{K: per-example bound - exact target [B]} of the importance-weighted bound, jitted, same x."""
-    t0 = dequantization_time(dequantization, T_EPS)
+    t0 = DequantizationOptions(dequantization, truncated_normal_t=T_EPS).time
     log_density = log_density or exact_density(mix, sde, t0)
     exact = np.asarray(target(mix, x, dequantization, transform, sde), np.float64)
+    with_aux = lambda r, y: (log_density(r, y), ())
     out = {}
     for k in ks:
-        fn = jax.jit(lambda x, r: importance_weighted_bound(log_density, r, x, LEVELS, dequantization, k, sde, T_EPS,
-                                                            transform))
+        fn = jax.jit(lambda x, r: importance_weighted_bound(with_aux, r, x, LEVELS, dequantization, k, sde, T_EPS,
+                                                            transform)[0])
         out[k] = np.asarray(fn(x, jax.random.PRNGKey(seed)), np.float64) - exact
     return out
 
@@ -190,13 +220,13 @@ def test_elbo_and_ode_from_t_eps_give_the_density_at_t_eps():
     exact score equals the mixture's marginal at t_eps (the ELBO within MC error + the prior gap)."""
     sde = VPSDE()
     mix, x = data("scale", n=1000)
-    y, _ = dequantize_as(jax.random.PRNGKey(0), x, LEVELS, "truncated_normal", sde, T_EPS, "scale")
+    y, _ = dequantize(jax.random.PRNGKey(0), x, LEVELS, "truncated_normal", sde, T_EPS, "scale")
     exact = np.asarray(mix.marginal_logp(sde, y, jnp.full((y.shape[0],), T_EPS)), np.float64)
     score = score_fn_for(mix, sde)
     for kw in [dict(form="ism", time_sampling="uniform"), dict(form="ism", time_sampling="importance"),
                dict(form="dsm", time_sampling="importance")]:
-        mean, _ = jax.jit(lambda y: elbo_mean_and_variance(score, sde, y, jax.random.PRNGKey(1), 100, t_min=T_EPS,
-                                                           t_eps=T_EPS, **kw))(y)
+        mean = jax.jit(lambda y: elbo(score, sde, y, jax.random.PRNGKey(1), t_min=T_EPS, draws=100, t_eps=T_EPS,
+                                      **kw))(y)
         m, se = mean_se(np.asarray(mean, np.float64) - exact)
         assert abs(m) < 4 * se + PRIOR_TOL and se < 0.1, (kw, m, se)  # an error of 0.4 nats is caught
     exact_pT = lambda z: mix.marginal_logp(sde, z, jnp.full((z.shape[0],), sde.T))
@@ -212,8 +242,8 @@ def test_importance_weighted_elbo_noise_counts_as_gain_which_is_why_it_is_refuse
     sde = VPSDE()
     mix, x = data("scale", n=500)
     score = score_fn_for(mix, sde)
-    noisy = lambda rng, y: elbo_mean_and_variance(score, sde, y, rng, 1, form="dsm", time_sampling="importance",
-                                                  t_eps=T_EPS, t_min=T_EPS)[0]
+    noisy = lambda rng, y: elbo(score, sde, y, rng, t_min=T_EPS, draws=1, form="dsm", time_sampling="importance",
+                                t_eps=T_EPS)
     exact = iw_gaps(mix, x, "truncated_normal", "scale", sde, (8,))[8]
     raw = iw_gaps(mix, x, "truncated_normal", "scale", sde, (8,), noisy)[8]
     up, se_up = mean_se(raw - exact)
@@ -242,13 +272,13 @@ def test_exact_trace_ode_importance_weighted_bound_lies_below_log_p_and_rises_wi
 
 
 def test_importance_weighted_bound_under_jit_equals_op_by_op():
-    """K = 1 and K = 3 (the draws are unrolled, never a vmap over one sample: see test_likelihood's jit test)."""
+    """K = 1 and K = 3 (the draws are unrolled, never a vmap over one sample: see test_elbo's jit test)."""
     sde = VPSDE()
     mix, x = data("logit", n=300)
     log_density = exact_density(mix, sde, T_EPS)
     for k in (1, 3):
-        fn = lambda x: importance_weighted_bound(log_density, jax.random.PRNGKey(4), x, LEVELS, "truncated_normal",
-                                                 k, sde, T_EPS, "logit")
+        fn = lambda x: importance_weighted_bound(lambda r, y: (log_density(r, y), ()), jax.random.PRNGKey(4), x,
+                                                 LEVELS, "truncated_normal", k, sde, T_EPS, "logit")[0]
         np.testing.assert_allclose(jax.jit(fn)(x), fn(x), rtol=1e-5, atol=1e-4)
 
 
@@ -261,7 +291,7 @@ def test_invalid_arguments_name_themselves(kwargs, match):
     args = dict(dequantization="uniform", importance_samples=1, sde=VPSDE())
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
-        importance_weighted_bound(lambda r, y: y[:, 0], jax.random.PRNGKey(0), jnp.ones((2, 3)), 8, **args)
+        importance_weighted_bound(lambda r, y: (y[:, 0], ()), jax.random.PRNGKey(0), jnp.ones((2, 3)), 8, **args)
 
 
 def test_centre_training_data_and_its_matched_evaluation():
@@ -275,7 +305,7 @@ def test_centre_training_data_and_its_matched_evaluation():
         np.testing.assert_allclose(y, bin_box(x, 17, transform)[2], rtol=1e-6)
     c = load_config("digits")
     assert (c.data.dequantization, c.eval.dequantization) == ("uniform", "auto")
-    assert EvalSpec.from_config(c).dequantization == "uniform"
+    assert EvalSpec.from_config(c).deq.dequantization == "uniform"
     c.data.dequantization = "none"
-    assert EvalSpec.from_config(c).dequantization == "truncated_normal"
-    assert EvalSpec.from_config(c, dequantization="uniform").dequantization == "uniform"
+    assert EvalSpec.from_config(c).deq.dequantization == "truncated_normal"
+    assert EvalSpec.from_config(c, dequantization="uniform").deq.dequantization == "uniform"

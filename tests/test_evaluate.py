@@ -1,5 +1,6 @@
 """Checkpoint evaluation and sampling on a tiny gmm2d run: the three estimators, the exact-score ground truth,
-repeats to a target standard error, read-only checkpoints, one-line errors, the sample and plot scripts."""
+repeats to a target standard error, read-only checkpoints, one-line errors, the sample and plot scripts; and
+scripts/evaluate.py's labels on a tiny digits (image) run."""
 import glob
 import hashlib
 import json
@@ -18,7 +19,8 @@ from diffvar import train as train_lib
 from diffvar.data import toy
 from diffvar.errors import OptionError
 from diffvar.mixture import GaussianMixture, score_fn_for
-from tests.helpers import assert_one_error_line, run_script, tiny_config, within
+from diffvar.ode import OdeOptions
+from tests.helpers import assert_one_error_line, load_config, run_script, tiny_config, within
 
 STEPS = 200
 
@@ -102,7 +104,7 @@ def test_exact_score_through_the_evaluation_path_gives_the_exact_density(run):
     score = lambda p: score_fn_for(mix, exp.schedule.reference)
     batches = evaluator.split_batches(exp, distributed.make_mesh(), "test", 1024, 2048)
     exact = evaluator.exact_nll(exp, batches)
-    fn = experiment.make_ode_fn(exp, rtol=1e-5, atol=1e-5, score=score)
+    fn = experiment.make_ode_fn(exp, OdeOptions(rtol=1e-5, atol=1e-5), score=score)
     key = jax.random.PRNGKey(0)
     ode = evaluator.ode_pass(evaluator.compile_ahead(fn, params, batches[0][0], key)[0], params, key, batches)
     err = ode["values"] - exact["values"]
@@ -223,30 +225,58 @@ def test_option_checks_name_the_flag():
     assert math.isfinite(checkpoints.MAX_PARAM_MAGNITUDE)
 
 
-def test_evaluation_batches_split_the_examples_evenly():
-    """The fewest batches of at most the configured size, equal in size, rounded up to the device count."""
-    assert evaluator.batch_size(256, 0, 1, 297) == 149      # 2 batches (298 computed), not 2 x 256
-    assert evaluator.batch_size(256, 0, 2, 297) == 150
-    assert evaluator.batch_size(256, 0, 1, 512) == 256
-    assert evaluator.batch_size(256, 100, 2, 297) == 100    # max_examples caps the pass
-    assert evaluator.batch_size(8192, 1024, 1, 8192) == 1024
-    assert evaluator.batch_size(256, 0, 4, 0) == 256        # split size unknown: the configured batch
-    for n in range(1, 700, 7):
-        b = evaluator.batch_size(256, 0, 2, n)
-        assert b <= 256 + 1 and b % 2 == 0 and -(-n // b) == -(-n // 256), (n, b)
+# ----------------------------------------------------------------------------------------------
+# scripts/evaluate.py on a tiny trained digits (image) checkpoint, as a user runs it: truncated-normal
+# dequantization, the ODE's importance-weighted bound over K = 2 samples (exact trace), the ELBO's plain
+# bound with stratified draws; the printed table says how each number was computed and that each is a
+# bound, and eval/<step>.json holds the same labels.
+
+IMAGE_STEPS = 20
 
 
-def test_an_ode_solve_that_runs_out_of_steps_is_one_solver_error(run):
-    """likelihood.ode_logp marks a solve past max_steps with NFE -1 (no host callback inside the program);
-    evaluator.ode_pass turns it into a SolverError, the one line scripts/evaluate.py prints."""
-    from diffvar.errors import SolverError
-    exp, params, _, _ = checkpoints.restore_params(run)
-    batches = evaluator.split_batches(exp, distributed.make_mesh(), "test", 64, 64)
-    key = jax.random.PRNGKey(0)
-    fn = evaluator.compile_ahead(experiment.make_ode_fn(exp, rtol=1e-5, atol=1e-5, max_steps=3), params, batches[0][0],
-                          key)[0]
-    assert int(fn(params, batches[0][0], key)[1]) == -1
-    with pytest.raises(SolverError, match="more than 3 steps"):
-        evaluator.ode_pass(fn, params, key, batches, max_steps=3)
-    ok = evaluator.compile_ahead(experiment.make_ode_fn(exp, rtol=1e-5, atol=1e-5), params, batches[0][0], key)[0]
-    assert evaluator.ode_pass(ok, params, key, batches)["nfe"] > 6 * 3 + 1
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """A digits U-Net of two channels per level trained for 20 steps (seconds): only the evaluation is tested."""
+    workdir = str(tmp_path_factory.mktemp("evaluate_images") / "run")
+    c = load_config("digits")
+    c.model.ch, c.model.ch_mult, c.model.num_res_blocks, c.model.attn_resolutions = 8, (1,), 1, ()
+    c.training.num_steps, c.training.ckpt_every, c.training.log_every = IMAGE_STEPS, IMAGE_STEPS, 10
+    c.optim.warmup_steps, c.eval.every, c.eval.max_examples, c.eval.final_repeats = 5, 0, 16, 1
+    c.sampling.num, c.sampling.steps = 4, 5
+    train_lib.train(c, workdir)
+    return workdir
+
+
+def test_evaluate_truncated_normal_importance_weighted_prints_and_writes_labels(digits_run):
+    r = run_script("evaluate", f"--workdir={digits_run}", "--dequantization=truncated_normal",
+                   "--importance_samples=2", "--draws=2", "--stratified", "--form=ism",
+                   "--max_examples=8", "--ode_rtol=1e-3", "--ode_atol=1e-3", "--quiet", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout
+    assert "how each number was computed:" in out, out
+    for words in ("ISM: ELBO ISM form from t=0.001", "mean of 2 stratified draw(s) per unit",
+                  "truncated_normal dequantization, plain bound (K=1), 17 levels, logit transform",
+                  "truncated_normal dequantization, importance-weighted over K=2, 17 levels, logit transform",
+                  "ODE: ODE Tsit5", "exact trace", "no log2 L, no Jacobian",
+                  "a lower bound on the probability-flow ODE's discrete log P(x)",
+                  "a lower bound on the plug-in reverse SDE's discrete log P(x)"):
+        assert words in out, (words, out)
+    path = os.path.join(digits_run, "eval", f"{IMAGE_STEPS}.json")
+    assert f"wrote {path}" in out
+    res = json.load(open(path))
+    assert res["num_examples"] == 8 and res["dataset"]["name"] == "digits"
+    for key, k in (("elbo_ism", 1), ("ode", 2)):
+        label = res[key]["label"]
+        assert (label["dequantization"], label["importance_samples"], label["checkpoint_step"], label["bound"]) == (
+            "truncated_normal", k, IMAGE_STEPS, True)
+    assert res["ode"]["label"]["divergence"] == "exact"  # auto is the exact trace when K > 1
+    assert res["elbo_ism"]["label"]["stratified"] is True and res["elbo_ism"]["label"]["draws"] == 2
+    assert res["elbo_ism"]["label"]["t_min"] == pytest.approx(1e-3)
+    assert res["ode"]["label"]["t_min"] == pytest.approx(1e-3)
+    assert res["bpd_ode"] > 0 and res["bpd_elbo_ism"] > 0  # bits/dim of 17-level data: above 0, finite
+
+
+def test_importance_weighting_with_a_hutchinson_trace_is_refused_in_one_line(digits_run):
+    r = run_script("evaluate", f"--workdir={digits_run}", "--dequantization=truncated_normal",
+                   "--importance_samples=2", "--ode_divergence=hutchinson", "--max_examples=8", "--quiet")
+    assert_one_error_line(r, "--importance_samples=2", "Hutchinson", "not a bound", "exact trace")

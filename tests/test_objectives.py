@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from diffvar.likelihood import ism_integrand
+from diffvar.elbo import ism_integrand
 from diffvar.mixture import random_mixture, score_fn_for
 from diffvar.models import MLP
 from diffvar.objectives import OBJECTIVES, get_objective
@@ -32,7 +32,7 @@ THETA = jnp.array([0.7, 0.4, -0.5])
 
 def neg_ism_elbo_on(sde, t_eps=T_EPS):
     """The reference: (T - t_eps) * ism_integrand at t ~ U[t_eps, T], exact divergence = -(ELBO on [t_eps, T])
-    up to the theta-free prior term; built from likelihood.ism_integrand, not from objectives' DSM losses."""
+    up to the theta-free prior term; built from elbo.ism_integrand, not from objectives' DSM losses."""
     def loss(score_fn, x, rng):
         k_t, k_y = jax.random.split(rng)
         t = UniformTime(T=sde.T, t_min=t_eps).sample(k_t, x.shape[0])

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from diffvar import experiment
+from diffvar.elbo import ElboOptions
 from diffvar.errors import ConfigError
 from tests.helpers import load_config
 
@@ -72,9 +73,9 @@ def test_bf16_network_elbo_equals_fp32_elbo_within_bf16_rounding(name):
     assert 0 < rel <= eps, (rel, eps)  # nonzero: the policy is not silently a no-op
 
     key = jax.random.PRNGKey(3)
-    elbo32 = experiment.make_elbo_fn(exp32, draws=1)(params, x, key)
-    elbo16 = experiment.make_elbo_fn(exp16, draws=1)(params, x, key)
-    zero = experiment.make_elbo_fn(exp32, draws=1, score=lambda p: lambda y, t: jnp.zeros_like(y))(params, x, key)
+    elbo32 = experiment.make_elbo_fn(exp32, ElboOptions(draws=1))(params, x, key)
+    elbo16 = experiment.make_elbo_fn(exp16, ElboOptions(draws=1))(params, x, key)
+    zero = experiment.make_elbo_fn(exp32, ElboOptions(draws=1), score=lambda p: lambda y, t: jnp.zeros_like(y))(params, x, key)
     network_part = float(jnp.mean(jnp.abs(elbo32 - zero)))
     assert elbo16.dtype == jnp.float32
     assert not np.array_equal(np.asarray(elbo16), np.asarray(elbo32))

@@ -226,7 +226,9 @@ def test_evaluation_while_training_reads_complete_checkpoints_and_leaves_the_run
 def test_public_api_rejects_bad_data_by_name():
     import jax.numpy as jnp
 
-    from diffvar.likelihood import elbo, ode_logp, to_model_space
+    from diffvar.dequantization import to_model_space
+    from diffvar.elbo import elbo
+    from diffvar.ode import ode_logp
     from diffvar.objectives import get_objective
     from diffvar.sde import VPSDE
 

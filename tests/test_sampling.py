@@ -371,8 +371,9 @@ def test_training_curves(tmp_path, figures):
 
 
 def test_noise_schedule_figure(tmp_path, figures):
-    """gamma(s) of both schedules on (0, T] (left) and their importance densities gamma' / (gamma(T) - gamma(s_1))
-    (right, log scale), each labelled; any two SDEs with gamma and nll_weight will do."""
+    """gamma(s) of the model's schedule and of its reference clock on (0, T] (left) and their importance densities
+    gamma' / (gamma(T) - gamma(s_1)) (right, log scale), each labelled; a fixed SDE (its own reference) is drawn
+    once. Any two SDEs with gamma and nll_weight will do."""
     from diffvar.plots import save_noise_schedule
     learned, fixed = VPSDE(beta_min=0.2, beta_max=15.0), VPSDE()
     save_noise_schedule(tmp_path / "schedule.png", learned, fixed, num=50)
@@ -382,12 +383,14 @@ def test_noise_schedule_figure(tmp_path, figures):
     for (x, y), sde in zip(_lines(ax_gamma).values(), (learned, fixed)):
         np.testing.assert_allclose(x, s)
         np.testing.assert_allclose(y, np.asarray(sde.gamma(s)), rtol=1e-6)
-    assert [label.split(" (")[0] for label in _lines(ax_gamma)] == ["learned", "fixed VP"]
+    assert [label.split(" (")[0] for label in _lines(ax_gamma)] == ["model", "reference"]
     for (_, y), sde in zip(_lines(ax_density).values(), (learned, fixed)):
         gamma = np.asarray(sde.gamma(s), np.float64)
         np.testing.assert_allclose(y, np.asarray(sde.nll_weight(s)) / (gamma[-1] - gamma[0]), rtol=1e-5)
-    assert list(_lines(ax_density)) == ["learned", "fixed VP"] and ax_density.get_yscale() == "log"
+    assert list(_lines(ax_density)) == ["model", "reference"] and ax_density.get_yscale() == "log"
     assert ax_gamma.get_ylabel() == "gamma(s) = log(sigma^2 / alpha^2)" and ax_density.get_xlabel() == "s"
+    save_noise_schedule(tmp_path / "fixed.png", fixed, fixed, num=50)
+    assert [label.split(" (")[0] for label in _lines(figures[1].axes[0])] == ["model"]
 
 
 def test_samples_are_a_scatter_over_the_density_or_a_grid(tmp_path, figures):

@@ -9,7 +9,8 @@ from flax import struct
 
 from diffvar import experiment
 from diffvar.errors import ConfigError
-from diffvar.likelihood import elbo, ode_logp
+from diffvar.elbo import elbo
+from diffvar.ode import ode_logp
 from diffvar.mixture import GaussianMixture, random_mixture, score_fn_for
 from diffvar.models.noise_schedule import NoiseSchedule
 from diffvar.objectives import get_objective
@@ -51,8 +52,8 @@ def test_the_linear_vp_is_one_setting_of_the_learned_schedule():
     np.testing.assert_allclose(sde.gamma_inv(g), REFERENCE.gamma_inv(g), atol=2e-6)
     mix = random_mixture(jax.random.PRNGKey(3), 2)
     x, key = mix.sample(jax.random.PRNGKey(4), 64), jax.random.PRNGKey(5)
-    a = elbo(score_fn_for(mix, sde), sde, x, key, num_samples=4)
-    b = elbo(score_fn_for(mix, REFERENCE), REFERENCE, x, key, num_samples=4)
+    a = elbo(score_fn_for(mix, sde), sde, x, key, draws=4)
+    b = elbo(score_fn_for(mix, REFERENCE), REFERENCE, x, key, draws=4)
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
 
 
@@ -86,7 +87,7 @@ def test_elbo_with_exact_score_under_a_learned_schedule_equals_log_density(form)
     sde = learned_sde(module, params)
     mix = random_mixture(jax.random.PRNGKey(6), 2)
     x = mix.sample(jax.random.PRNGKey(7), 2000)
-    est = jax.jit(lambda x, k: elbo(score_fn_for(mix, sde), sde, x, k, num_samples=200, form=form,
+    est = jax.jit(lambda x, k: elbo(score_fn_for(mix, sde), sde, x, k, draws=200, form=form,
                                     time_sampling="importance"))(x, jax.random.PRNGKey(8))
     gap = np.asarray(est - mix.logp(x), np.float64)
     se = gap.std(ddof=1) / math.sqrt(gap.size)
@@ -108,7 +109,7 @@ def _expected_elbo(sde, wrong, x, seed):
     """Per-example ELBO of the inexact, gamma-conditioned score of `wrong` (a mixture), 400 draws each (ISM,
     exact divergence: the time and noise draws are the only noise)."""
     score = score_fn_for(wrong, sde)
-    return np.asarray(jax.jit(lambda x, k: elbo(score, sde, x, k, num_samples=400, time_sampling="importance",
+    return np.asarray(jax.jit(lambda x, k: elbo(score, sde, x, k, draws=400, time_sampling="importance",
                                                 divergence="exact"))(x, jax.random.PRNGKey(seed)), np.float64)
 
 
