@@ -10,10 +10,7 @@ and sampling open it read-only and never write under checkpoints/.
 from __future__ import annotations
 
 import gc
-import logging
 import os
-import sys
-import threading
 import time
 
 import jax
@@ -123,11 +120,10 @@ def load_experiment(workdir):
 def read(mngr, step, abstract_state, items=ITEMS):
     """({item: value}, None) of the checkpoint at `step`, or (None, why it cannot be used): unreadable (a
     truncated or missing file, another model's shapes) or implausible values (overwritten bytes)."""
-    _silence_abandoned_reads()
     try:
         out = restore(mngr, step, abstract_state, items)
     except Exception as e:  # noqa: BLE001 - any failure to read is reported the same way
-        gc.collect()  # orbax's abandoned read coroutines, silenced above
+        gc.collect()  # orbax's abandoned reads report now, not at random (cli.quiet_orbax_abandoned_reads)
         return None, (f"cannot be read (corrupt, incomplete, or written for another model config): "
                       f"{_root_message(e)}")
     problem = implausible(out["state"]) if "state" in out else None
@@ -263,32 +259,3 @@ def _root_message(e):
     while (chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 20:
         chain.append(chain[-1].__cause__ or chain[-1].__context__)
     return _first_line(chain[-1]) if str(chain[-1]).strip() else _first_line(e)
-
-
-def _from_orbax(tb):
-    while tb is not None:
-        if "/orbax/" in tb.tb_frame.f_code.co_filename or "/asyncio/" in tb.tb_frame.f_code.co_filename:
-            return True
-        tb = tb.tb_next
-    return False
-
-
-def _silence_abandoned_reads():
-    """Silences, for the rest of the process, the reports of orbax's abandoned reads after a failed one
-    (coroutines garbage-collected with an exception, asyncio tasks and threads failing on a closed event
-    loop): the failure itself is reported as one CheckpointError. Other exceptions are reported as before."""
-    if getattr(sys.unraisablehook, "diffvar_quiet", False):
-        return
-    unraisable_hook, thread_hook = sys.unraisablehook, threading.excepthook
-
-    def quiet_unraisable(u):
-        if not _from_orbax(u.exc_traceback):
-            unraisable_hook(u)
-
-    def quiet_thread(args):
-        if not _from_orbax(args.exc_traceback):
-            thread_hook(args)
-
-    quiet_unraisable.diffvar_quiet = True
-    sys.unraisablehook, threading.excepthook = quiet_unraisable, quiet_thread
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
