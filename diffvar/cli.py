@@ -154,7 +154,7 @@ def quiet_orbax_abandoned_reads() -> None:
     other reads running when one fails (python/cpython#75633, by design); when they are garbage-collected
     Python prints a page for each ("Exception ignored in: <coroutine _read_array_index_and_device_put>", or
     "Task exception was never retrieved" through asyncio's logger), after the error line, at random. Still
-    so with orbax-checkpoint 0.12 (1 run in 2 of a truncated checkpoint). Only reports raised from orbax's
+    so with orbax-checkpoint 0.12 (1 of 7 runs on a truncated checkpoint). Only reports raised from orbax's
     and asyncio's frames are dropped (sys.unraisablehook, threading.excepthook, a filter on asyncio's
     logger); remove this when orbax cancels the reads it abandons."""
     if getattr(sys.unraisablehook, "diffvar_quiet", False):
