@@ -17,8 +17,6 @@ from absl import flags
 
 from diffvar import cli
 
-cli.tune_process()  # before jax starts: the CPU's allocator settings (see diffvar/platform.py)
-
 flags.DEFINE_string("workdir", None, "Training workdir (holds config.json and checkpoints/).")
 flags.DEFINE_string("checkpoint_step", "latest", "Checkpoint to evaluate: a step number, 'latest' or 'best'.")
 flags.DEFINE_string("split", None, "Split to evaluate: train | test (default: the run's eval.split).")

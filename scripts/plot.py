@@ -20,14 +20,14 @@ FLAGS = flags.FLAGS
 
 
 def main():
-    from diffvar import checkpoints, plots
+    from diffvar import checkpoints, logs, plots
     from diffvar import config as config_lib
     metrics = os.path.join(FLAGS.workdir, "metrics.jsonl")
     if not os.path.isfile(metrics):
         raise WorkdirError(f"no metrics.jsonl in {FLAGS.workdir!r}: is it a diffvar training workdir?")
     out = FLAGS.out or os.path.join(FLAGS.workdir, "curves.png")
     plots.save_training_curves(out, metrics)
-    print(f"wrote {out} ({len(plots.read_metrics(metrics))} records)", flush=True)
+    print(f"wrote {out} ({len(logs.read_metrics(metrics))} records)", flush=True)
     if config_lib.from_workdir(FLAGS.workdir)[0].sde.name == "learned_vp":
         exp, params, step, _ = checkpoints.restore_params(FLAGS.workdir, "latest")
         path = os.path.join(FLAGS.workdir, "noise_schedule.png")
