@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import os
 import time
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -28,11 +29,11 @@ MAX_STATE_MAGNITUDE = 1e30  # optimizer moments: Adam's second moment is a squar
                             # schedule's variance gradient is not clipped (9e13 written by a dsm_lw run)
 
 
-def directory(workdir):
+def directory(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
-def manager(workdir, keep=3, read_only=False):
+def manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
     """orbax CheckpointManager over workdir/checkpoints: keeps the latest `keep` plus the best by the test
     metric (lower is better)."""
     policy = ocp.checkpoint_managers.AnyPreservationPolicy([
@@ -47,7 +48,7 @@ def manager(workdir, keep=3, read_only=False):
     return ocp.CheckpointManager(directory(workdir), item_names=ITEMS, options=options)
 
 
-def save(mngr, state, data_state, meta):
+def save(mngr: ocp.CheckpointManager, state, data_state: dict, meta: dict) -> None:
     """Writes (state, data iterator state, meta) at step state.step; returns when it is on disk."""
     mngr.save(int(state.step), args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)),
@@ -55,7 +56,7 @@ def save(mngr, state, data_state, meta):
     mngr.wait_until_finished()
 
 
-def record_metric(mngr, step, value):
+def record_metric(mngr: ocp.CheckpointManager, step: int, value: float) -> None:
     """Attaches the test metric `value` to the saved checkpoint at `step`: orbax's metrics item
     (<step>/metrics/metrics, the JSON orbax itself writes for save(metrics=...)), written atomically, then
     re-read by the manager, so best_step() and the preservation policy see it."""
@@ -65,7 +66,7 @@ def record_metric(mngr, step, value):
     mngr.reload()
 
 
-def restore(mngr, step, abstract_state=None, items=ITEMS):
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state=None, items: Sequence[str] = ITEMS) -> dict:
     """{item: value} of the checkpoint at `step`; the state takes the shapes and shardings of abstract_state
     (experiment.abstract_state: on this process's devices, however many wrote it; None: as saved, which
     fails unless the devices are the same)."""
@@ -74,7 +75,7 @@ def restore(mngr, step, abstract_state=None, items=ITEMS):
     return dict(mngr.restore(step, args=ocp.args.Composite(**{k: args[k] for k in items})))
 
 
-def parse_step(spec):
+def parse_step(spec: str | int) -> str | int:
     """'latest' | 'best' | an integer step (int or decimal string) -> 'latest' | 'best' | int; else OptionError."""
     if isinstance(spec, str) and spec.strip().lower() in ("latest", "best"):
         return spec.strip().lower()
@@ -87,7 +88,7 @@ def parse_step(spec):
     return step
 
 
-def resolve_step(mngr, spec, ckpt_dir):
+def resolve_step(mngr: ocp.CheckpointManager, spec: str | int, ckpt_dir: str) -> int:
     """The step `spec` ('latest' | 'best' | int) names among the checkpoints, or CheckpointError."""
     steps = sorted(mngr.all_steps())
     if not steps:
@@ -106,7 +107,7 @@ def resolve_step(mngr, spec, ckpt_dir):
     return spec
 
 
-def load_experiment(workdir):
+def load_experiment(workdir: str) -> tuple[experiment.Experiment, list]:
     """(Experiment, config keys filled with defaults) of a training workdir, built for one device (the run's
     batch sizes need not divide this machine's device count). WorkdirError when it cannot be built."""
     config, filled = config_lib.from_workdir(workdir)
@@ -117,7 +118,8 @@ def load_experiment(workdir):
     return exp, filled
 
 
-def read(mngr, step, abstract_state, items=ITEMS):
+def read(mngr: ocp.CheckpointManager, step: int, abstract_state, items: Sequence[str] = ITEMS
+         ) -> tuple[dict | None, str | None]:
     """({item: value}, None) of the checkpoint at `step`, or (None, why it cannot be used): unreadable (a
     truncated or missing file, another model's shapes) or implausible values (overwritten bytes)."""
     try:
@@ -152,7 +154,7 @@ def newest_usable(mngr, abstract_state, set_aside, relist, items=ITEMS):
     return None, None
 
 
-def restore_latest(mngr, abstract_state, warn):
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state, warn: Callable[[str], None]) -> dict | None:
     """The trainer's newest usable checkpoint as {item: value}, or None when there is none. One that cannot be
     used is moved aside to checkpoints/<step>.unusable (never deleted) with warn(message) naming it."""
     def move_aside(step, problem):
@@ -170,7 +172,8 @@ def restore_latest(mngr, abstract_state, warn):
     return newest_usable(mngr, abstract_state, move_aside, reload)[1]
 
 
-def restore_params(workdir, step="latest", mesh=None, warn=None):
+def restore_params(workdir: str, step: str | int = "latest", mesh: jax.sharding.Mesh | None = None,
+                   warn: Callable[[str], None] | None = None) -> tuple[experiment.Experiment, dict, int, list]:
     """(exp, EMA params replicated on `mesh`, step, filled keys) of a training workdir, opened read-only.
 
     'latest' is the newest usable checkpoint: one that cannot be read or holds implausible values (see
@@ -225,7 +228,7 @@ def _listed(workdir, mngr=None):
                           f"they are listed")
 
 
-def implausible(state):
+def implausible(state) -> str | None:
     """A description of non-finite values in a restored state, or of parameters too large to be trained
     weights (what overwritten bytes look like: orbax stores no checksums); None when it looks sound."""
     for path, leaf in jax.tree_util.tree_leaves_with_path(state):

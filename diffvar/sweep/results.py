@@ -23,7 +23,7 @@ def _sort_key(row):
             store.STATUSES.index(row["status"]) if row["status"] in store.STATUSES else 9, row["name"])
 
 
-def seed_table(rows, keys):
+def seed_table(rows: list[dict], keys: list[str]) -> list[dict]:
     """Mean and std over seeds of the finished trials per setting of the other keys (only when `seed` takes
     several values): a list of dicts {setting: {key: text}, n, total, mean, std}, sorted by mean."""
     if "seed" not in keys or len({r["overrides"].get("seed") for r in rows}) < 2:
@@ -64,7 +64,7 @@ def _csv(header, rows):
     return buf.getvalue()
 
 
-def trials_csv(rows, keys, metric):
+def trials_csv(rows: list[dict], keys: list[str], metric: str) -> str:
     """results.csv: one line per trial."""
     header = ["trial", *keys, "status", metric, f"{metric}_stderr", "step", "num_steps", "wall_s", "attempts",
               "kind", "error"]
@@ -73,7 +73,7 @@ def trials_csv(rows, keys, metric):
                           _fmt(r["wall_s"], 1), r["attempts"], r["kind"] or "", r["error"] or ""] for r in rows])
 
 
-def seeds_csv(seeds, others, metric):
+def seeds_csv(seeds: list[dict], others: list[str], metric: str) -> str:
     """results_seeds.csv: one line per setting of the keys other than seed."""
     header = [*others, f"{metric}_mean", f"{metric}_std", "seeds_finished", "seeds_total"]
     return _csv(header, [[*(t["setting"][k] for k in others), _fmt(t["mean"], 6), _fmt(t["std"], 6), t["n"],
@@ -84,7 +84,7 @@ def _markdown_row(cells):
     return "| " + " | ".join(cells) + " |"
 
 
-def trials_markdown(rows, keys, metric):
+def trials_markdown(rows: list[dict], keys: list[str], metric: str) -> list[str]:
     """The lines of results.md's trial table, with a title counting the trials by status."""
     c = store.counts(rows)
     lines = [f"# Sweep results ({len(rows)} trials: " + ", ".join(f"{n} {s}" for s, n in c.items() if n) + ")",
@@ -101,7 +101,7 @@ def trials_markdown(rows, keys, metric):
     return lines
 
 
-def seeds_markdown(seeds, others, metric):
+def seeds_markdown(seeds: list[dict], others: list[str], metric: str) -> list[str]:
     """The lines of results.md's table of means ± std over seeds."""
     lines = ["", "## Mean ± std over seeds", "", _markdown_row([*others, f"{metric} mean ± std", "seeds finished"]),
              "|" + "---|" * (len(others) + 2)]
@@ -111,7 +111,8 @@ def seeds_markdown(seeds, others, metric):
     return lines
 
 
-def write(workdir, rows=None, keys=None):
+def write(workdir: str, rows: list[dict] | None = None, keys: list[str] | None = None
+          ) -> tuple[list[dict], list[str]]:
     """Writes results.csv, results.md and results.png (and results_seeds.csv when seeds are swept) in
     `workdir`, atomically; returns (rows, keys)."""
     if rows is None:
@@ -172,7 +173,7 @@ def _point(members):
     return float(ms[0]), members[0]["stderr"] if members[0]["stderr"] is not None else math.nan
 
 
-def panel(ax, done, key, others, metric):
+def panel(ax, done: list[dict], key: str, others: list[str], metric: str) -> None:
     """The metric of the finished trials `done` against `key`, one series per setting of the `others` keys."""
     series = {}
     for r in done:

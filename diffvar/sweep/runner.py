@@ -22,6 +22,7 @@ import socket
 import sys
 import time
 import types
+from collections.abc import Callable
 
 from diffvar import processes
 from diffvar.errors import ConfigError, OptionError
@@ -96,7 +97,7 @@ def _check_trial(check_config, config, name):
         raise ConfigError(f"trial {name}: {what}") from None
 
 
-def parse_shard(shard):
+def parse_shard(shard: str | None) -> tuple[int, int] | None:
     """'i/n' -> (i, n) with 0 <= i < n; None or '' -> None."""
     if not shard:
         return None
@@ -113,7 +114,7 @@ def parse_shard(shard):
 Planned = collections.namedtuple("Planned", "index trial state run")
 
 
-def plan(sweep, shard=None, retry_failed=False):
+def plan(sweep: Sweep, shard: tuple[int, int] | None = None, retry_failed: bool = False) -> list[Planned]:
     """This runner's trials (every n-th with shard=(i, n)) as Planned(index, trial, state, run): finished
     trials and deterministic failures are skipped, and so are trials running elsewhere unless retry_failed.
     Raises OptionError when a trial's workdir was run with another command."""
@@ -167,7 +168,8 @@ def prepare(sweep, todo, executor):
                        argv=argv, status="interrupted" if prior == "running" else prior, executor=executor.name)
 
 
-def run(sweep, executor, shard=None, retry_failed=False, dry_run=False, out=print):
+def run(sweep: Sweep, executor, shard: tuple[int, int] | None = None, retry_failed: bool = False,
+        dry_run: bool = False, out: Callable[[str], None] = print) -> list[dict]:
     """Runs (or resumes) this runner's trials of `sweep` with `executor` and writes the results; returns the
     result rows (dicts as store.read_trial). dry_run: only print the plan with each trial's command."""
     planned = plan(sweep, shard, retry_failed)
@@ -187,7 +189,7 @@ def run(sweep, executor, shard=None, retry_failed=False, dry_run=False, out=prin
     return rows
 
 
-def report(workdir, out=print):
+def report(workdir: str, out: Callable[[str], None] = print) -> list[dict]:
     """Rebuilds results.csv, .md and .png of the sweep in `workdir` from its trial workdirs; returns the rows."""
     if not os.path.exists(os.path.join(workdir, store.MANIFEST)):
         raise OptionError(f"--report: {workdir} holds no sweep (no {store.MANIFEST})")

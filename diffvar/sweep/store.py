@@ -23,7 +23,7 @@ STATUS_FILE = "status.json"
 STATUSES = ("finished", "running", "interrupted", "failed", "pending")  # a trial's, best first
 
 
-def read_json(path):
+def read_json(path: str | os.PathLike) -> dict | None:
     """The JSON object in `path`, or None if it is missing, partial or not an object."""
     try:
         with open(path, encoding="utf-8") as f:
@@ -33,7 +33,7 @@ def read_json(path):
     return obj if isinstance(obj, dict) else None
 
 
-def pid_alive(pid):
+def pid_alive(pid) -> bool:
     """Whether a process with this id exists on this machine."""
     if not isinstance(pid, int) or pid <= 0:
         return False
@@ -56,7 +56,7 @@ def _metric(status, trial_dir):
     return next(filter(None, map(logs.metric_of, sources)), (None, None, None))
 
 
-def read_trial(trial_dir, name=None, overrides=None):
+def read_trial(trial_dir: str, name: str | None = None, overrides: dict | None = None) -> dict:
     """One trial's state: a dict with name, overrides ({key: text}), status (pending | running | finished |
     interrupted | failed), unit, metric, stderr, step, num_steps, wall_s, attempts, kind, error, host.
 
@@ -96,7 +96,8 @@ def _error_line(log_path, offset):
     return (errors[-1] if errors else None), (lines[-1] if lines else None)
 
 
-def outcome(trial_dir, returncode, log_offset, signalled=False):
+def outcome(trial_dir: str, returncode: int | None, log_offset: int, signalled: bool = False
+            ) -> tuple[str, str | None, str | None]:
     """(status, error, kind) of one finished attempt, from the exit status, status.json and the log:
     finished | interrupted | failed (deterministic: kind from the trainer) | crashed (kind "crash")."""
     st = read_json(os.path.join(trial_dir, STATUS_FILE)) or {}
@@ -117,7 +118,7 @@ def outcome(trial_dir, returncode, log_offset, signalled=False):
     return "crashed", f"{why}: {detail}" if detail else why, "crash"
 
 
-def record(trial_dir, **fields):
+def record(trial_dir: str, **fields) -> dict:
     """Updates the runner's trial.json with `fields`."""
     path = os.path.join(trial_dir, TRIAL_FILE)
     data = read_json(path) or {}
@@ -126,20 +127,20 @@ def record(trial_dir, **fields):
     return data
 
 
-def begin(trial_dir, **fields):
+def begin(trial_dir: str, **fields) -> dict:
     """Records the start of an attempt: running, attempts + 1, this host and runner process."""
     prior = read_json(os.path.join(trial_dir, TRIAL_FILE)) or {}
     return record(trial_dir, status="running", attempts=prior.get("attempts", 0) + 1, host=socket.gethostname(),
                   runner_pid=os.getpid(), started=time.time(), **fields)
 
 
-def end(trial_dir, t0, **fields):
+def end(trial_dir: str, t0: float, **fields) -> dict:
     """Records the end of an attempt started at time t0 (its wall time is added to the trial's)."""
     prior = read_json(os.path.join(trial_dir, TRIAL_FILE)) or {}
     return record(trial_dir, ended=time.time(), wall_s=(prior.get("wall_s") or 0.0) + time.time() - t0, **fields)
 
 
-def collect(workdir):
+def collect(workdir: str) -> tuple[list[dict], list[str]]:
     """Every trial of the sweep in `workdir`: the manifest's trials (pending when not started) and any other
     trial workdir holding a trial.json. Returns (rows, keys): rows as read_trial(), keys the swept keys."""
     manifest = read_json(os.path.join(workdir, MANIFEST)) or {}
@@ -155,12 +156,12 @@ def collect(workdir):
     return rows, keys
 
 
-def counts(rows):
+def counts(rows: list[dict]) -> dict[str, int]:
     """{status: number of trials} for every status."""
     return {s: sum(r["status"] == s for r in rows) for s in STATUSES}
 
 
-def progress_line(rows, t_start, parallel, durations):
+def progress_line(rows: list[dict], t_start: float, parallel: int, durations: list[float]) -> str:
     """"sweep: 3/8 finished, 2 running, 1 failed, 2 left | elapsed 0:01:10 | eta 0:02:05"."""
     c = counts(rows)
     left = c["pending"] + c["interrupted"]
@@ -174,6 +175,6 @@ def progress_line(rows, t_start, parallel, durations):
     return line
 
 
-def write_manifest(workdir, manifest):
+def write_manifest(workdir: str, manifest: dict) -> None:
     """Writes sweep.json (atomically)."""
     write_json_atomic(os.path.join(workdir, MANIFEST), manifest)
