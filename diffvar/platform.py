@@ -14,8 +14,8 @@ default of one device.
 
 glibc's allocator settings (MALLOC_ARENA_MAX=1 MALLOC_MMAP_THRESHOLD_=1073741824
 MALLOC_TRIM_THRESHOLD_=4294967296) spare the page faults of XLA:CPU's per-call temporary buffer (66 MB for the
-digits step; steps/s unchanged). glibc reads them only when a process starts, so they are the launcher's to set
-(the Makefile's `train` target does): nothing here re-executes the program.
+digits step; steps/s unchanged). glibc reads them only when a process starts, so they belong in the launcher's
+environment (a Makefile target, a job script): nothing here re-executes the program.
 
 DIFFVAR_TUNE=0 turns the device split off; the user's JAX_NUM_CPU_DEVICES or XLA_FLAGS'
 --xla_force_host_platform_device_count win.
