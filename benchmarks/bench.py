@@ -31,10 +31,6 @@ import sys
 
 from absl import app, flags
 
-from diffvar import cli
-
-cli.tune_process()  # both sides run in the environment the scripts give themselves (DIFFVAR_TUNE=0: plain)
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKLOADS = ("toy2d", "digits", "mnist", "cifar")
 ENV_PREFIXES = ("MALLOC_", "XLA_", "JAX_", "OMP_", "MKL_", "TF_CPP_", "OPENBLAS_")

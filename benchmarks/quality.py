@@ -39,7 +39,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from diffvar import cli, platform
+from diffvar import platform
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -223,7 +223,6 @@ def one_seed(seed, workdir):
 
 def main(argv):
     del argv
-    cli.tune_process()  # both sides run in the environment `make train` gives itself (here: before jax starts)
     platform.setup("unet")  # this process evaluates the digits U-Net, as scripts/evaluate.py would
     os.makedirs(FLAGS.workdir, exist_ok=True)
     rows = []

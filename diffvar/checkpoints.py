@@ -10,11 +10,9 @@ and sampling open it read-only and never write under checkpoints/.
 from __future__ import annotations
 
 import gc
-import logging
 import os
-import sys
-import threading
 import time
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -31,11 +29,11 @@ MAX_STATE_MAGNITUDE = 1e30  # optimizer moments: Adam's second moment is a squar
                             # schedule's variance gradient is not clipped (9e13 written by a dsm_lw run)
 
 
-def directory(workdir):
+def directory(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
-def manager(workdir, keep=3, read_only=False):
+def manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
     """orbax CheckpointManager over workdir/checkpoints: keeps the latest `keep` plus the best by the test
     metric (lower is better)."""
     policy = ocp.checkpoint_managers.AnyPreservationPolicy([
@@ -50,7 +48,7 @@ def manager(workdir, keep=3, read_only=False):
     return ocp.CheckpointManager(directory(workdir), item_names=ITEMS, options=options)
 
 
-def save(mngr, state, data_state, meta):
+def save(mngr: ocp.CheckpointManager, state, data_state: dict, meta: dict) -> None:
     """Writes (state, data iterator state, meta) at step state.step; returns when it is on disk."""
     mngr.save(int(state.step), args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)),
@@ -58,7 +56,7 @@ def save(mngr, state, data_state, meta):
     mngr.wait_until_finished()
 
 
-def record_metric(mngr, step, value):
+def record_metric(mngr: ocp.CheckpointManager, step: int, value: float) -> None:
     """Attaches the test metric `value` to the saved checkpoint at `step`: orbax's metrics item
     (<step>/metrics/metrics, the JSON orbax itself writes for save(metrics=...)), written atomically, then
     re-read by the manager, so best_step() and the preservation policy see it."""
@@ -68,7 +66,7 @@ def record_metric(mngr, step, value):
     mngr.reload()
 
 
-def restore(mngr, step, abstract_state=None, items=ITEMS):
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state=None, items: Sequence[str] = ITEMS) -> dict:
     """{item: value} of the checkpoint at `step`; the state takes the shapes and shardings of abstract_state
     (experiment.abstract_state: on this process's devices, however many wrote it; None: as saved, which
     fails unless the devices are the same)."""
@@ -77,7 +75,7 @@ def restore(mngr, step, abstract_state=None, items=ITEMS):
     return dict(mngr.restore(step, args=ocp.args.Composite(**{k: args[k] for k in items})))
 
 
-def parse_step(spec):
+def parse_step(spec: str | int) -> str | int:
     """'latest' | 'best' | an integer step (int or decimal string) -> 'latest' | 'best' | int; else OptionError."""
     if isinstance(spec, str) and spec.strip().lower() in ("latest", "best"):
         return spec.strip().lower()
@@ -90,7 +88,7 @@ def parse_step(spec):
     return step
 
 
-def resolve_step(mngr, spec, ckpt_dir):
+def resolve_step(mngr: ocp.CheckpointManager, spec: str | int, ckpt_dir: str) -> int:
     """The step `spec` ('latest' | 'best' | int) names among the checkpoints, or CheckpointError."""
     steps = sorted(mngr.all_steps())
     if not steps:
@@ -109,7 +107,7 @@ def resolve_step(mngr, spec, ckpt_dir):
     return spec
 
 
-def load_experiment(workdir):
+def load_experiment(workdir: str) -> tuple[experiment.Experiment, list]:
     """(Experiment, config keys filled with defaults) of a training workdir, built for one device (the run's
     batch sizes need not divide this machine's device count). WorkdirError when it cannot be built."""
     config, filled = config_lib.from_workdir(workdir)
@@ -120,14 +118,14 @@ def load_experiment(workdir):
     return exp, filled
 
 
-def read(mngr, step, abstract_state, items=ITEMS):
+def read(mngr: ocp.CheckpointManager, step: int, abstract_state, items: Sequence[str] = ITEMS
+         ) -> tuple[dict | None, str | None]:
     """({item: value}, None) of the checkpoint at `step`, or (None, why it cannot be used): unreadable (a
     truncated or missing file, another model's shapes) or implausible values (overwritten bytes)."""
-    _silence_abandoned_reads()
     try:
         out = restore(mngr, step, abstract_state, items)
     except Exception as e:  # noqa: BLE001 - any failure to read is reported the same way
-        gc.collect()  # orbax's abandoned read coroutines, silenced above
+        gc.collect()  # orbax's abandoned reads report now, not at random (cli.quiet_orbax_abandoned_reads)
         return None, (f"cannot be read (corrupt, incomplete, or written for another model config): "
                       f"{_root_message(e)}")
     problem = implausible(out["state"]) if "state" in out else None
@@ -156,7 +154,7 @@ def newest_usable(mngr, abstract_state, set_aside, relist, items=ITEMS):
     return None, None
 
 
-def restore_latest(mngr, abstract_state, warn):
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state, warn: Callable[[str], None]) -> dict | None:
     """The trainer's newest usable checkpoint as {item: value}, or None when there is none. One that cannot be
     used is moved aside to checkpoints/<step>.unusable (never deleted) with warn(message) naming it."""
     def move_aside(step, problem):
@@ -174,7 +172,8 @@ def restore_latest(mngr, abstract_state, warn):
     return newest_usable(mngr, abstract_state, move_aside, reload)[1]
 
 
-def restore_params(workdir, step="latest", mesh=None, warn=None):
+def restore_params(workdir: str, step: str | int = "latest", mesh: jax.sharding.Mesh | None = None,
+                   warn: Callable[[str], None] | None = None) -> tuple[experiment.Experiment, dict, int, list]:
     """(exp, EMA params replicated on `mesh`, step, filled keys) of a training workdir, opened read-only.
 
     'latest' is the newest usable checkpoint: one that cannot be read or holds implausible values (see
@@ -229,7 +228,7 @@ def _listed(workdir, mngr=None):
                           f"they are listed")
 
 
-def implausible(state):
+def implausible(state) -> str | None:
     """A description of non-finite values in a restored state, or of parameters too large to be trained
     weights (what overwritten bytes look like: orbax stores no checksums); None when it looks sound."""
     for path, leaf in jax.tree_util.tree_leaves_with_path(state):
@@ -263,32 +262,3 @@ def _root_message(e):
     while (chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 20:
         chain.append(chain[-1].__cause__ or chain[-1].__context__)
     return _first_line(chain[-1]) if str(chain[-1]).strip() else _first_line(e)
-
-
-def _from_orbax(tb):
-    while tb is not None:
-        if "/orbax/" in tb.tb_frame.f_code.co_filename or "/asyncio/" in tb.tb_frame.f_code.co_filename:
-            return True
-        tb = tb.tb_next
-    return False
-
-
-def _silence_abandoned_reads():
-    """Silences, for the rest of the process, the reports of orbax's abandoned reads after a failed one
-    (coroutines garbage-collected with an exception, asyncio tasks and threads failing on a closed event
-    loop): the failure itself is reported as one CheckpointError. Other exceptions are reported as before."""
-    if getattr(sys.unraisablehook, "diffvar_quiet", False):
-        return
-    unraisable_hook, thread_hook = sys.unraisablehook, threading.excepthook
-
-    def quiet_unraisable(u):
-        if not _from_orbax(u.exc_traceback):
-            unraisable_hook(u)
-
-    def quiet_thread(args):
-        if not _from_orbax(args.exc_traceback):
-            thread_hook(args)
-
-    quiet_unraisable.diffvar_quiet = True
-    sys.unraisablehook, threading.excepthook = quiet_unraisable, quiet_thread
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)

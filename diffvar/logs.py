@@ -1,7 +1,8 @@
-"""What a run tells the user and leaves behind: progress lines with rate and ETA, metrics.jsonl + TensorBoard,
-and status.json (why the run stopped, for people and for the sweep runner).
+"""What a run tells the user and leaves behind: progress lines with rate and ETA, metrics.jsonl + TensorBoard
+(and reading it back), and status.json (why the run stopped, for people and for the sweep runner).
 
-Only process 0 prints and writes; every function here is a no-op elsewhere.
+Only process 0 prints and writes: say, MetricsLog and Status do nothing elsewhere. Importing this module imports no
+jax (the sweep runner's Slurm jobs read metrics.jsonl with it).
 """
 from __future__ import annotations
 
@@ -13,14 +14,65 @@ import os
 import socket
 import time
 
-from diffvar import distributed, plots
 from diffvar.errors import DiffvarError
 from diffvar.files import atomic_path, write_json_atomic
 
 
-def say(fmt, *args):
+UNITS = ("bpd", "nats")  # the units of a test metric (Experiment.unit): bits/dim for images, nats for the toys
+
+
+def metric_key(unit: str) -> str:
+    """The metrics.jsonl key of the test-set metric in `unit` ("test_bpd", "test_nats"); + "_stderr": its s.e."""
+    return f"test_{unit}"
+
+
+def read_metrics(metrics_jsonl_path: str) -> list[dict]:
+    """Records (dicts) of a metrics.jsonl file, skipping blank, malformed or partial lines and non-objects."""
+    records = []
+    with open(metrics_jsonl_path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict):
+                records.append(rec)
+    return records
+
+
+def finite_number(v) -> float | None:
+    """v (a number or a numeric string) as a finite float, else None (booleans, NaN, inf, other text)."""
+    if isinstance(v, bool):
+        return None
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def metric_of(record: dict) -> tuple[str, float, float | None] | None:
+    """(unit, value, stderr or None) of the test metric a record (a metrics.jsonl line, status.json's result)
+    holds, or None when it holds none."""
+    for unit in UNITS:
+        value = finite_number(record.get(metric_key(unit)))
+        if value is not None:
+            return unit, value, finite_number(record.get(f"{metric_key(unit)}_stderr"))
+    return None
+
+
+def is_chief() -> bool:
+    """Process 0 of the run, the one that prints and writes (jax imported here, not with this module)."""
+    from diffvar import distributed
+    return distributed.is_chief()
+
+
+def say(fmt: str, *args) -> None:
     """One timestamped progress line on stdout, from process 0 (absl/orbax INFO logs stay at WARNING)."""
-    if distributed.is_chief():
+    if is_chief():
         print(time.strftime("%H:%M:%S ") + (fmt % args if args else fmt), flush=True)
 
 
@@ -85,13 +137,13 @@ class MetricsLog:
 
     def __init__(self, workdir, resume_step):
         self.path = os.path.join(workdir, "metrics.jsonl")
-        self.enabled = distributed.is_chief()
+        self.enabled = is_chief()
         self.tb = None
         if not self.enabled:
             return
         # Lines past the checkpoint we resume from describe steps that will be re-run: drop them.
         if os.path.exists(self.path):
-            kept = [line for line in plots.read_metrics(self.path) if line.get("step", 0) <= resume_step]
+            kept = [line for line in read_metrics(self.path) if line.get("step", 0) <= resume_step]
             with atomic_path(self.path) as tmp, open(tmp, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in kept)
         from tensorboardX import SummaryWriter
@@ -111,17 +163,12 @@ class MetricsLog:
         """The last record holding `key` (e.g. after a resume), or None."""
         if not self.enabled or not os.path.exists(self.path):
             return None
-        found = [r for r in plots.read_metrics(self.path) if key in r]
+        found = [r for r in read_metrics(self.path) if key in r]
         return found[-1] if found else None
 
     def close(self):
         if self.tb is not None:
             self.tb.close()
-
-
-def metric_key(unit):
-    """The metrics.jsonl key of the test-set metric in `unit` ("test_bpd", "test_nats"); + "_stderr": its s.e."""
-    return f"test_{unit}"
 
 
 class Status:
@@ -138,7 +185,7 @@ class Status:
         self.path, self.num_steps, self.step = os.path.join(workdir, "status.json"), num_steps, step
 
     def write(self, status, error=None, kind=None, result=None):
-        if not distributed.is_chief():
+        if not is_chief():
             return
         with contextlib.suppress(OSError):  # advisory: a full disk must not hide the error being recorded
             write_json_atomic(self.path, {

@@ -7,7 +7,6 @@ reader (TensorBoard, a notebook, a file watcher) never sees a half-written PNG.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 
@@ -17,6 +16,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from diffvar.files import atomic_path
+from diffvar.logs import finite_number, read_metrics
 
 
 def save_figure(fig, path, dpi=100):
@@ -154,34 +154,6 @@ _EVAL_KEYS = (
     ("test_nats", ("test_nats_stderr",), "test nats"),
     ("test_elbo_nats", ("test_elbo_nats_stderr", "test_nats_stderr"), "test nats"),
 )
-
-
-def read_metrics(metrics_jsonl_path):
-    """Records (dicts) of a metrics.jsonl file, skipping blank, malformed or partial lines and non-objects."""
-    records = []
-    with open(metrics_jsonl_path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict):
-                records.append(rec)
-    return records
-
-
-def finite_number(v):
-    """v (a number or a numeric string) as a finite float, else None (booleans, NaN, inf, other text)."""
-    if isinstance(v, bool):
-        return None
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
 
 
 def _series(records, key, err_keys=()):

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import time
 
 import jax
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from diffvar import checkpoints, config as config_lib, data as data_lib, distributed, experiment, files, logs, plots
+from diffvar import checkpoints, config as config_lib, data as data_lib, distributed, experiment, files, logs, plots, \
+    processes
 from diffvar.errors import ConfigError, DiffvarError, NonFiniteLossError, StorageError
 from diffvar.evaluator import EvalSpec, Evaluator, Interrupted, paired_difference
 
@@ -27,23 +27,6 @@ from diffvar.evaluator import EvalSpec, Evaluator, Interrupted, paired_differenc
 def due(step, every, final=False):
     """Whether a periodic action with period `every` (0: never, except at the end) happens at `step`."""
     return final or bool(every and step % every == 0)
-
-
-class StopOnSigterm:
-    """Inside the block SIGTERM only sets `requested` (the loop saves a checkpoint and returns)."""
-
-    requested = False
-
-    def __enter__(self):
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        signal.signal(signal.SIGTERM, self._previous)
-        return False
 
 
 def train(config, workdir):
@@ -212,7 +195,7 @@ def run(exp, workdir):
                  t_cfg.num_steps, len(d), d[0].platform, jax.process_count(), t_cfg.batch_size)
     log = logs.MetricsLog(workdir, step)
     # ---------------------------------------------------------------- the loop
-    with logs.Status(workdir, t_cfg.num_steps, step) as status, StopOnSigterm() as stop:
+    with logs.Status(workdir, t_cfg.num_steps, step) as status, processes.Stop() as stop:
         try:
             state, last_eval, progress, draw = loop(exp, workdir, mesh, mngr, state, train_iter, log, status,
                                                      stop)

@@ -19,9 +19,7 @@ Multi-host: one process per host with --coordinator_address=HOST:PORT --num_proc
 from absl import flags
 
 from diffvar import cli
-
-cli.tune_process()  # before jax starts: the CPU's allocator settings (see diffvar/platform.py)
-from diffvar.evaluate import estimator_flags  # noqa: E402 - imports jax, which starts no backend before main
+from diffvar.evaluate import estimator_flags
 
 flags.DEFINE_string("workdir", None, "Training workdir (holds config.json and checkpoints/).")
 flags.DEFINE_string("checkpoint_step", "latest", "Checkpoint to evaluate: a step number, 'latest' or 'best'.")

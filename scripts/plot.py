@@ -20,13 +20,13 @@ FLAGS = flags.FLAGS
 
 
 def main():
-    from diffvar import checkpoints, plots
+    from diffvar import checkpoints, logs, plots
     metrics = os.path.join(FLAGS.workdir, "metrics.jsonl")
     if not os.path.isfile(metrics):
         raise WorkdirError(f"no metrics.jsonl in {FLAGS.workdir!r}: is it a diffvar training workdir?")
     out = FLAGS.out or os.path.join(FLAGS.workdir, "curves.png")
     plots.save_training_curves(out, metrics)
-    print(f"wrote {out} ({len(plots.read_metrics(metrics))} records)", flush=True)
+    print(f"wrote {out} ({len(logs.read_metrics(metrics))} records)", flush=True)
     try:
         exp, params, step, _ = checkpoints.restore_params(FLAGS.workdir, "latest")
     except CheckpointError as e:

@@ -14,8 +14,6 @@ from absl import flags
 
 from diffvar import cli
 
-cli.tune_process()
-
 flags.DEFINE_string("dataset", None, "mnist | fashion_mnist | cifar10 | imagenet32 | imagenet64.")
 flags.DEFINE_string("source", None, "Folder of the official files (or the one file of cifar10): offline.")
 flags.DEFINE_string("data_dir", "", "TFDS data_dir (default: $DIFFVAR_DATA_DIR, else ~/tensorflow_datasets).")

@@ -14,8 +14,6 @@ import time
 from absl import flags
 
 from diffvar import cli
-
-cli.tune_process()  # before jax starts: the CPU's allocator settings (see diffvar/platform.py)
 from diffvar.errors import OptionError, check_number
 
 flags.DEFINE_string("workdir", None, "Training workdir (holds config.json and checkpoints/).")

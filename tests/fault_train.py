@@ -1,6 +1,6 @@
-"""scripts/train.py with one fault injected at an exact moment, for tests/test_reliability.py.
+"""The trainer (diffvar.commands.train) with one fault injected at an exact moment, for tests/test_reliability.py.
 
-    python tests/fault_train.py kill_at_commit:STEP [scripts/train.py flags ...]
+    python tests/fault_train.py kill_at_commit:STEP [its flags ...]
 
 kill_at_commit:STEP: SIGKILL this process when orbax has written every file of the checkpoint at STEP
 into its temporary directory and is about to rename it into place (the last moment of a save).
@@ -24,7 +24,5 @@ async def rename(src, dst):
 
 
 async_path.rename = rename
-os.environ["DIFFVAR_TUNE"] = "0"  # no re-exec (cli.tune_process): it would start a process without the patch
-script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "train.py")
-sys.argv = [script] + sys.argv[2:]
-runpy.run_path(script, run_name="__main__")
+sys.argv = [sys.argv[0]] + sys.argv[2:]
+runpy.run_module("diffvar.commands.train", run_name="__main__", alter_sys=True)

@@ -54,7 +54,7 @@ def test_quality_smoke_run_trains_and_evaluates_both_sides(tmp_path):
     assert all((tmp_path / "runs" / f).exists() for f in ("diffvar_seed0.json", "peer_seed0_lr0.0001_5s.npz"))
     # scripts/train.py, tuned as `make train` runs it, split the digits U-Net's batch over one CPU device per core
     from diffvar import platform
-    devices = min(len(os.sched_getaffinity(0)), platform.MAX_CPU_DEVICES)
+    devices = platform.cpu_devices("unet", (64, 256))  # configs/digits.py's training and evaluation batches
     log = (tmp_path / "runs" / "diffvar_seed0.log").read_text()
     assert f"on {devices} cpu device(s) in 1 process(es)" in log, log
 

@@ -45,8 +45,7 @@ def test_sigkill_while_a_checkpoint_is_committed_then_resume_is_exact(tmp_path, 
     assert r.returncode == -signal.SIGKILL, r.stdout + r.stderr
     ckpt = os.path.join(workdir, "checkpoints")
     assert "30" not in os.listdir(ckpt) and any("tmp" in d for d in os.listdir(ckpt))  # killed mid-save
-    # untuned like the in-process reference (its allocator settings are the only difference)
-    done = train_script(workdir, *flags, env={"DIFFVAR_TUNE": "0"})
+    done = train_script(workdir, *flags)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "resumed from step 20" in done.stdout
     assert not any("tmp" in d for d in os.listdir(ckpt))  # the torn save was cleaned up
@@ -257,13 +256,13 @@ def test_public_api_rejects_bad_data_by_name():
 def test_sweep_runner_killed_mid_sweep_and_a_deleted_trial_workdir(tmp_path):
     """SIGKILL to the runner: its trials stop too (nothing keeps running unowned), and the same command
     resumes them from their checkpoints; a trial whose workdir was deleted is simply run again."""
-    from tests.test_sweep import FAKE_TRAINER, SCRIPT, runs, write_config
+    from tests.test_sweep import FAKE_TRAINER, SWEEP, runs, write_config
 
     fake = tmp_path / "fake_trainer.py"
     fake.write_text(FAKE_TRAINER)
     cfg = write_config(tmp_path, 'None: h.sweep("seed", [0, 1, 2])')
     wd = tmp_path / "sweep"
-    args = [sys.executable, SCRIPT, f"--config={cfg}", f"--workdir={wd}", "--config.sleep=6.0",
+    args = [*SWEEP, f"--config={cfg}", f"--workdir={wd}", "--config.sleep=6.0",
             "--config.num_steps=60", "--parallel=2", f"--trainer={sys.executable} {fake}", "--novalidate"]
     runner = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
     status = lambda s: json.load(open(wd / f"seed={s}" / "status.json")) if (wd / f"seed={s}" / "status.json").exists() else {}
@@ -278,8 +277,8 @@ def test_sweep_runner_killed_mid_sweep_and_a_deleted_trial_workdir(tmp_path):
                                          open(f"/proc/{p}/stat").read().split()[2] != "Z" for p in pids):
         time.sleep(0.1)
     assert not any(os.path.exists(f"/proc/{p}") and open(f"/proc/{p}/stat").read().split()[2] != "Z" for p in pids)
-    done = subprocess.run(args[:5] + ["--config.sleep=0.5"] + args[6:], capture_output=True, text=True, cwd=ROOT,
-                          timeout=120)
+    other_base = [a.replace("--config.sleep=6.0", "--config.sleep=0.5") for a in args]
+    done = subprocess.run(other_base, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode != 0 and "different command" in done.stderr  # a changed base is refused ...
     done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=120)  # ... the same one resumes
     assert done.returncode == 0, done.stdout + done.stderr

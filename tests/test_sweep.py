@@ -1,4 +1,6 @@
-"""The sweep runner (diffvar/sweep/, scripts/sweep.py) with a fake trainer, and one real gmm2d sweep.
+"""The sweep runner (diffvar/sweep/runner.py, executors.py, store.py; diffvar.commands.sweep) with a fake
+trainer, and one real gmm2d sweep run by the installed package's entry points. The tables and the plot:
+test_sweep_results.py.
 
 The fake trainer follows the trainer's contract: status.json (running / finished / interrupted / failed with
 a kind), metrics.jsonl, exit 0 on finish or SIGTERM, exit 1 with one `error: ...` line for a user error,
@@ -17,11 +19,11 @@ import pytest
 
 from diffvar import config as config_lib
 from diffvar import sweep
-from diffvar.sweep import declarations, executors, results
+from diffvar.sweep import declarations, executors, store
 from diffvar.errors import ConfigError, OptionError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(REPO, "scripts", "sweep.py")
+SWEEP = (sys.executable, "-m", "diffvar.commands.sweep")  # what scripts/sweep.py runs
 
 FAKE_TRAINER = r'''
 import json, os, signal, sys, time
@@ -143,9 +145,8 @@ def read_csv(workdir):
         return list(csv.DictReader(f))
 
 
-def cli(*args, timeout=60):
-    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=REPO)
+def cli(*args, timeout=60, cwd=REPO):
+    return subprocess.run([*SWEEP, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
 def test_runs_resumes_and_adds_only_new_trials(tmp_path, fake):
@@ -207,7 +208,7 @@ def test_killed_trial_resumes_from_its_checkpoint(tmp_path, fake):
     rows, _ = run(cfg, wd, fake)  # SIGKILL mid-way: retried in the same run, resuming at step 1
     assert [r["status"] for r in rows] == ["finished", "finished"]
     assert [r["start"] for r in runs(wd, "mode=crash_once")] == [0, 1]
-    assert results.read_json(wd / "mode=crash_once" / "trial.json")["attempts"] == 2
+    assert store.read_json(wd / "mode=crash_once" / "trial.json")["attempts"] == 2
 
     wd = tmp_path / "again"  # with no retries: recorded as a crash ...
     rows, _ = run(cfg, wd, fake, max_retries=0)
@@ -218,9 +219,9 @@ def test_killed_trial_resumes_from_its_checkpoint(tmp_path, fake):
     assert [r["start"] for r in runs(wd, "mode=crash_once")][-1] == 1 and len(runs(wd, "mode=ok")) == 1
 
     # A runner killed outright leaves "running" with dead processes: the next run treats it as interrupted.
-    results.record(str(wd / "mode=ok"), status="running", runner_pid=2 ** 22 + 12345)
+    store.record(str(wd / "mode=ok"), status="running", runner_pid=2 ** 22 + 12345)
     os.remove(wd / "mode=ok" / "status.json")
-    assert results.read_trial(str(wd / "mode=ok"))["status"] == "interrupted"
+    assert store.read_trial(str(wd / "mode=ok"))["status"] == "interrupted"
 
 
 def test_sigterm_reaches_trials_and_the_rerun_resumes(tmp_path, fake):
@@ -228,11 +229,11 @@ def test_sigterm_reaches_trials_and_the_rerun_resumes(tmp_path, fake):
     wd = tmp_path / "sweep"
     args = [f"--config={cfg}", f"--workdir={wd}", "--config.sleep=6.0", "--config.num_steps=60", "--parallel=2",
             f"--trainer={' '.join(fake)}", "--novalidate"]
-    proc = subprocess.Popen([sys.executable, SCRIPT, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([*SWEEP, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, cwd=REPO)
     deadline = time.time() + 30
     while time.time() < deadline:
-        steps = [(results.read_json(wd / f"seed={s}" / "status.json") or {}).get("step", 0) for s in (0, 1)]
+        steps = [(store.read_json(wd / f"seed={s}" / "status.json") or {}).get("step", 0) for s in (0, 1)]
         if min(steps) >= 2:
             break
         time.sleep(0.1)
@@ -243,7 +244,7 @@ def test_sigterm_reaches_trials_and_the_rerun_resumes(tmp_path, fake):
     table = read_csv(wd)
     assert [r["status"] for r in table] == ["interrupted", "interrupted"]
     for s in (0, 1):
-        assert results.read_json(wd / f"seed={s}" / "status.json")["status"] == "interrupted"
+        assert store.read_json(wd / f"seed={s}" / "status.json")["status"] == "interrupted"
     rerun = cli(*args)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert [r["status"] for r in read_csv(wd)] == ["finished", "finished"]
@@ -262,7 +263,7 @@ def test_shards_partition_the_trials(tmp_path, fake):
     assert [r["status"] for r in rows] == ["finished"] * 7  # any shard's results show the whole sweep
     rows, _ = run(cfg, tmp_path / "other", fake, shard="1/3")
     assert sorted(r["name"] for r in rows if r["status"] == "finished") == ["seed=1", "seed=4"]
-    assert results.counts(rows)["pending"] == 5
+    assert store.counts(rows)["pending"] == 5
     for bad in ("3/3", "1", "a/b", "-1/2", "0/0"):
         with pytest.raises(OptionError, match="must be i/n with 0 <= i < n"):
             run(cfg, tmp_path / "bad", fake, shard=bad)
@@ -303,9 +304,9 @@ def test_report_tables_seeds_and_plot(tmp_path, fake):
     assert "| 0.1 | 1.1100 ± 0.0100 | 3/3 |" in md and "| 0.5 | 1.5100 ± 0.0100 | 3/3 |" in md
     seeds = list(csv.DictReader(open(wd / "results_seeds.csv")))
     assert [s["lr"] for s in seeds] == ["0.1", "0.5"] and float(seeds[0]["test_nats_std"]) == pytest.approx(0.01)
-    assert open(wd / "results.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert open(wd / "results.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"  # what it shows: test_sweep_results
 
-    results.record(str(wd / "lr=0.5,seed=2"), status="running", runner_pid=os.getpid(), host=os.uname()[1])
+    store.record(str(wd / "lr=0.5,seed=2"), status="running", runner_pid=os.getpid(), host=os.uname()[1])
     os.remove(wd / "lr=0.5,seed=2" / "status.json")
     rows, lines = run(cfg, wd, fake, report=True)  # while a trial runs
     assert "5/6 finished, 1 running" in lines[0]
@@ -387,21 +388,28 @@ def test_slurm_executor_through_submitit_local(tmp_path, fake):
     assert {r["name"]: r["status"] for r in rows} == {"mode=ok": "finished", "mode=fail": "failed"}
     starts = [r["start"] for r in runs(wd, "mode=ok")]
     assert len(starts) >= 2 and starts[0] == 0 and all(b > a for a, b in zip(starts, starts[1:])), starts
-    record = results.read_json(wd / "mode=ok" / "trial.json")
+    record = store.read_json(wd / "mode=ok" / "trial.json")
     assert record["job_id"] and record["requeued"] and record["attempts"] == len(starts)
-    assert results.read_json(wd / "mode=fail" / "trial.json")["error"].startswith("lr=None cannot work")
+    assert store.read_json(wd / "mode=fail" / "trial.json")["error"].startswith("lr=None cannot work")
     assert len(read_csv(wd)) == 2
+
+
+def test_trials_run_the_installed_trainer():
+    """No path into a source tree: the trainer is the package's module, run by this python."""
+    assert sweep.TRAINER == (sys.executable, "-m", "diffvar.commands.train")
 
 
 @pytest.mark.slow
 def test_real_gmm2d_sweep_end_to_end(tmp_path):
-    """Two trials of configs/gmm2d.py's default sweep (shard 0/2) through scripts/sweep.py and scripts/train.py."""
+    """Two trials of configs/gmm2d.py's default sweep (shard 0/2) through the package's sweep and trainer
+    (python -m diffvar.commands.*), started outside the source tree."""
     wd = tmp_path / "sweep"
     tiny = ["--config.model.hidden=16", "--config.training.num_steps=20", "--config.training.steps_per_call=10",
             "--config.training.log_every=10", "--config.training.ckpt_every=10", "--config.eval.every=0",
             "--config.eval.batch_size=256", "--config.eval.max_examples=256", "--config.eval.repeats=1",
             "--config.sampling.num=16", "--config.sampling.steps=5", "--config.optim.warmup_steps=0"]
-    res = cli("--config=configs/gmm2d.py", f"--workdir={wd}", "--shard=0/2", "--parallel=2", *tiny, timeout=400)
+    res = cli(f"--config={REPO}/configs/gmm2d.py", f"--workdir={wd}", "--shard=0/2", "--parallel=2", *tiny,
+              timeout=400, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     table = read_csv(wd)
     done = [r for r in table if r["status"] == "finished"]

@@ -5,7 +5,8 @@
     sweep.run(declared, sweep.LocalExecutor(parallel=2))
 
 declarations is the `h` of get_hyper(h, name); runner plans and runs the trials through an executor
-(LocalExecutor or SlurmExecutor); results reads the trial workdirs into results.csv, .md and .png.
+(LocalExecutor or SlurmExecutor); store reads and writes the trials' state; results makes results.csv, .md
+and .png from it.
 """
 from diffvar.sweep.executors import LocalExecutor, SlurmExecutor
 from diffvar.sweep.runner import TRAINER, load, parse_shard, report, run

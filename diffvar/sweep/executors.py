@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import abc
 import collections
-import ctypes
 import dataclasses
 import os
 import re
@@ -18,14 +17,15 @@ import signal
 import subprocess
 import time
 
+from diffvar import processes
 from diffvar.errors import OptionError, check_number
-from diffvar.sweep import results
+from diffvar.sweep import store
 from diffvar.sweep.runner import Trial
 
 
 class Executor(abc.ABC):
     """Runs trials, each a (Trial, argv) pair, until they end or `stop` counts a signal, recording each
-    attempt in the trial's trial.json (results.begin / results.end)."""
+    attempt in the trial's trial.json (store.begin / store.end)."""
 
     name: str  # recorded in trial.json
     slots: int  # trials at once, for the ETA (Slurm: 1, where no ETA is shown)
@@ -76,9 +76,9 @@ class LocalExecutor(Executor):
             monitor.out(f"sweep: --parallel={self.slots} > {len(cpus)} cores: trials share cores")
         pool = Pool(list(jobs))
         try:
-            while pool.running or (pool.queue and not stop.signals):
+            while pool.running or (pool.queue and not stop.count):
                 for i, slot in enumerate(slots):
-                    if i not in pool.running and pool.queue and not stop.signals:
+                    if i not in pool.running and pool.queue and not stop.count:
                         trial, argv = pool.queue.pop(0)
                         pool.running[i] = self.start(trial, argv, slot, pool.tries[trial.name] + 1)
                 time.sleep(self.poll_s)
@@ -101,20 +101,21 @@ class LocalExecutor(Executor):
             log.write(f"=== sweep attempt {number}: {time.ctime()} ===\n".encode())
             log.flush()
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=slot_env(slot, self.slots), preexec_fn=_preexec(pinned),
+                                    env=slot_env(slot, self.slots),
+                                    preexec_fn=processes.preexec(signal.SIGTERM, pinned),
                                     start_new_session=True)
-        results.begin(trial.workdir, pid=proc.pid, cpus=slot["cpus"], gpus=slot["gpus"])
+        store.begin(trial.workdir, pid=proc.pid, cpus=slot["cpus"], gpus=slot["gpus"])
         return Attempt(trial, argv, proc, time.time(), offset)
 
     def forward(self, pool, stop, monitor):
         """The runner's first signal goes to the running trials as SIGTERM (they checkpoint); a second kills them."""
-        if stop.signals and not pool.forwarded:
+        if stop.count and not pool.forwarded:
             monitor.out("sweep: stopping: SIGTERM to the running trials (they checkpoint); re-run the same "
                         "command to resume")
             for attempt in pool.running.values():
                 attempt.proc.send_signal(signal.SIGTERM)
             pool.forwarded = 1
-        if stop.signals > 1 and pool.forwarded == 1 and pool.running:
+        if stop.count > 1 and pool.forwarded == 1 and pool.running:
             monitor.out("sweep: second signal: killing the running trials")
             for attempt in pool.running.values():
                 attempt.proc.kill()
@@ -130,11 +131,11 @@ class LocalExecutor(Executor):
     def record(self, attempt, pool, stop, monitor):
         """Records an ended attempt in trial.json; a crash with retries left goes back to the queue's front."""
         trial, rc = attempt.trial, attempt.proc.returncode
-        status, error, kind = results.outcome(trial.workdir, rc, attempt.log_offset, pool.forwarded > 0)
+        status, error, kind = store.outcome(trial.workdir, rc, attempt.log_offset, pool.forwarded > 0)
         pool.tries[trial.name] += 1
-        retry = status == "crashed" and pool.tries[trial.name] <= self.max_retries and not stop.signals
+        retry = status == "crashed" and pool.tries[trial.name] <= self.max_retries and not stop.count
         final = "interrupted" if retry else ("failed" if status == "crashed" else status)
-        results.end(trial.workdir, attempt.t0, status=final, returncode=rc, error=error, kind=kind)
+        store.end(trial.workdir, attempt.t0, status=final, returncode=rc, error=error, kind=kind)
         if status == "finished":
             monitor.finished(time.time() - attempt.t0)
         if status in ("failed", "crashed"):
@@ -187,18 +188,6 @@ def slot_env(slot, parallel):
     return env
 
 
-def _preexec(cpus):
-    """In the child before exec: pin to `cpus` and get SIGTERM when the runner dies (Linux)."""
-    def pin():
-        if cpus:
-            os.sched_setaffinity(0, cpus)
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-    return pin
-
-
 # ----------------------------------------------------------------------------------------------
 # Slurm, through submitit.
 
@@ -219,12 +208,12 @@ class SlurmExecutor(Executor):
         submitted = []
         for trial, argv in jobs:
             submitted.append(executor.submit(TrialJob(trial.workdir, argv, self.max_retries)))
-            results.record(trial.workdir, job_id=str(submitted[-1].job_id), status="pending")
+            store.record(trial.workdir, job_id=str(submitted[-1].job_id), status="pending")
         monitor.out(f"sweep: submitted {len(submitted)} jobs ({', '.join(str(j.job_id) for j in submitted)})")
-        while not stop.signals and not all(j.done() for j in submitted):
+        while not stop.count and not all(j.done() for j in submitted):
             time.sleep(self.poll_s)
             monitor.show(self.slots)
-        if stop.signals:
+        if stop.count:
             monitor.out("sweep: stopped waiting; the Slurm jobs go on. --report rebuilds the results at any time")
 
     def submitit_executor(self, workdir):
@@ -287,17 +276,18 @@ class TrialJob:
         offset = os.path.getsize(log_path) if os.path.exists(log_path) else 0
         t0 = self.t0 = time.time()
         if chief:
-            results.begin(self.trial_dir, job_id=os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID"))
+            job_id = os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID")
+            store.begin(self.trial_dir, job_id=job_id)
         with open(log_path, "ab") as log:
             self.proc = subprocess.Popen(self.argv + distributed_flags(os.environ), stdout=log,
                                          stderr=subprocess.STDOUT)
             while self.proc.poll() is None:  # not wait(): the preemption handler must be able to wait
                 time.sleep(0.2)
-        status, error, kind = results.outcome(self.trial_dir, self.proc.returncode, offset)
+        status, error, kind = store.outcome(self.trial_dir, self.proc.returncode, offset)
         if status == "crashed":
             status = "failed" if last else "interrupted"
         if chief:
-            results.end(self.trial_dir, t0, status=status, returncode=self.proc.returncode, error=error, kind=kind)
+            store.end(self.trial_dir, t0, status=status, returncode=self.proc.returncode, error=error, kind=kind)
         return status, kind
 
     def checkpoint(self, *args, **kwargs):
@@ -306,7 +296,7 @@ class TrialJob:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait()
-        results.end(self.trial_dir, self.t0, status="interrupted", requeued=True)
+        store.end(self.trial_dir, self.t0, status="interrupted", requeued=True)
         return submitit.helpers.DelayedSubmission(TrialJob(self.trial_dir, self.argv, self.max_retries))
 
 

@@ -20,16 +20,16 @@ import shlex
 import signal
 import socket
 import sys
-import threading
 import time
 import types
+from collections.abc import Callable
 
+from diffvar import processes
 from diffvar.errors import ConfigError, OptionError
 from diffvar.files import atomic_path
-from diffvar.sweep import declarations, results
+from diffvar.sweep import declarations, results, store
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TRAINER = (sys.executable, os.path.join(REPO, "scripts", "train.py"))
+TRAINER = (sys.executable, "-m", "diffvar.commands.train")  # the installed package's trainer: no source tree
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +97,7 @@ def _check_trial(check_config, config, name):
         raise ConfigError(f"trial {name}: {what}") from None
 
 
-def parse_shard(shard):
+def parse_shard(shard: str | None) -> tuple[int, int] | None:
     """'i/n' -> (i, n) with 0 <= i < n; None or '' -> None."""
     if not shard:
         return None
@@ -114,7 +114,7 @@ def parse_shard(shard):
 Planned = collections.namedtuple("Planned", "index trial state run")
 
 
-def plan(sweep, shard=None, retry_failed=False):
+def plan(sweep: Sweep, shard: tuple[int, int] | None = None, retry_failed: bool = False) -> list[Planned]:
     """This runner's trials (every n-th with shard=(i, n)) as Planned(index, trial, state, run): finished
     trials and deterministic failures are skipped, and so are trials running elsewhere unless retry_failed.
     Raises OptionError when a trial's workdir was run with another command."""
@@ -122,12 +122,12 @@ def plan(sweep, shard=None, retry_failed=False):
     for index, trial in enumerate(sweep.trials):
         if shard is not None and index % shard[1] != shard[0]:
             continue
-        old = results.read_json(os.path.join(trial.workdir, results.TRIAL_FILE))
+        old = store.read_json(os.path.join(trial.workdir, store.TRIAL_FILE))
         if old and old.get("args") and old["args"] != sweep.args(trial):
             changed = sorted(set(old["args"]) ^ set(sweep.args(trial)))
             raise OptionError(f"{trial.workdir} was run with a different command (differs in {' '.join(changed)}); "
                               "use a new --workdir for a different base config")
-        state = results.read_trial(trial.workdir, trial.name, trial.overrides_text)
+        state = store.read_trial(trial.workdir, trial.name, trial.overrides_text)
         foreign = state["status"] == "running" and state["host"] != socket.gethostname()
         skip = state["status"] == "finished" or (state["status"] == "running" and not foreign)
         skip = skip or (state["status"] == "failed" and state["kind"] != "crash" and not retry_failed)
@@ -140,7 +140,7 @@ def describe(sweep, planned, shard, commands=False):
     """The plan's lines: a summary, then each trial's workdir and action (and its command with commands)."""
     todo, skipped = [p for p in planned if p.run], [p.state for p in planned if not p.run]
     where = f" (shard {shard[0]}/{shard[1]}: {len(planned)} of {len(sweep.trials)})" if shard else ""
-    why = ", ".join(f"{n} {s}" for s, n in results.counts(skipped).items() if n)
+    why = ", ".join(f"{n} {s}" for s, n in store.counts(skipped).items() if n)
     lines = [f"sweep {sweep.name or '(default)'} of {sweep.source}: {len(sweep.trials)} trials{where}, "
              f"{len(todo)} to run" + (f", {len(skipped)} skipped ({why})" if skipped else "")]
     for p in planned:
@@ -154,7 +154,7 @@ def prepare(sweep, todo, executor):
     """Writes sweep.json, and for each trial to run its command.txt and trial.json (status pending, or
     interrupted when it was recorded running by a runner that is gone)."""
     os.makedirs(sweep.workdir, exist_ok=True)
-    results.write_manifest(sweep.workdir, {
+    store.write_manifest(sweep.workdir, {
         "config": sweep.config_path, "sweep": sweep.name,
         "base_overrides": {k: declarations.cli_value(v) for k, v in sweep.base.items()},
         "trials": [{"name": t.name, "overrides_text": t.overrides_text} for t in sweep.trials]})
@@ -163,14 +163,15 @@ def prepare(sweep, todo, executor):
         argv = sweep.command(trial)
         with atomic_path(os.path.join(trial.workdir, "command.txt")) as tmp, open(tmp, "w") as f:
             f.write(shlex.join(argv) + "\n")
-        prior = (results.read_json(os.path.join(trial.workdir, results.TRIAL_FILE)) or {}).get("status", "pending")
-        results.record(trial.workdir, name=trial.name, overrides_text=trial.overrides_text, args=sweep.args(trial),
+        prior = (store.read_json(os.path.join(trial.workdir, store.TRIAL_FILE)) or {}).get("status", "pending")
+        store.record(trial.workdir, name=trial.name, overrides_text=trial.overrides_text, args=sweep.args(trial),
                        argv=argv, status="interrupted" if prior == "running" else prior, executor=executor.name)
 
 
-def run(sweep, executor, shard=None, retry_failed=False, dry_run=False, out=print):
+def run(sweep: Sweep, executor, shard: tuple[int, int] | None = None, retry_failed: bool = False,
+        dry_run: bool = False, out: Callable[[str], None] = print) -> list[dict]:
     """Runs (or resumes) this runner's trials of `sweep` with `executor` and writes the results; returns the
-    result rows (dicts as results.read_trial). dry_run: only print the plan with each trial's command."""
+    result rows (dicts as store.read_trial). dry_run: only print the plan with each trial's command."""
     planned = plan(sweep, shard, retry_failed)
     for line in describe(sweep, planned, shard, commands=dry_run):
         out(line)
@@ -180,7 +181,7 @@ def run(sweep, executor, shard=None, retry_failed=False, dry_run=False, out=prin
     prepare(sweep, todo, executor)
     monitor = Monitor(sweep.workdir, {p.trial.name for p in planned}, out)
     if todo:
-        with Stop() as stop:
+        with processes.Stop((signal.SIGTERM, signal.SIGINT)) as stop:
             executor.run([(t, sweep.command(t)) for t in todo], stop, monitor)
     rows, _ = results.write(sweep.workdir)
     monitor.show(executor.slots)
@@ -188,12 +189,12 @@ def run(sweep, executor, shard=None, retry_failed=False, dry_run=False, out=prin
     return rows
 
 
-def report(workdir, out=print):
+def report(workdir: str, out: Callable[[str], None] = print) -> list[dict]:
     """Rebuilds results.csv, .md and .png of the sweep in `workdir` from its trial workdirs; returns the rows."""
-    if not os.path.exists(os.path.join(workdir, results.MANIFEST)):
-        raise OptionError(f"--report: {workdir} holds no sweep (no {results.MANIFEST})")
+    if not os.path.exists(os.path.join(workdir, store.MANIFEST)):
+        raise OptionError(f"--report: {workdir} holds no sweep (no {store.MANIFEST})")
     rows, _ = results.write(workdir)
-    out(results.progress_line(rows, time.time(), 1, []))
+    out(store.progress_line(rows, time.time(), 1, []))
     out(f"wrote {os.path.join(workdir, 'results.md')}, results.csv, results.png")
     return rows
 
@@ -207,8 +208,8 @@ class Monitor:
         self.t_start, self.durations, self.shown, self.t_shown = time.time(), [], "", 0.0
 
     def show(self, slots):
-        rows = [r for r in results.collect(self.workdir)[0] if r["name"] in self.names]
-        line = results.progress_line(rows, self.t_start, slots, self.durations)
+        rows = [r for r in store.collect(self.workdir)[0] if r["name"] in self.names]
+        line = store.progress_line(rows, self.t_start, slots, self.durations)
         if line.split(" | ")[0] != self.shown.split(" | ")[0] or time.time() - self.t_shown > 60:
             self.out(line)
             self.shown, self.t_shown = line, time.time()
@@ -218,23 +219,3 @@ class Monitor:
 
     def write(self):
         results.write(self.workdir)
-
-
-class Stop:
-    """Counts SIGTERM and SIGINT while in use (from the main thread); the executors' loops act on the count (a
-    handler that printed could re-enter stdout)."""
-
-    def __init__(self):
-        self.signals, self._previous = 0, {}
-
-    def _count(self, signum, frame):
-        self.signals += 1
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._count) for s in (signal.SIGTERM, signal.SIGINT)}
-        return self
-
-    def __exit__(self, *exc):
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
