@@ -39,7 +39,8 @@ bench-test: $(BENCH_STAMP)
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n auto --dist loadfile tests/test_peer.py tests/test_bench.py
 
 train: install
-	JAX_PLATFORMS=cpu $(PY) scripts/train.py --config=configs/digits.py --workdir=$(WORKDIR)
+	JAX_PLATFORMS=cpu MALLOC_ARENA_MAX=1 MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=4294967296 \
+	  $(PY) scripts/train.py --config=configs/digits.py --workdir=$(WORKDIR)
 
 clean:
 	rm -rf $(VENV) runs *.egg-info
