@@ -10,11 +10,12 @@ import pytest
 from scipy import stats
 
 from diffvar import distributed, evaluator, experiment
+from diffvar.data import toy
 from diffvar.elbo import ElboOptions, elbo_draws
 from diffvar.errors import SolverError
+from diffvar.evaluator import elbo_pass
 from diffvar.mixture import GaussianMixture, random_mixture, score_fn_for
 from diffvar.ode import OdeOptions
-from diffvar.data import toy
 from diffvar.sde import VPSDE
 from tests.helpers import tiny_config
 

@@ -106,10 +106,10 @@ def test_ode_with_exact_score_under_a_learned_schedule_equals_log_density():
 
 
 def _expected_elbo(sde, wrong, x, seed):
-    """Per-example ELBO of the inexact, gamma-conditioned score of `wrong` (a mixture), 400 draws each (ISM,
+    """Per-example ELBO of the inexact, gamma-conditioned score of `wrong` (a mixture), 800 draws each (ISM,
     exact divergence: the time and noise draws are the only noise)."""
     score = score_fn_for(wrong, sde)
-    return np.asarray(jax.jit(lambda x, k: elbo(score, sde, x, k, draws=400, time_sampling="importance",
+    return np.asarray(jax.jit(lambda x, k: elbo(score, sde, x, k, draws=800, time_sampling="importance",
                                                 divergence="exact"))(x, jax.random.PRNGKey(seed)), np.float64)
 
 
