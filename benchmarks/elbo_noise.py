@@ -14,6 +14,7 @@ Monte-Carlo s.e. of the set's mean after one second of such passes; speedup = pl
 scheme's (how many times faster it reaches a given s.e.). Each scheme's mean is printed too (with its s.e.):
 the schemes estimate the same number.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,9 +64,14 @@ def summarise(values, seconds):
     n = values.shape[1]
     mc_var = float(values.var(axis=0, ddof=1).mean())
     means = values.mean(axis=0)
-    return {"mean": float(means.mean()), "stderr": float(means.std(ddof=1) / math.sqrt(n)),
-            "mc_var": mc_var, "seconds": seconds, "var_x_seconds": mc_var * seconds,
-            "se_in_1s": math.sqrt(mc_var * seconds / n)}
+    return {
+        "mean": float(means.mean()),
+        "stderr": float(means.std(ddof=1) / math.sqrt(n)),
+        "mc_var": mc_var,
+        "seconds": seconds,
+        "var_x_seconds": mc_var * seconds,
+        "se_in_1s": math.sqrt(mc_var * seconds / n),
+    }
 
 
 def digits_functions(workdir, max_examples):
@@ -112,8 +118,9 @@ def main():
     res = {"schemes": SCHEMES, "device": jax.devices()[0].device_kind}
     if a.only in ("", "mixture16"):
         fns, x, exact = mixture_functions()
-        res["mixture16"] = dict(run(fns, x, a.mixture_passes), exact_nll_nats=exact, num_examples=int(x.shape[0]),
-                                passes=a.mixture_passes)
+        res["mixture16"] = dict(
+            run(fns, x, a.mixture_passes), exact_nll_nats=exact, num_examples=int(x.shape[0]), passes=a.mixture_passes
+        )
     if a.only in ("", "digits"):
         fns, x, step = digits_functions(a.workdir, a.max_examples)
         res["digits"] = dict(run(fns, x, a.passes), step=step, num_examples=int(x.shape[0]), passes=a.passes)

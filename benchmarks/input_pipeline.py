@@ -11,6 +11,7 @@ with is accelerator_steps_per_sec x batch_size: by default DDPM's published 21 s
 CIFAR-10 U-Net at batch 128 on a TPU v3-8 (Ho et al. 2020, appendix B), the same network as configs/cifar10.py;
 ImageNet-64 networks take longer per step, so the same demand is an upper bound there.
 """
+
 from __future__ import annotations
 
 import io
@@ -27,8 +28,12 @@ flags.DEFINE_float("seconds", 5.0, "Seconds of timed iteration per dataset.")
 flags.DEFINE_integer("batch_size", 128, "Global batch size.")
 flags.DEFINE_integer("cifar_examples", 10000, "Synthetic CIFAR-10 training examples.")
 flags.DEFINE_integer("imagenet_examples", 4000, "Synthetic ImageNet 64x64 training examples.")
-flags.DEFINE_float("accelerator_steps_per_sec", 21.0, "Training steps/s the accelerator would run (default: "
-                   "DDPM's CIFAR-10 U-Net at batch 128 on a TPU v3-8, Ho et al. 2020).")
+flags.DEFINE_float(
+    "accelerator_steps_per_sec",
+    21.0,
+    "Training steps/s the accelerator would run (default: "
+    "DDPM's CIFAR-10 U-Net at batch 128 on a TPU v3-8, Ho et al. 2020).",
+)
 FLAGS = flags.FLAGS
 
 
@@ -41,6 +46,7 @@ def _add(tar, name, payload):
 def write_cifar10(folder, n, rng):
     """cifar-10-binary.tar.gz with n training records spread over the five batches, 100 test records."""
     import numpy as np
+
     path = os.path.join(folder, "cifar-10-binary.tar.gz")
     with tarfile.open(path, "w:gz", compresslevel=1) as tar:
         for name, count in [(f"data_batch_{i}.bin", n // 5) for i in range(1, 6)] + [("test_batch.bin", 100)]:
@@ -54,6 +60,7 @@ def write_imagenet64(folder, n, rng):
     """train_64x64.tar (n PNGs) and valid_64x64.tar (100 PNGs) in `folder`."""
     import numpy as np
     from PIL import Image
+
     for prefix, count in (("train", n), ("valid", 100)):
         with tarfile.open(os.path.join(folder, f"{prefix}_64x64.tar"), "w") as tar:
             for i in range(count):
@@ -68,6 +75,7 @@ def time_iterator(name, data_dir, batch_size, seconds):
     import ml_collections
 
     from diffvar import data
+
     cfg = ml_collections.ConfigDict({"name": name, "data_dir": data_dir, "random_flip": True})
     start = time.perf_counter()
     it = data.make_train_iter(cfg, batch_size, seed=0)
@@ -78,8 +86,11 @@ def time_iterator(name, data_dir, batch_size, seconds):
         next(it)
         batches += 1
     elapsed = time.perf_counter() - start
-    return {"first_batch_seconds": round(first, 3), "examples_per_sec": round(batches * batch_size / elapsed),
-            "batches": batches}
+    return {
+        "first_batch_seconds": round(first, 3),
+        "examples_per_sec": round(batches * batch_size / elapsed),
+        "batches": batches,
+    }
 
 
 def main(argv):
@@ -88,16 +99,24 @@ def main(argv):
     import tensorflow_datasets as tfds
 
     from diffvar.data import prepare
+
     logging.set_verbosity(logging.ERROR)
     tfds.disable_progress_bar()
     rng = np.random.default_rng(0)
     demand = FLAGS.accelerator_steps_per_sec * FLAGS.batch_size
-    results = {"batch_size": FLAGS.batch_size, "accelerator_steps_per_sec": FLAGS.accelerator_steps_per_sec,
-               "accelerator_examples_per_sec": demand, "cpu_count": os.cpu_count(), "machine": platform.node(),
-               "datasets": {}}
+    results = {
+        "batch_size": FLAGS.batch_size,
+        "accelerator_steps_per_sec": FLAGS.accelerator_steps_per_sec,
+        "accelerator_examples_per_sec": demand,
+        "cpu_count": os.cpu_count(),
+        "machine": platform.node(),
+        "datasets": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
-        sources = {"cifar10": (write_cifar10(tmp, FLAGS.cifar_examples, rng), FLAGS.cifar_examples),
-                   "imagenet64": (write_imagenet64(tmp, FLAGS.imagenet_examples, rng), FLAGS.imagenet_examples)}
+        sources = {
+            "cifar10": (write_cifar10(tmp, FLAGS.cifar_examples, rng), FLAGS.cifar_examples),
+            "imagenet64": (write_imagenet64(tmp, FLAGS.imagenet_examples, rng), FLAGS.imagenet_examples),
+        }
         for name, (source, n) in sources.items():
             data_dir = os.path.join(tmp, "tfds")
             start = time.perf_counter()

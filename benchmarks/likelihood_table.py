@@ -12,6 +12,7 @@ Then, on the whole split, the ISM ELBO as it was before (one draw per unit, --ol
 the new default (eval.draws stratified draws per unit, old_repeats / eval.draws passes: the same draws): their
 Monte-Carlo s.e. times sqrt(seconds), lower is better. Prints a markdown table, then the JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,7 @@ def table(workdir, repeats, ode_examples, ks=KS):
     for deq in CONVENTIONS:
         for k in ks:
             common = dict(dequantization=deq, importance_samples=k)
-            elbo = {} if k > 1 else estimates(exp, mesh, params, step, forms=("ism", "dsm"), repeats=repeats,
-                                              **common)
+            elbo = {} if k > 1 else estimates(exp, mesh, params, step, forms=("ism", "dsm"), repeats=repeats, **common)
             ode = estimates(exp, mesh, params, step, forms=(), ode=True, max_examples=ode_examples, **common)
             out[f"{deq}_K{k}"] = dict(elbo, ode=ode["ode"])
             ism, dsm = (cell(elbo[f]) if elbo else "— (not a bound)" for f in ("ism", "dsm"))
@@ -81,8 +81,10 @@ def main():
         print(f"{name.upper()}: {evaluate.describe(last[name]['label'])}")
     for name in ("old", "new"):
         e = cmp[name]
-        print(f"{name}: {e['mean']:.4f} ± {e['stderr']:.4f} (MC {e['mc_stderr']:.4f}), {e['seconds']:.1f} s, "
-              f"{evaluate.describe(e['label'])}")
+        print(
+            f"{name}: {e['mean']:.4f} ± {e['stderr']:.4f} (MC {e['mc_stderr']:.4f}), {e['seconds']:.1f} s, "
+            f"{evaluate.describe(e['label'])}"
+        )
     print(f"MC s.e. x sqrt(s), old / new: {cmp['mc_se_x_sqrt_seconds_old_over_new']:.2f}")
     if a.out:
         with open(a.out, "w") as f:

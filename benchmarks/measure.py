@@ -27,6 +27,7 @@ What is timed is what users run, built from a config by diffvar.experiment.build
 
     python benchmarks/measure.py --workload=cifar --flops_only     # the FLOP counts alone (compiles, times nothing)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,25 +45,34 @@ import numpy as np
 from jax.extend.core import jaxprs_in_params
 from jax.sharding import PartitionSpec as P
 
-from diffvar import config as config_lib
-from diffvar import data as data_lib
-from diffvar import distributed, evaluator, experiment, platform
-from diffvar import ode as ode_lib
+from diffvar import config as config_lib, data as data_lib, distributed, evaluator, experiment, ode as ode_lib, platform
 from diffvar.models.unet import AttnBlock
+
 from timing import rate  # benchmarks/timing.py, shared with the peer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # workload -> (config file, overrides, synthetic data (shape, levels) or None for the dataset's own batches).
 # Model sizes and batch sizes are the PyTorch peer's (benchmarks/torch_peer.py); the objective is its eps-loss DSM.
 WORKLOADS = {
-    "toy2d": ("gmm2d", {"model.hidden": 128, "model.depth": 3, "model.activation": "softplus",
-                        "model.time_embedding": "concat", "training.batch_size": 512}, None),
+    "toy2d": (
+        "gmm2d",
+        {
+            "model.hidden": 128,
+            "model.depth": 3,
+            "model.activation": "softplus",
+            "model.time_embedding": "concat",
+            "training.batch_size": 512,
+        },
+        None,
+    ),
     "digits": ("digits", {"training.batch_size": 64}, None),
     "mnist": ("mnist", {"training.batch_size": 64}, ((28, 28, 1), 256)),
     "cifar": ("cifar10", {"training.batch_size": 128}, ((32, 32, 3), 256)),  # for accelerators
 }
-SYNTHETIC_NOTE = ("synthetic: random integer levels of {name}'s shape {shape} ({levels} levels), built without "
-                  "the dataset (benchmarks/measure.py build_synthetic); speed does not depend on pixel values")
+SYNTHETIC_NOTE = (
+    "synthetic: random integer levels of {name}'s shape {shape} ({levels} levels), built without "
+    "the dataset (benchmarks/measure.py build_synthetic); speed does not depend on pixel values"
+)
 
 
 def workload_config(name, steps_per_call=0, settings=()):
@@ -104,8 +114,10 @@ def train_batches(exp, name, k):
 
 # Dense (no 2:4 sparsity) peak FLOP/s by jax's device_kind: NVIDIA's H100 / H200 SXM datasheet (the H200 is the
 # H100 SXM's GH100 with more memory). Its headline TF32 989 and BF16 1,979 TFLOP/s are with sparsity: halved here.
-CARD_PEAKS = {"NVIDIA H200": {"fp32": 66.9e12, "tf32": 494.7e12, "bf16": 989.4e12},
-              "NVIDIA H100 80GB HBM3": {"fp32": 66.9e12, "tf32": 494.7e12, "bf16": 989.4e12}}
+CARD_PEAKS = {
+    "NVIDIA H200": {"fp32": 66.9e12, "tf32": 494.7e12, "bf16": 989.4e12},
+    "NVIDIA H100 80GB HBM3": {"fp32": 66.9e12, "tf32": 494.7e12, "bf16": 989.4e12},
+}
 
 
 def matmul_flops(jaxpr):
@@ -205,7 +217,7 @@ def peak_flops(repeats=10):
         start = time.perf_counter()
         f(a, a).block_until_ready()
         best = min(best, time.perf_counter() - start)
-    return 2.0 * n ** 3 / best, n
+    return 2.0 * n**3 / best, n
 
 
 def param_count(state):
@@ -236,8 +248,14 @@ def compile_workload(exp, mesh, host):
     key = jax.random.PRNGKey(1)
     elbo_fn = experiment.make_elbo_fn(exp)
     elbo, elbo_compile = evaluator.compile_ahead(elbo_fn, state.params, x, key)
-    w = {"train": train, "state": state, "elbo": elbo, "elbo_args": (x, key),
-         "train_compile_seconds": train_compile, "elbo_compile_seconds": elbo_compile}
+    w = {
+        "train": train,
+        "state": state,
+        "elbo": elbo,
+        "elbo_args": (x, key),
+        "train_compile_seconds": train_compile,
+        "elbo_compile_seconds": elbo_compile,
+    }
 
     def do_train():
         w["state"], losses = train(w["state"], batches)
@@ -255,14 +273,24 @@ def measure_workload(name, seconds, steps_per_call=0, settings=(), flops_only=Fa
     k, b = config.training.steps_per_call, config.training.batch_size
     m = config.model
     out = {
-        "workload": name, "config": f"configs/{WORKLOADS[name][0]}.py",
-        "overrides": dict(WORKLOADS[name][1], **{"objective.name": "dsm"}), "settings": list(settings),
-        "data": SYNTHETIC_NOTE.format(name=config.data.name, shape="x".join(map(str, synthetic[0])),
-                                      levels=synthetic[1]) if synthetic else f"{config.data.name} training batches",
-        "model": (f"mlp hidden={m.hidden} depth={m.depth} {m.activation} time={m.time_embedding}" if m.name == "mlp"
-                  else f"unet ch={m.ch} ch_mult={tuple(m.ch_mult)} attn={tuple(m.attn_resolutions)} "
-                       f"dropout={m.dropout}"),
-        "dtype": m.dtype, "batch": b, "steps_per_call": k, "seconds": seconds,
+        "workload": name,
+        "config": f"configs/{WORKLOADS[name][0]}.py",
+        "overrides": dict(WORKLOADS[name][1], **{"objective.name": "dsm"}),
+        "settings": list(settings),
+        "data": SYNTHETIC_NOTE.format(
+            name=config.data.name, shape="x".join(map(str, synthetic[0])), levels=synthetic[1]
+        )
+        if synthetic
+        else f"{config.data.name} training batches",
+        "model": (
+            f"mlp hidden={m.hidden} depth={m.depth} {m.activation} time={m.time_embedding}"
+            if m.name == "mlp"
+            else f"unet ch={m.ch} ch_mult={tuple(m.ch_mult)} attn={tuple(m.attn_resolutions)} dropout={m.dropout}"
+        ),
+        "dtype": m.dtype,
+        "batch": b,
+        "steps_per_call": k,
+        "seconds": seconds,
     }
     one = distributed.global_array(mesh, host[:1], P(None, "data"))
     x, key = distributed.global_array(mesh, host[0]), jax.random.PRNGKey(1)
@@ -279,12 +307,20 @@ def measure_workload(name, seconds, steps_per_call=0, settings=(), flops_only=Fa
     steps_per_sec = train_calls * k
     achieved = flops["train_flops_per_step"] * steps_per_sec
     return {
-        **out, "train_steps_per_sec": steps_per_sec, "train_compile_seconds": w["train_compile_seconds"],
-        "elbo_examples_per_sec": elbo_calls * b, "elbo_compile_seconds": w["elbo_compile_seconds"],
-        **flops, "train_flops_per_sec": achieved,
+        **out,
+        "train_steps_per_sec": steps_per_sec,
+        "train_compile_seconds": w["train_compile_seconds"],
+        "elbo_examples_per_sec": elbo_calls * b,
+        "elbo_compile_seconds": w["elbo_compile_seconds"],
+        **flops,
+        "train_flops_per_sec": achieved,
         "elbo_flops_per_sec": flops["elbo_flops_per_example"] * elbo_calls * b,
-        "peak_flops_per_sec": peak, "peak_matmul_size": n, "train_peak_fraction": achieved / peak,
-        **utilisation(achieved, m.dtype, jax.devices()[0].device_kind), "max_rss_mb": max_rss_mb(), **runtime(),
+        "peak_flops_per_sec": peak,
+        "peak_matmul_size": n,
+        "train_peak_fraction": achieved / peak,
+        **utilisation(achieved, m.dtype, jax.devices()[0].device_kind),
+        "max_rss_mb": max_rss_mb(),
+        **runtime(),
     }
 
 
@@ -297,6 +333,7 @@ def measure_ode(workdir="", train_steps=200, max_examples=0, rtol=1e-5, atol=1e-
     mesh = distributed.make_mesh()
     if workdir:
         from diffvar import checkpoints
+
         exp, params, step, _ = checkpoints.restore_params(workdir, "latest", mesh)
         model = f"checkpoint {workdir} step {step} (EMA parameters)"
     else:
@@ -308,8 +345,12 @@ def measure_ode(workdir="", train_steps=200, max_examples=0, rtol=1e-5, atol=1e-
         for _ in range(train_steps):
             state, _ = step_fn(state, distributed.global_array(mesh, next(it)[None], P(None, "data")))
         params = state.params  # after a few hundred steps the EMA (decay 0.999) is still mostly the initialisation
-        model = (f"configs/digits.py model, freshly initialised and trained {train_steps} steps here (raw, not "
-                 f"EMA, parameters)" if train_steps else "configs/digits.py model, freshly initialised")
+        model = (
+            f"configs/digits.py model, freshly initialised and trained {train_steps} steps here (raw, not "
+            f"EMA, parameters)"
+            if train_steps
+            else "configs/digits.py model, freshly initialised"
+        )
     e = exp.config.eval
     divergence = ode_lib.trace_estimator("auto", exp.dim)
     batch_size = evaluator.batch_size(e.batch_size, max_examples, len(jax.devices()), exp.info.size("test"))
@@ -318,10 +359,22 @@ def measure_ode(workdir="", train_steps=200, max_examples=0, rtol=1e-5, atol=1e-
     fn = experiment.make_ode_fn(exp, ode_lib.OdeOptions(rtol, atol, divergence, e.ode_probe))
     compiled, compile_seconds = evaluator.compile_ahead(fn, params, batches[0][0], key)
     est = evaluator.ode_pass(compiled, params, key, batches)
-    return {"model": model, "rtol": rtol, "atol": atol, "divergence": divergence, "batch": batch_size,
-            "num_examples": est["num_examples"], "bpd": est["mean"], "bpd_stderr": est["stderr"], "nfe": est["nfe"],
-            "nfe_max": est["nfe_max"], "seconds": est["seconds"], "compile_seconds": compile_seconds,
-            "max_rss_mb": max_rss_mb(), **runtime()}
+    return {
+        "model": model,
+        "rtol": rtol,
+        "atol": atol,
+        "divergence": divergence,
+        "batch": batch_size,
+        "num_examples": est["num_examples"],
+        "bpd": est["mean"],
+        "bpd_stderr": est["stderr"],
+        "nfe": est["nfe"],
+        "nfe_max": est["nfe_max"],
+        "seconds": est["seconds"],
+        "compile_seconds": compile_seconds,
+        "max_rss_mb": max_rss_mb(),
+        **runtime(),
+    }
 
 
 def runtime():
@@ -329,8 +382,13 @@ def runtime():
     d = jax.devices()[0]
     stats = d.memory_stats() or {}  # None on the CPU
     peak = stats.get("peak_bytes_in_use")
-    return {"jax": jax.__version__, "backend": jax.default_backend(), "device_kind": d.device_kind,
-            "num_devices": len(jax.devices()), "device_peak_mb": peak / 2**20 if peak else None}
+    return {
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "device_kind": d.device_kind,
+        "num_devices": len(jax.devices()),
+        "device_peak_mb": peak / 2**20 if peak else None,
+    }
 
 
 def main():
@@ -338,8 +396,13 @@ def main():
     p.add_argument("--workload", choices=sorted(WORKLOADS), default="digits")
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--steps_per_call", type=int, default=0, help="training.steps_per_call (0: the config's)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="a config setting on top of the workload's (repeatable), e.g. sde.name=learned_vp")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="a config setting on top of the workload's (repeatable), e.g. sde.name=learned_vp",
+    )
     p.add_argument("--flops_only", action="store_true", help="the FLOP counts alone (compiles, times nothing)")
     p.add_argument("--ode", action="store_true", help="the digits test-set ODE instead of a workload")
     p.add_argument("--ode_workdir", default="", help="a digits training workdir whose latest checkpoint to use")

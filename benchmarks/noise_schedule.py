@@ -10,6 +10,7 @@ from per-example differences; the variance of the objective's per-example loss a
 8 training batches (what the schedule's interior is trained to lower); and the median steps/s of metrics.jsonl.
 Prints one JSON line (and writes it to --out).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffvar import checkpoints, distributed, experiment
-from diffvar import data as data_lib
+from diffvar import checkpoints, data as data_lib, distributed, experiment
 from diffvar.evaluator import EvalSpec, Evaluator, paired_difference
 
 
@@ -46,10 +46,18 @@ def run(workdir, mesh, repeats, draws):
     exp, params, step, _ = checkpoints.restore_params(workdir, "latest", mesh)
     spec = EvalSpec.from_config(exp.config, forms=("ism",), repeats=repeats, draws=draws, stratified=draws > 1)
     est = Evaluator(exp, mesh, spec).run(params, step)
-    return {"workdir": workdir, "sde": exp.config.sde.name, "objective": exp.config.objective.name,
-            "step": step, "unit": exp.unit, "elbo": est["ism"]["mean"], "elbo_stderr": est["ism"]["stderr"],
-            "values": est["ism"]["values"], "loss_variance": loss_variance(exp, params),
-            "steps_per_sec": steps_per_sec(workdir)}
+    return {
+        "workdir": workdir,
+        "sde": exp.config.sde.name,
+        "objective": exp.config.objective.name,
+        "step": step,
+        "unit": exp.unit,
+        "elbo": est["ism"]["mean"],
+        "elbo_stderr": est["ism"]["stderr"],
+        "values": est["ism"]["values"],
+        "loss_variance": loss_variance(exp, params),
+        "steps_per_sec": steps_per_sec(workdir),
+    }
 
 
 def main():
@@ -63,9 +71,10 @@ def main():
     for pair in args.pairs.split(","):
         fixed, learned = (run(w, mesh, args.repeats, args.draws) for w in pair.split(":"))
         diff, se = paired_difference(learned.pop("values"), fixed.pop("values"))
-        rows.append({"fixed": fixed, "learned": learned, "learned_minus_fixed": diff,
-                     "learned_minus_fixed_stderr": se})
-    out = json.dumps({"repeats": args.repeats, "draws": args.draws, "device_kind": jax.devices()[0].device_kind, "pairs": rows})
+        rows.append({"fixed": fixed, "learned": learned, "learned_minus_fixed": diff, "learned_minus_fixed_stderr": se})
+    out = json.dumps(
+        {"repeats": args.repeats, "draws": args.draws, "device_kind": jax.devices()[0].device_kind, "pairs": rows}
+    )
     print(out, flush=True)
     if args.out:
         with open(args.out, "w") as f:

@@ -8,6 +8,7 @@ side in this process after one compiling call each: per batch, the solver's NFE 
 the batch, which sets the number of loop iterations), the wall time, and the largest difference between the
 two's per-example bpd (they solve the same ODE to the same tolerance).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,12 @@ def main():
             rows.append({"nfe": int(nfe), "seconds": time.perf_counter() - start})
             vals.append(np.asarray(v, np.float64)[np.asarray(mask)])
         values[mode] = np.concatenate(vals)
-        res[mode] = {"batches": rows, "seconds": sum(r["seconds"] for r in rows),
-                     "first_call_seconds": compile_and_first, "bpd": float(values[mode].mean())}
+        res[mode] = {
+            "batches": rows,
+            "seconds": sum(r["seconds"] for r in rows),
+            "first_call_seconds": compile_and_first,
+            "bpd": float(values[mode].mean()),
+        }
     res["num_examples"] = int(values["batch"].size)
     res["max_abs_bpd_difference"] = float(np.max(np.abs(values["batch"] - values["per_example"])))
     res["time_ratio_per_example_over_batch"] = res["per_example"]["seconds"] / res["batch"]["seconds"]

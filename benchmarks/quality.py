@@ -26,6 +26,7 @@ weights beside it; _<T>s when --peer_seconds=T is given) and reused by a later i
 an interrupted benchmark re-runs only what it had not finished, and --peer_lr=2e-3 or --peer_seconds=T give the
 peer another learning rate or time against the same diffvar runs.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -45,16 +46,28 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 flags.DEFINE_string("config", "digits", "configs/<config>.py: digits, or 28x28 with the MNIST U-Net.")
-flags.DEFINE_float("minutes", 0.0, "Train both sides at once for this many minutes, one core each (0: one after "
-                   "the other, the peer for as long as diffvar's whole run took).")
+flags.DEFINE_float(
+    "minutes",
+    0.0,
+    "Train both sides at once for this many minutes, one core each (0: one after "
+    "the other, the peer for as long as diffvar's whole run took).",
+)
 flags.DEFINE_list("seeds", ["0"], "Seeds: one diffvar run and one peer run each.")
 flags.DEFINE_string("workdir", "runs/quality", "Where the runs go (diffvar workdirs, the peer's weights).")
 flags.DEFINE_string("out", "runs/quality.json", "Where to write the JSON results.")
-flags.DEFINE_list("overrides", [], "Extra --config.KEY=VALUE for diffvar's run (e.g. training.num_steps=20 for a "
-                  "smoke run); the same model space and evaluation apply to both sides.")
+flags.DEFINE_list(
+    "overrides",
+    [],
+    "Extra --config.KEY=VALUE for diffvar's run (e.g. training.num_steps=20 for a "
+    "smoke run); the same model space and evaluation apply to both sides.",
+)
 flags.DEFINE_float("peer_lr", 1e-4, "The peer's Adam learning rate (the reference's 1e-4).")
-flags.DEFINE_float("peer_seconds", 0.0, "The peer's training time in seconds; 0: W, as long as diffvar's run took "
-                   "(another value asks how the peer does with more or less time, or makes a smoke run short).")
+flags.DEFINE_float(
+    "peer_seconds",
+    0.0,
+    "The peer's training time in seconds; 0: W, as long as diffvar's run took "
+    "(another value asks how the peer does with more or less time, or makes a smoke run short).",
+)
 FLAGS = flags.FLAGS
 
 
@@ -66,6 +79,7 @@ def peer_params(weights, model, shape):
     Linear [O, I] -> kernel [I, O]; GroupNorm weight -> scale."""
     import jax
     import jax.numpy as jnp
+
     template = model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(shape)), jnp.ones((1,)))["params"]
     modules = {}
     for name, value in weights.items():
@@ -94,8 +108,9 @@ def peer_params(weights, model, shape):
             new = {"scale": w, "bias": m["bias"]}
         for key, value in new.items():
             if value.shape != leaves[key].shape:
-                raise ValueError(f"peer {torch_name} -> {'/'.join(path)}/{key}: shape {value.shape}, "
-                                 f"expected {leaves[key].shape}")
+                raise ValueError(
+                    f"peer {torch_name} -> {'/'.join(path)}/{key}: shape {value.shape}, expected {leaves[key].shape}"
+                )
         node = out
         for key in path[:-1]:
             node = node.setdefault(key, {})
@@ -133,7 +148,9 @@ def run(cmd, log_path):
 def evaluate_both(diffvar_workdir, peer_weights):
     """Test-set ELBO (bpd) of diffvar's EMA parameters and of the peer's weights, same examples and keys."""
     import jax
+
     from diffvar import checkpoints, distributed, evaluator, experiment
+
     mesh = distributed.make_mesh()
     exp, params, step, _ = checkpoints.restore_params(diffvar_workdir, "latest", mesh)
     config = exp.config
@@ -143,19 +160,30 @@ def evaluate_both(diffvar_workdir, peer_weights):
     peer = jax.device_put(peer_params(peer_weights, peer_exp.model, exp.info.shape), distributed.replicated(mesh))
     e = config.eval  # the trainer's final evaluation, key included: diffvar's bpd is the one its run printed
     spec, repeats = evaluator.EvalSpec.from_config(config), e.final_repeats or e.repeats
-    out = {name: evaluator.Evaluator(ex, mesh, spec).run(p, step, repeats)[e.form]
-           for name, ex, p in (("diffvar", exp, params), ("peer", peer_exp, peer))}
+    out = {
+        name: evaluator.Evaluator(ex, mesh, spec).run(p, step, repeats)[e.form]
+        for name, ex, p in (("diffvar", exp, params), ("peer", peer_exp, peer))
+    }
     d, se = evaluator.paired_difference(out["peer"]["values"], out["diffvar"]["values"])
-    return {"diffvar_step": step, "form": e.form, "repeats": repeats, "num_examples": out["diffvar"]["num_examples"],
-            "diffvar_bpd": out["diffvar"]["mean"], "diffvar_bpd_stderr": out["diffvar"]["stderr"],
-            "peer_bpd": out["peer"]["mean"], "peer_bpd_stderr": out["peer"]["stderr"],
-            "peer_minus_diffvar_bpd": d, "peer_minus_diffvar_bpd_stderr": se}
+    return {
+        "diffvar_step": step,
+        "form": e.form,
+        "repeats": repeats,
+        "num_examples": out["diffvar"]["num_examples"],
+        "diffvar_bpd": out["diffvar"]["mean"],
+        "diffvar_bpd_stderr": out["diffvar"]["stderr"],
+        "peer_bpd": out["peer"]["mean"],
+        "peer_bpd_stderr": out["peer"]["stderr"],
+        "peer_minus_diffvar_bpd": d,
+        "peer_minus_diffvar_bpd_stderr": se,
+    }
 
 
 def cached(path, key, make):
     """make()'s dict, recorded in the JSON file `path` under `key` (the inputs it depends on): a later call with
     the same key returns the record instead of making it again."""
     from diffvar.files import write_json_atomic
+
     if os.path.exists(path):
         with open(path) as f:
             record = json.load(f)
@@ -170,15 +198,20 @@ def cached(path, key, make):
 def one_seed(seed, workdir):
     """diffvar's run, the peer's run for as long, both evaluated; each run is recorded in workdir and reused by
     a later call with the same settings (an interrupted benchmark re-runs only what it had not finished)."""
-    from diffvar import config as config_lib
-    from diffvar import data as data_lib
+    from diffvar import config as config_lib, data as data_lib
+
     config_path = os.path.join(ROOT, "configs", f"{FLAGS.config}.py")
     config = config_lib.load_file(config_path)
     wd = os.path.join(workdir, f"diffvar_seed{seed}")
     minutes = [f"--config.training.max_minutes={FLAGS.minutes}"] if FLAGS.minutes else []
     overrides = [f"--config.seed={seed}"] + [f"--config.{o}" for o in FLAGS.overrides] + minutes
-    diffvar_cmd = [sys.executable, os.path.join(ROOT, "scripts", "train.py"), f"--config={config_path}",
-                   f"--workdir={wd}", *overrides]
+    diffvar_cmd = [
+        sys.executable,
+        os.path.join(ROOT, "scripts", "train.py"),
+        f"--config={config_path}",
+        f"--workdir={wd}",
+        *overrides,
+    ]
     diffvar_log = os.path.join(workdir, f"diffvar_seed{seed}.log")
     peer_seconds = FLAGS.peer_seconds or 60 * FLAGS.minutes
     name = f"peer_seed{seed}_lr{FLAGS.peer_lr:g}" + (f"_{peer_seconds:g}s" if peer_seconds else "")
@@ -187,10 +220,18 @@ def one_seed(seed, workdir):
     def peer_cmd(seconds):
         levels_path = os.path.join(workdir, f"{config.data.name}_train_levels.npy")
         np.save(levels_path, data_lib.load_split(config.data, "train"))
-        return [sys.executable, os.path.join(HERE, "torch_peer.py"), f"--workload={PEER_WORKLOADS[config.data.name]}",
-                f"--train_data={levels_path}", f"--levels={data_lib.get_info(config.data).levels}",
-                f"--logit_alpha={config.data.logit_alpha}", f"--train_seconds={seconds}",
-                f"--lr={FLAGS.peer_lr}", f"--seed={seed}", f"--save={weights_path}"]
+        return [
+            sys.executable,
+            os.path.join(HERE, "torch_peer.py"),
+            f"--workload={PEER_WORKLOADS[config.data.name]}",
+            f"--train_data={levels_path}",
+            f"--levels={data_lib.get_info(config.data).levels}",
+            f"--logit_alpha={config.data.logit_alpha}",
+            f"--train_seconds={seconds}",
+            f"--lr={FLAGS.peer_lr}",
+            f"--seed={seed}",
+            f"--save={weights_path}",
+        ]
 
     def train_diffvar():
         # From scratch: train.py would resume an interrupted run, and its wall time would be only a part.
@@ -210,15 +251,26 @@ def one_seed(seed, workdir):
     else:
         seconds = cached(os.path.join(workdir, f"diffvar_seed{seed}.json"), key, train_diffvar)["wall_seconds"]
         peer_seconds = peer_seconds or seconds
-        peer = cached(os.path.join(workdir, f"{name}.json"), [peer_seconds, FLAGS.peer_lr],
-                      lambda: json.loads(run(peer_cmd(peer_seconds), peer_log)[1]))
+        peer = cached(
+            os.path.join(workdir, f"{name}.json"),
+            [peer_seconds, FLAGS.peer_lr],
+            lambda: json.loads(run(peer_cmd(peer_seconds), peer_log)[1]),
+        )
     with np.load(weights_path) as f:
         weights = {k: f[k] for k in f.files}
     res = evaluate_both(wd, weights)
     with open(os.path.join(wd, "status.json")) as f:
         res["diffvar_bpd_printed_by_its_run"] = json.load(f)["result"]["test_bpd"]
-    return dict(seed=seed, wall_seconds=seconds, peer_seconds=peer_seconds, peer_steps=peer["steps"],
-                peer_lr=peer["lr"], peer_threads=peer["threads"], concurrent=bool(FLAGS.minutes), **res)
+    return dict(
+        seed=seed,
+        wall_seconds=seconds,
+        peer_seconds=peer_seconds,
+        peer_steps=peer["steps"],
+        peer_lr=peer["lr"],
+        peer_threads=peer["threads"],
+        concurrent=bool(FLAGS.minutes),
+        **res,
+    )
 
 
 def main(argv):
@@ -227,18 +279,27 @@ def main(argv):
     os.makedirs(FLAGS.workdir, exist_ok=True)
     rows = []
     for seed in map(int, FLAGS.seeds):
-        print(f"quality: seed {seed}: diffvar's run, then the peer for as long (logs: {FLAGS.workdir}/*.log)",
-              file=sys.stderr, flush=True)
+        print(
+            f"quality: seed {seed}: diffvar's run, then the peer for as long (logs: {FLAGS.workdir}/*.log)",
+            file=sys.stderr,
+            flush=True,
+        )
         rows.append(one_seed(seed, FLAGS.workdir))
         r = rows[-1]
-        print(f"seed {seed}: {r['wall_seconds']:.0f} s / {r['peer_seconds']:.0f} s | "
-              f"diffvar {r['diffvar_step']} steps, "
-              f"{r['diffvar_bpd']:.4f} +- {r['diffvar_bpd_stderr']:.4f} bpd | peer {r['peer_steps']} steps, "
-              f"{r['peer_bpd']:.4f} +- {r['peer_bpd_stderr']:.4f} bpd | peer - diffvar "
-              f"{r['peer_minus_diffvar_bpd']:+.4f} +- {r['peer_minus_diffvar_bpd_stderr']:.4f}", flush=True)
-    res = {"command": " ".join(["python"] + sys.argv),
-           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "env": {k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "XLA_"))}, "seeds": rows}
+        print(
+            f"seed {seed}: {r['wall_seconds']:.0f} s / {r['peer_seconds']:.0f} s | "
+            f"diffvar {r['diffvar_step']} steps, "
+            f"{r['diffvar_bpd']:.4f} +- {r['diffvar_bpd_stderr']:.4f} bpd | peer {r['peer_steps']} steps, "
+            f"{r['peer_bpd']:.4f} +- {r['peer_bpd_stderr']:.4f} bpd | peer - diffvar "
+            f"{r['peer_minus_diffvar_bpd']:+.4f} +- {r['peer_minus_diffvar_bpd_stderr']:.4f}",
+            flush=True,
+        )
+    res = {
+        "command": " ".join(["python"] + sys.argv),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "env": {k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "XLA_"))},
+        "seeds": rows,
+    }
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
     with open(FLAGS.out, "w") as f:
         json.dump(res, f, indent=1)

@@ -1,5 +1,6 @@
 """The one timing loop of both sides of benchmarks/bench.py: plain Python (no jax, no torch), so that the
 PyTorch peer (torch_peer.py) and diffvar's side (measure.py) time the same way."""
+
 import time
 
 

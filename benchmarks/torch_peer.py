@@ -33,15 +33,15 @@ cuda), --compile (torch.compile of the network); each call is synchronised, and 
 
 Requires torch (the CPU build): pip install -e '.[bench]' (torch==2.13.0).
 """
-import contextlib
+
 import argparse
+import contextlib
 import json
 import math
 import resource
 import time
 
 import numpy as np
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -50,9 +50,9 @@ BETA_MIN, BETA_MAX = 0.1, 20.0
 
 
 def vp_alpha_sigma(t):
-    log_alpha = -0.25 * t ** 2 * (BETA_MAX - BETA_MIN) - 0.5 * t * BETA_MIN
+    log_alpha = -0.25 * t**2 * (BETA_MAX - BETA_MIN) - 0.5 * t * BETA_MIN
     alpha = torch.exp(log_alpha)
-    return alpha, torch.sqrt(1.0 - alpha ** 2)
+    return alpha, torch.sqrt(1.0 - alpha**2)
 
 
 def autocast(amp, device):
@@ -99,7 +99,7 @@ class Attention(nn.Module):
         b, c, hh, ww = x.shape
         h = self.n(x)
         q, k, v = (m(h).view(b, c, hh * ww) for m in (self.q, self.k, self.v))
-        w = torch.softmax(torch.bmm(q.transpose(1, 2), k) * c ** -0.5, dim=-1)
+        w = torch.softmax(torch.bmm(q.transpose(1, 2), k) * c**-0.5, dim=-1)
         return x + self.o(torch.bmm(v, w.transpose(1, 2)).view(b, c, hh, ww))
 
 
@@ -163,9 +163,15 @@ class UNet(nn.Module):
 class MLP(nn.Module):
     def __init__(self, dim=2, hidden=128):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim + 1, hidden), nn.Softplus(), nn.Linear(hidden, hidden),
-                                 nn.Softplus(), nn.Linear(hidden, hidden), nn.Softplus(),
-                                 nn.Linear(hidden, dim))
+        self.net = nn.Sequential(
+            nn.Linear(dim + 1, hidden),
+            nn.Softplus(),
+            nn.Linear(hidden, hidden),
+            nn.Softplus(),
+            nn.Linear(hidden, hidden),
+            nn.Softplus(),
+            nn.Linear(hidden, dim),
+        )
 
     def forward(self, x, t):
         return self.net(torch.cat([x, t[:, None]], dim=1))
@@ -208,8 +214,8 @@ def elbo_ism(model, x, amp="none"):
     div = (torch.autograd.grad(mu, y, v)[0] * v).flatten(1).sum(1)
     alpha_T, sigma_T = vp_alpha_sigma(torch.ones(x.shape[0], device=x.device))
     yT = bcast(alpha_T, x) * x + bcast(sigma_T, x) * torch.randn_like(x)
-    prior = (-0.5 * yT ** 2 - 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
-    return prior - div - 0.5 * (a ** 2).flatten(1).sum(1)
+    prior = (-0.5 * yT**2 - 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
+    return prior - div - 0.5 * (a**2).flatten(1).sum(1)
 
 
 def train_on_data(model, levels_nhwc, levels, alpha, seconds, batch, lr, seed):
@@ -221,7 +227,7 @@ def train_on_data(model, levels_nhwc, levels, alpha, seconds, batch, lr, seed):
     while time.perf_counter() - start < seconds:
         order = torch.randperm(len(data), generator=gen)
         for i in range(0, len(data) - batch + 1, batch):
-            x = data[order[i:i + batch]]
+            x = data[order[i : i + batch]]
             z = (x + torch.rand(x.shape, generator=gen)) / levels
             loss = dsm_loss(model, torch.logit(alpha + (1 - 2 * alpha) * z))
             opt.zero_grad()
@@ -251,6 +257,7 @@ def main():
     p.add_argument("--save", default="", help="--train_data: write the trained weights here (.npz)")
     args = p.parse_args()
     from timing import rate  # benchmarks/timing.py, diffvar's loop; here, since tests load this file by path
+
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -262,13 +269,35 @@ def main():
     if args.train_data and (args.device != "cpu" or args.amp != "none" or args.channels_last or args.compile):
         raise SystemExit("--train_data trains as the reference does, on the CPU in float32: drop the GPU options")
     if args.train_data:
-        steps, seconds, loss = train_on_data(model, np.load(args.train_data), args.levels, args.logit_alpha,
-                                             args.train_seconds, batch, args.lr, args.seed)
+        steps, seconds, loss = train_on_data(
+            model,
+            np.load(args.train_data),
+            args.levels,
+            args.logit_alpha,
+            args.train_seconds,
+            batch,
+            args.lr,
+            args.seed,
+        )
         if args.save:
             np.savez(args.save, **{k: v.detach().numpy() for k, v in model.state_dict().items()})
-        print(json.dumps({"peer": "pytorch-eager", "torch": torch.__version__, "threads": torch.get_num_threads(),
-                          "workload": args.workload, "batch": batch, "lr": args.lr, "seed": args.seed,
-                          "steps": steps, "seconds": seconds, "last_loss": loss, "saved": args.save}))
+        print(
+            json.dumps(
+                {
+                    "peer": "pytorch-eager",
+                    "torch": torch.__version__,
+                    "threads": torch.get_num_threads(),
+                    "workload": args.workload,
+                    "batch": batch,
+                    "lr": args.lr,
+                    "seed": args.seed,
+                    "steps": steps,
+                    "seconds": seconds,
+                    "last_loss": loss,
+                    "saved": args.save,
+                }
+            )
+        )
         return
     fmt = torch.channels_last if args.channels_last and len(shape) == 3 else torch.contiguous_format
     model = model.to(device, memory_format=fmt)
@@ -299,7 +328,9 @@ def main():
         "batch": batch,
         "params": params,
         "device": torch.cuda.get_device_name() if cuda else "cpu",
-        "amp": args.amp, "channels_last": args.channels_last, "cudnn_benchmark": cuda,
+        "amp": args.amp,
+        "channels_last": args.channels_last,
+        "cudnn_benchmark": cuda,
         "train_steps_per_sec": rate(train_step, args.seconds),
         "elbo_examples_per_sec": batch * rate(eval_step, args.seconds / 2),
         "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB

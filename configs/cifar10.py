@@ -14,6 +14,7 @@ Published anchors (test set, bits/dim), and the convention each is under:
 - 2.65: VDM (Kingma et al., NeurIPS 2021), no augmentation, its discrete decoder: another convention.
 See docs/likelihood.md: a bpd is comparable only under the same convention.
 """
+
 from diffvar.config import defaults
 
 
@@ -29,8 +30,8 @@ def get_config():
     c.training.batch_size = 128
     c.training.num_steps = 1300000
     c.training.ema_decay = 0.9999
-    c.training.steps_per_call = 10    # one lax.scan of 10 steps per call: dispatch amortised on accelerators
-                                      # (CIFAR-10 on one H200: 30.3 vs 24.5 steps/s, docs/performance.md)
+    c.training.steps_per_call = 10  # one lax.scan of 10 steps per call: dispatch amortised on accelerators
+    # (CIFAR-10 on one H200: 30.3 vs 24.5 steps/s, docs/performance.md)
     c.training.ckpt_every = 10000
     c.eval.every = 25000
     c.eval.batch_size = 500

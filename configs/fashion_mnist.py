@@ -9,6 +9,7 @@ score_flow, VDM, i-DODE) do not report Fashion-MNIST. The number this run report
 t = 0, logit transform, ELBO (ISM form) on the 10,000 test images. Compute: 100,000 steps at batch 64
 (about 1.5M parameters), hours on one accelerator.
 """
+
 import os
 import runpy
 

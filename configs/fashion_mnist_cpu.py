@@ -8,6 +8,7 @@ t = 0, logit transform, ISM-form ELBO, one draw per example: the examples' sprea
 
 configs/fashion_mnist.py is the accelerator run (100,000 steps) of the same model.
 """
+
 import os
 import runpy
 
@@ -16,12 +17,12 @@ def get_config():
     c = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "fashion_mnist.py"))["get_config"]()
     c.optim.lr = 1e-3
     c.optim.warmup_steps = 100
-    c.optim.schedule = "cosine"       # decays to 0 at training.num_steps
-    c.training.num_steps = 2000       # the cosine's length
-    c.training.max_minutes = 50.0     # a CPU stops here first (2 cores: about 0.5 steps/s)
+    c.optim.schedule = "cosine"  # decays to 0 at training.num_steps
+    c.training.num_steps = 2000  # the cosine's length
+    c.training.max_minutes = 50.0  # a CPU stops here first (2 cores: about 0.5 steps/s)
     c.training.ckpt_every = 500
     c.training.log_every = 50
-    c.eval.every = 0                  # only at the end: 10,000 test images
+    c.eval.every = 0  # only at the end: 10,000 test images
     c.eval.draws = 1
     c.eval.batch_size = 500
     c.sampling.every = 0

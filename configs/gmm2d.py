@@ -1,4 +1,5 @@
 """8-component 2-D Gaussian mixture with an exact log density: the ELBO's gap to it is reported in nats."""
+
 from diffvar.config import defaults
 
 
@@ -20,7 +21,7 @@ def get_config():
     c.training.log_every = 500
     c.eval.every = 5000
     c.eval.batch_size = 8192
-    c.eval.repeats = 12               # passes of eval.draws = 4 stratified draws: 48 draws per example
+    c.eval.repeats = 12  # passes of eval.draws = 4 stratified draws: 48 draws per example
     c.sampling.num = 2000
     return c
 
@@ -30,8 +31,10 @@ def get_hyper(h, name=None):
     default: the two unbiased ELBO objectives (importance-sampled and likelihood-weighted DSM) x seeds 0, 1;
     "lr": peak learning rate 3e-4, 1e-3, 3e-3 with the default objective.
     """
-    return h.named(name, {
-        None: h.product([h.sweep("config.objective.name", ["dsm_is", "dsm_lw"]),
-                         h.sweep("config.seed", [0, 1])]),
-        "lr": h.sweep("config.optim.lr", [3e-4, 1e-3, 3e-3]),
-    })
+    return h.named(
+        name,
+        {
+            None: h.product([h.sweep("config.objective.name", ["dsm_is", "dsm_lw"]), h.sweep("config.seed", [0, 1])]),
+            "lr": h.sweep("config.optim.lr", [3e-4, 1e-3, 3e-3]),
+        },
+    )

@@ -13,6 +13,7 @@ schedule and Fourier features (not in diffvar); score_flow does not report 64x64
 dequantization (ELBO or ODE), so expect a higher number (docs/likelihood.md). Numbers
 on the 2017 imagenet_resized version are lower and not comparable.
 """
+
 from diffvar.config import defaults
 
 
@@ -31,11 +32,11 @@ def get_config():
     c.training.batch_size = 128
     c.training.num_steps = 10000000
     c.training.ema_decay = 0.9999
-    c.training.steps_per_call = 10    # one lax.scan of 10 steps per call: dispatch amortised on accelerators
-                                      # (CIFAR-10 on one H200: 30.3 vs 24.5 steps/s, docs/performance.md)
+    c.training.steps_per_call = 10  # one lax.scan of 10 steps per call: dispatch amortised on accelerators
+    # (CIFAR-10 on one H200: 30.3 vs 24.5 steps/s, docs/performance.md)
     c.training.ckpt_every = 10000
     c.eval.every = 100000
     c.eval.batch_size = 128
-    c.eval.max_examples = 10000     # periodic evaluations on 10,000 validation images; evaluate.py does all
+    c.eval.max_examples = 10000  # periodic evaluations on 10,000 validation images; evaluate.py does all
     c.sampling.every = 500000
     return c

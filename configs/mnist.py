@@ -9,6 +9,7 @@ What the number means here: uniform dequantization at t = 0, logit transform (a 
 test split of 10,000 (docs/likelihood.md). Compute: 100,000 steps at batch 64, about
 1.5M parameters; an accelerator job of hours, not a CPU one.
 """
+
 from diffvar.config import defaults
 
 

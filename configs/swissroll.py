@@ -1,4 +1,5 @@
 """Swiss roll in 2-D (no closed-form density): the gmm2d settings on other data; test ELBO in nats."""
+
 import os
 import runpy
 

@@ -7,6 +7,7 @@ of the step, so orbax keeps the best checkpoint and names it (best_fn, best_step
 atomic (orbax writes a temporary directory and renames it). The trainer opens the manager read-write; evaluation
 and sampling open it read-only and never write under checkpoints/.
 """
+
 from __future__ import annotations
 
 import gc
@@ -18,15 +19,14 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from diffvar import config as config_lib
-from diffvar import distributed, experiment
+from diffvar import config as config_lib, distributed, experiment
 from diffvar.errors import CheckpointError, ConfigError, DataNotPreparedError, OptionError, WorkdirError
 from diffvar.files import write_json_atomic
 
 ITEMS = ("state", "data", "meta")
-MAX_PARAM_MAGNITUDE = 1e8   # no trained network has weights this large; random bytes read as float32 do
+MAX_PARAM_MAGNITUDE = 1e8  # no trained network has weights this large; random bytes read as float32 do
 MAX_STATE_MAGNITUDE = 1e30  # optimizer moments: Adam's second moment is a squared gradient, and the learned
-                            # schedule's variance gradient is not clipped (9e13 written by a dsm_lw run)
+# schedule's variance gradient is not clipped (9e13 written by a dsm_lw run)
 
 
 def directory(workdir: str) -> str:
@@ -36,23 +36,35 @@ def directory(workdir: str) -> str:
 def manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
     """orbax CheckpointManager over workdir/checkpoints: keeps the latest `keep` plus the best by the test
     metric (lower is better)."""
-    policy = ocp.checkpoint_managers.AnyPreservationPolicy([
-        ocp.checkpoint_managers.LatestN(n=keep),
-        ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m["test_metric"], reverse=True, n=1,
-                                      keep_checkpoints_without_metrics=False),
-    ])
-    options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=lambda m: m["test_metric"],
-                                           best_mode="min", create=not read_only,
-                                           enable_async_checkpointing=False, read_only=read_only,
-                                           cleanup_tmp_directories=not read_only)  # a save cut short by a kill
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy(
+        [
+            ocp.checkpoint_managers.LatestN(n=keep),
+            ocp.checkpoint_managers.BestN(
+                get_metric_fn=lambda m: m["test_metric"], reverse=True, n=1, keep_checkpoints_without_metrics=False
+            ),
+        ]
+    )
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policy,
+        best_fn=lambda m: m["test_metric"],
+        best_mode="min",
+        create=not read_only,
+        enable_async_checkpointing=False,
+        read_only=read_only,
+        cleanup_tmp_directories=not read_only,
+    )  # a save cut short by a kill
     return ocp.CheckpointManager(directory(workdir), item_names=ITEMS, options=options)
 
 
 def save(mngr: ocp.CheckpointManager, state, data_state: dict, meta: dict) -> None:
     """Writes (state, data iterator state, meta) at step state.step; returns when it is on disk."""
-    mngr.save(int(state.step), args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)),
-        force=True)
+    mngr.save(
+        int(state.step),
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)
+        ),
+        force=True,
+    )
     mngr.wait_until_finished()
 
 
@@ -70,8 +82,11 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state=None, items: 
     """{item: value} of the checkpoint at `step`; the state takes the shapes and shardings of abstract_state
     (experiment.abstract_state: on this process's devices, however many wrote it; None: as saved, which
     fails unless the devices are the same)."""
-    args = {"state": ocp.args.StandardRestore(abstract_state), "data": ocp.args.JsonRestore(),
-            "meta": ocp.args.JsonRestore()}
+    args = {
+        "state": ocp.args.StandardRestore(abstract_state),
+        "data": ocp.args.JsonRestore(),
+        "meta": ocp.args.JsonRestore(),
+    }
     return dict(mngr.restore(step, args=ocp.args.Composite(**{k: args[k] for k in items})))
 
 
@@ -99,8 +114,10 @@ def resolve_step(mngr: ocp.CheckpointManager, spec: str | int, ckpt_dir: str) ->
     if spec == "best":
         best = mngr.best_step()
         if best is None:
-            raise CheckpointError(f"no checkpoint in {ckpt_dir} has a test metric, so there is no 'best' one; "
-                                  f"use --checkpoint_step=latest or one of: {_steps_list(steps)}")
+            raise CheckpointError(
+                f"no checkpoint in {ckpt_dir} has a test metric, so there is no 'best' one; "
+                f"use --checkpoint_step=latest or one of: {_steps_list(steps)}"
+            )
         return best
     if spec not in steps:
         raise CheckpointError(f"no checkpoint at step {spec} in {ckpt_dir}; available steps: {_steps_list(steps)}")
@@ -118,16 +135,16 @@ def load_experiment(workdir: str) -> tuple[experiment.Experiment, list]:
     return exp, filled
 
 
-def read(mngr: ocp.CheckpointManager, step: int, abstract_state, items: Sequence[str] = ITEMS
-         ) -> tuple[dict | None, str | None]:
+def read(
+    mngr: ocp.CheckpointManager, step: int, abstract_state, items: Sequence[str] = ITEMS
+) -> tuple[dict | None, str | None]:
     """({item: value}, None) of the checkpoint at `step`, or (None, why it cannot be used): unreadable (a
     truncated or missing file, another model's shapes) or implausible values (overwritten bytes)."""
     try:
         out = restore(mngr, step, abstract_state, items)
     except Exception as e:  # noqa: BLE001 - any failure to read is reported the same way
         gc.collect()  # orbax's abandoned reads report now, not at random (cli.quiet_orbax_abandoned_reads)
-        return None, (f"cannot be read (corrupt, incomplete, or written for another model config): "
-                      f"{_root_message(e)}")
+        return None, (f"cannot be read (corrupt, incomplete, or written for another model config): {_root_message(e)}")
     problem = implausible(out["state"]) if "state" in out else None
     return (None, f"is corrupt: {problem}") if problem else (out, None)
 
@@ -157,12 +174,15 @@ def newest_usable(mngr, abstract_state, set_aside, relist, items=ITEMS):
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state, warn: Callable[[str], None]) -> dict | None:
     """The trainer's newest usable checkpoint as {item: value}, or None when there is none. One that cannot be
     used is moved aside to checkpoints/<step>.unusable (never deleted) with warn(message) naming it."""
+
     def move_aside(step, problem):
         path = os.path.join(str(mngr.directory), str(step))
         if jax.process_index() == 0:
             os.replace(path, f"{path}.unusable")
-        warn(f"warning: the checkpoint at step {step} in {mngr.directory} {problem}; moved it to "
-             f"{path}.unusable and trying the one before it")
+        warn(
+            f"warning: the checkpoint at step {step} in {mngr.directory} {problem}; moved it to "
+            f"{path}.unusable and trying the one before it"
+        )
         mngr.reload()
 
     def reload(m):
@@ -172,8 +192,12 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, warn: Callable[[
     return newest_usable(mngr, abstract_state, move_aside, reload)[1]
 
 
-def restore_params(workdir: str, step: str | int = "latest", mesh: jax.sharding.Mesh | None = None,
-                   warn: Callable[[str], None] | None = None) -> tuple[experiment.Experiment, dict, int, list]:
+def restore_params(
+    workdir: str,
+    step: str | int = "latest",
+    mesh: jax.sharding.Mesh | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> tuple[experiment.Experiment, dict, int, list]:
     """(exp, EMA params replicated on `mesh`, step, filled keys) of a training workdir, opened read-only.
 
     'latest' is the newest usable checkpoint: one that cannot be read or holds implausible values (see
@@ -185,8 +209,9 @@ def restore_params(workdir: str, step: str | int = "latest", mesh: jax.sharding.
     exp, filled = load_experiment(workdir)
     ckpt_dir = directory(workdir)
     if not os.path.isdir(ckpt_dir):
-        raise CheckpointError(f"no checkpoint in {ckpt_dir}: the directory does not exist (train first, or check "
-                              f"--workdir)")
+        raise CheckpointError(
+            f"no checkpoint in {ckpt_dir}: the directory does not exist (train first, or check --workdir)"
+        )
     abstract = experiment.abstract_state(exp, distributed.replicated(mesh or distributed.make_mesh()))
     mngr = _listed(workdir)
     try:
@@ -205,8 +230,10 @@ def restore_params(workdir: str, step: str | int = "latest", mesh: jax.sharding.
         step, out = newest_usable(mngr, abstract, skip, lambda m: _listed(workdir, m), items=("state",))
         if out is not None:
             return exp, out["state"].ema_params, step, filled
-        raise CheckpointError(f"no usable checkpoint in {ckpt_dir}: every one is corrupt or unreadable"
-                              + (f" (steps {_steps_list(sorted(skipped))})" if skipped else ""))
+        raise CheckpointError(
+            f"no usable checkpoint in {ckpt_dir}: every one is corrupt or unreadable"
+            + (f" (steps {_steps_list(sorted(skipped))})" if skipped else "")
+        )
     finally:
         mngr.close()
 
@@ -224,8 +251,9 @@ def _listed(workdir, mngr=None):
             return mngr
         except FileNotFoundError:
             time.sleep(0.02)
-    raise CheckpointError(f"cannot list the checkpoints in {directory(workdir)}: steps keep disappearing while "
-                          f"they are listed")
+    raise CheckpointError(
+        f"cannot list the checkpoints in {directory(workdir)}: steps keep disappearing while they are listed"
+    )
 
 
 def implausible(state) -> str | None:
@@ -247,7 +275,7 @@ def implausible(state) -> str | None:
 def _steps_list(steps, limit=20):
     if len(steps) <= limit:
         return ", ".join(map(str, steps))
-    return ", ".join(map(str, steps[:limit // 2])) + ", ..., " + ", ".join(map(str, steps[-limit // 2:]))
+    return ", ".join(map(str, steps[: limit // 2])) + ", ..., " + ", ".join(map(str, steps[-limit // 2 :]))
 
 
 def _first_line(e):

@@ -8,6 +8,7 @@ A multi-process run (--num_processes > 1) runs its program in a child process th
 for: when another process of the run stops, jax's distributed runtime ends the survivors from C++ (SIGABRT)
 within distributed.HEARTBEAT_SECONDS, and the waiting parent turns that into the one `error:` line.
 """
+
 from __future__ import annotations
 
 import faulthandler
@@ -43,6 +44,7 @@ def initialize(model: str | None, batch_sizes: Sequence[int] = ()) -> None:
     --coordinator_address). Before anything else uses jax."""
     platform.setup(model, batch_sizes)
     from diffvar import distributed
+
     f = flags.FLAGS
     distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
 
@@ -70,6 +72,7 @@ def _parse_flags(argv):
     """absl's flag parsing, with every error as one `error:` line: the --config file and the keys of its
     --config.* overrides are checked first (diffvar.config), then absl parses (wrong value types)."""
     from diffvar import config as config_lib
+
     try:
         paths = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
         if paths and "config" in flags.FLAGS:
@@ -93,8 +96,9 @@ def _run_child():
     # jaxlib's C++ log is a page at such an abort (the user's TF_CPP_MIN_LOG_LEVEL wins): the line says it all
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=_cpp_log_level or "4", **{ERRORS_FD: str(write)})
     # killing the started process kills the child too (SIGKILL at the parent's death), as if there were one
-    child = subprocess.Popen([sys.executable, *sys.orig_argv[1:]], env=env, pass_fds=(write,),
-                             preexec_fn=processes.preexec(signal.SIGKILL))
+    child = subprocess.Popen(
+        [sys.executable, *sys.orig_argv[1:]], env=env, pass_fds=(write,), preexec_fn=processes.preexec(signal.SIGKILL)
+    )
     os.close(write)
     signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the child itself (same process group)
@@ -114,11 +118,14 @@ def _ended_by(signum):
     """The line for a multi-process run's child ended by signal `signum`."""
     f = flags.FLAGS
     if signum == signal.SIGABRT:
-        what = (f"another process of this {f.num_processes}-process run stopped (jax's distributed runtime "
-                f"ended process {f.process_id})")
+        what = (
+            f"another process of this {f.num_processes}-process run stopped (jax's distributed runtime "
+            f"ended process {f.process_id})"
+        )
     else:
-        what = (f"process {f.process_id} of this {f.num_processes}-process run was killed by "
-                f"{signal.Signals(signum).name}")
+        what = (
+            f"process {f.process_id} of this {f.num_processes}-process run was killed by {signal.Signals(signum).name}"
+        )
     step = _latest_checkpoint(f.workdir) if "workdir" in f else None
     if step is None:
         return f"{what}: restart every process"
@@ -128,6 +135,7 @@ def _ended_by(signum):
 def _latest_checkpoint(workdir):
     """The latest committed checkpoint step of a training workdir (orbax's step directories), or None."""
     from diffvar import checkpoints
+
     try:
         return max((int(d) for d in os.listdir(checkpoints.directory(workdir)) if d.isdigit()), default=None)
     except OSError:
@@ -178,6 +186,7 @@ def run(main: Callable[[], None]) -> None:
     """absl's app.run(main) with INFO logs off, positional arguments refused, and every DiffvarError turned
     into one `error: ...` line and exit status 1 (other exceptions keep their traceback: they are bugs). With
     --num_processes > 1, main runs in a child (see the module docstring)."""
+
     def wrapped(argv):
         try:
             if len(argv) > 1:
@@ -194,6 +203,7 @@ def run(main: Callable[[], None]) -> None:
         except Exception:
             if "jax" in sys.modules:
                 from diffvar import distributed
+
                 distributed.stop_if_peer_lost()
             raise
 

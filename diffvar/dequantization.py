@@ -6,11 +6,12 @@ space. Every dequantization q(y | x) draws y inside (a scaled copy of) that box 
     log P(x) >= E[ log mean_k exp(log p_{t0}(y_k) - log q(y_k | x)) ],  y_1..y_K iid ~ q   (importance-weighted)
 and bpd = -bound / (d ln 2): no other constant, every one of them is inside log q (docs/likelihood.md).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -34,14 +35,27 @@ class DequantizationOptions(Options):
     """How a bound on the discrete log P(x) is made (images): the eval config's keys (eval.<name>),
     scripts/evaluate.py's flags (--<name>) and the label of each estimate."""
 
-    dequantization: str = option("uniform", "Images: uniform (at t = 0) | truncated_normal (at "
-                                 "truncated_normal_t, i-DODE's) | auto (matched to data.dequantization); "
-                                 "docs/likelihood.md.", ("auto",) + DEQUANTIZATIONS)
-    importance_samples: int = option(1, "K dequantization samples of the importance-weighted bound (1: the plain "
-                                     "bound; K > 1 only with the ODE's exact trace).", minimum=1, integer=True)
-    truncated_normal_t: float = option(1e-3, "Reference time of the truncated-normal dequantization (i-DODE's "
-                                       "t_eps): y is Y at that time, scored by the model's density there.",
-                                       minimum=0, strict=True)
+    dequantization: str = option(
+        "uniform",
+        "Images: uniform (at t = 0) | truncated_normal (at "
+        "truncated_normal_t, i-DODE's) | auto (matched to data.dequantization); "
+        "docs/likelihood.md.",
+        ("auto",) + DEQUANTIZATIONS,
+    )
+    importance_samples: int = option(
+        1,
+        "K dequantization samples of the importance-weighted bound (1: the plain "
+        "bound; K > 1 only with the ODE's exact trace).",
+        minimum=1,
+        integer=True,
+    )
+    truncated_normal_t: float = option(
+        1e-3,
+        "Reference time of the truncated-normal dequantization (i-DODE's "
+        "t_eps): y is Y at that time, scored by the model's density there.",
+        minimum=0,
+        strict=True,
+    )
 
     def resolved(self, training_dequantization: str) -> DequantizationOptions:
         """These options with "auto" replaced by the bound matched to how the model was trained."""
@@ -74,8 +88,14 @@ def inverse_transform(y: jax.Array, transform: str = "logit", alpha: float = 0.0
     return jnp.clip(0.5 * (y + 1.0), 0.0, 1.0)
 
 
-def to_model_space(rng: jax.Array, x: jax.Array, levels: int | None, transform: str = "logit", alpha: float = 0.05,
-                   dequantization: str = "uniform") -> tuple[jax.Array, jax.Array]:
+def to_model_space(
+    rng: jax.Array,
+    x: jax.Array,
+    levels: int | None,
+    transform: str = "logit",
+    alpha: float = 0.05,
+    dequantization: str = "uniform",
+) -> tuple[jax.Array, jax.Array]:
     """Data -> the space the diffusion runs in: (y [B, ...], log|dy/dz| [B]).
 
     Discrete x (levels L): z = (x + u) / L, u ~ U[0,1)^d ("uniform") or the bin centre (x + 1/2) / L ("none";
@@ -125,8 +145,16 @@ def _truncated_normal(rng, x, levels, sde, t, transform, alpha):
     return a_t * c + s_t * e, per_example_sum(log_e - jnp.log(s_t))
 
 
-def dequantize(rng: jax.Array, x: jax.Array, levels: int, dequantization: str = "uniform", sde=None,
-               t: float = 1e-3, transform: str = "logit", alpha: float = 0.05) -> tuple[jax.Array, jax.Array]:
+def dequantize(
+    rng: jax.Array,
+    x: jax.Array,
+    levels: int,
+    dequantization: str = "uniform",
+    sde=None,
+    t: float = 1e-3,
+    transform: str = "logit",
+    alpha: float = 0.05,
+) -> tuple[jax.Array, jax.Array]:
     """(y, log q(y | x) [B]): a draw of the dequantization q (DEQUANTIZATIONS) of integer levels x [B, ...].
 
     uniform, at t0 = 0: y = h((x + u) / L), the draws of to_model_space with the same rng; q = L^d / |dy/dz| on
@@ -147,9 +175,18 @@ def dequantize(rng: jax.Array, x: jax.Array, levels: int, dequantization: str = 
     return _truncated_normal(rng, x, levels, sde, t, transform, alpha)
 
 
-def importance_weighted_bound(log_density: Callable, rng: jax.Array, x: jax.Array, levels: int,
-                              dequantization: str = "uniform", importance_samples: int = 1, sde=None,
-                              t: float = 1e-3, transform: str = "logit", alpha: float = 0.05):
+def importance_weighted_bound(
+    log_density: Callable,
+    rng: jax.Array,
+    x: jax.Array,
+    levels: int,
+    dequantization: str = "uniform",
+    importance_samples: int = 1,
+    sde=None,
+    t: float = 1e-3,
+    transform: str = "logit",
+    alpha: float = 0.05,
+):
     """(bound [B], aux): a lower bound on the discrete log P(x) in nats for x [B, ...] integer levels,
 
         bound = log (1/K) sum_k exp(log p(y_k) - log q(y_k | x)),   y_k ~ q iid,   K = importance_samples

@@ -3,6 +3,7 @@
 One process per host; each loads only its rows of every batch. Arrays are sharded over a 1-D mesh axis
 'data' (batch) or replicated (parameters); the compiled functions take their shardings from the arguments.
 """
+
 from __future__ import annotations
 
 import time
@@ -10,7 +11,6 @@ import time
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
-
 
 HEARTBEAT_SECONDS = 20  # a process that stops answering for this long ends the run of all the others
 _peers_checked = False  # stop_if_peer_lost() has waited
@@ -22,8 +22,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int = 1, p
     when the stopped one is process 0, which hosts the coordination service (see stop_if_peer_lost)."""
     if coordinator_address:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                                   heartbeat_timeout_seconds=HEARTBEAT_SECONDS)
+        jax.distributed.initialize(
+            coordinator_address, num_processes, process_id, heartbeat_timeout_seconds=HEARTBEAT_SECONDS
+        )
 
 
 def is_chief() -> bool:
@@ -52,6 +53,7 @@ def gather(x: jax.Array) -> np.ndarray:
     if jax.process_count() == 1:
         return np.asarray(x)
     from jax.experimental import multihost_utils
+
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 

@@ -3,10 +3,11 @@
 Shared by the ELBO's ISM integrand (diffvar.elbo), the probability-flow ODE (diffvar.ode) and the SSM loss.
 A per-example map fn: [B, ...] -> [B, ...] has Jacobian blocks J_b; div fn(y)_b = tr J_b, returned as [B].
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -26,11 +27,14 @@ def check_x(x: jax.Array, name: str = "x") -> None:
     if shape is None or dtype is None:
         raise ValueError(f"{name} must be an array [B, ...], got {type(x).__name__}")
     if len(shape) < 2 or shape[0] < 1:
-        raise ValueError(f"{name} must have shape [B, ...] with B >= 1 and at least one data dimension, got "
-                         f"shape {tuple(shape)}")
+        raise ValueError(
+            f"{name} must have shape [B, ...] with B >= 1 and at least one data dimension, got shape {tuple(shape)}"
+        )
     if not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(f"{name} must be a floating-point array (model space; integer levels go through "
-                         f"to_model_space first), got dtype {dtype}")
+        raise ValueError(
+            f"{name} must be a floating-point array (model space; integer levels go through "
+            f"to_model_space first), got dtype {dtype}"
+        )
 
 
 def per_example_sum(v: jax.Array) -> jax.Array:
@@ -46,8 +50,15 @@ def draw_probe(rng: jax.Array, shape: tuple, kind: str = "rademacher") -> jax.Ar
     return jax.random.normal(rng, shape)
 
 
-def value_and_divergence(fn: Callable, y: jax.Array, rng: jax.Array | None = None, divergence: str = "hutchinson",
-                         probe_kind: str = "rademacher", v: jax.Array | None = None, probes: int = 1):
+def value_and_divergence(
+    fn: Callable,
+    y: jax.Array,
+    rng: jax.Array | None = None,
+    divergence: str = "hutchinson",
+    probe_kind: str = "rademacher",
+    v: jax.Array | None = None,
+    probes: int = 1,
+):
     """(fn(y), div_y fn(y)) for a per-example map fn: [B, ...] -> [B, ...]; divergence [B].
 
     hutchinson: v . (J v) with one probe v (one JVP), drawn from `rng` or, if given, the fixed probe `v`

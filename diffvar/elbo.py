@@ -8,11 +8,12 @@ ISM form (Huang et al. 2021, Theorem), with s ~ q(s) and Y_s ~ N(alpha x, sigma^
 DSM form (Stein's identity), used for s >= t_min + t_eps, the ISM integrand below it:
     integrand = g^2 |score + eps / sigma|^2 / 2 - g^2 d / (2 sigma^2) - div f
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -30,17 +31,26 @@ class ElboOptions(Options):
     scripts/evaluate.py's flags (--<name>) and the label of each ELBO estimate."""
 
     form: str = option("ism", "ELBO form: ism | dsm (the ISM integrand below t_min + t_eps).", FORMS)
-    time_sampling: str = option("uniform", "Time proposal: uniform | importance (q proportional to g^2 / sigma^2).",
-                                TIME_SAMPLINGS)
+    time_sampling: str = option(
+        "uniform", "Time proposal: uniform | importance (q proportional to g^2 / sigma^2).", TIME_SAMPLINGS
+    )
     divergence: str = option("hutchinson", "The ISM integrand's divergence: hutchinson | exact.", DIVERGENCES)
     probe: str = option("rademacher", "Hutchinson probe: rademacher | gaussian.", PROBES)
     probes: int = option(1, "Hutchinson probes per time point (one vmapped JVP).", minimum=1, integer=True)
-    draws: int = option(1, "ELBO draws (time, noise, probe) averaged into one unit per example and pass.",
-                        minimum=1, integer=True)
-    stratified: bool = option(False, "Stratify the draws' times: draw j in the j-th of `draws` strata of equal "
-                              "q-mass (their mean is one unit).")
-    t_eps: float = option(1e-3, "Reference time of the DSM form's switch to the ISM integrand (above t_min) and "
-                          "of the importance proposal's flat part below it.", minimum=0, strict=True)
+    draws: int = option(
+        1, "ELBO draws (time, noise, probe) averaged into one unit per example and pass.", minimum=1, integer=True
+    )
+    stratified: bool = option(
+        False,
+        "Stratify the draws' times: draw j in the j-th of `draws` strata of equal q-mass (their mean is one unit).",
+    )
+    t_eps: float = option(
+        1e-3,
+        "Reference time of the DSM form's switch to the ISM integrand (above t_min) and "
+        "of the importance proposal's flat part below it.",
+        minimum=0,
+        strict=True,
+    )
 
 
 def ism_integrand(score_fn, sde, y, t, rng=None, divergence="hutchinson", probe_kind="rademacher", probes=1):
@@ -123,8 +133,9 @@ def _elbo_once(score_fn, sde, x, rng, form, divergence, probe_kind, q, t_eps, t_
         t_dsm = sde.truncation_time(t_min + t_eps)
         ts = jnp.maximum(t, t_dsm)
         s_dsm = sigma if t_min == 0.0 else jnp.maximum(sigma, perturb_from(sde, k_eps, x, t0, ts)[2])
-        integrand = jnp.where(t < t_dsm, ism(), dsm_integrand(score_fn, sde, y, eps, ts,
-                                                              None if t_min == 0.0 else s_dsm))
+        integrand = jnp.where(
+            t < t_dsm, ism(), dsm_integrand(score_fn, sde, y, eps, ts, None if t_min == 0.0 else s_dsm)
+        )
     y_T, _, _ = perturb_from(sde, k_T, x, t0, jnp.full((b,), sde.T))
     return sde.prior_logp(y_T) - integrand / q.density(t)
 
@@ -149,8 +160,19 @@ def elbo_draws(score_fn: Callable, sde, x: jax.Array, rng: jax.Array, t_min: flo
     if o.stratified and n > 1:
         q = StratifiedTime(q, jnp.repeat(jnp.arange(n), b), n)
     tiled = jnp.tile(x, (n,) + (1,) * (x.ndim - 1))
-    values = _elbo_once(score_fn, sde, tiled, jax.random.split(rng, 1)[0], o.form, o.divergence, o.probe, q,
-                        o.t_eps, float(t_min), o.probes)
+    values = _elbo_once(
+        score_fn,
+        sde,
+        tiled,
+        jax.random.split(rng, 1)[0],
+        o.form,
+        o.divergence,
+        o.probe,
+        q,
+        o.t_eps,
+        float(t_min),
+        o.probes,
+    )
     return jnp.reshape(values, (n, b))
 
 

@@ -74,7 +74,12 @@ def check_choice(name, value, allowed, error=ConfigError):
 def check_number(name, value, minimum=None, maximum=None, integer=False, strict=False, error=ConfigError):
     """Raises `error` unless value is a finite number (an integer if asked) with minimum <= value <= maximum
     (minimum < value when strict). Booleans are not numbers."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and value == value
+        and abs(value) != float("inf")
+    )
     ok = ok and (not integer or float(value).is_integer())
     if ok and minimum is not None:
         ok = value > minimum if strict else value >= minimum

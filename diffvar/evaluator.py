@@ -17,6 +17,7 @@ Random draws: batch i, repeat r of a pass uses fold_in(fold_in(key, i), r), key 
 A pass prints a progress line with its ETA (when given a logs.Progress) and checks `stop()` after every batch:
 Interrupted ends it there (the trainer's SIGTERM).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,9 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffvar import config as config_lib
-from diffvar import data as data_lib
-from diffvar import distributed, experiment, logs, options
+from diffvar import config as config_lib, data as data_lib, distributed, experiment, logs, options
 from diffvar.dequantization import DequantizationOptions
 from diffvar.elbo import ElboOptions
 from diffvar.errors import OptionError, SolverError
@@ -102,8 +101,10 @@ def _stop_reason(st, repeats, target_stderr, max_repeats):
     if repeats >= max_repeats:
         return f"max_repeats={max_repeats} reached"
     if repeats >= 2 and st["floor_stderr"] >= target_stderr:
-        return (f"the examples' own spread puts the standard error's floor at {st['floor_stderr']:.4g} > target "
-                f"{target_stderr:.4g}: more repeats cannot reach it (evaluate more examples)")
+        return (
+            f"the examples' own spread puts the standard error's floor at {st['floor_stderr']:.4g} > target "
+            f"{target_stderr:.4g}: more repeats cannot reach it (evaluate more examples)"
+        )
     return None
 
 
@@ -121,8 +122,7 @@ def _tick(progress, stop, start, done, total, fmt, *args):
         raise Interrupted()
 
 
-def elbo_pass(compiled, params, key, batches, repeats=1, target_stderr=0.0, max_repeats=1000, progress=None,
-              stop=None):
+def elbo_pass(compiled, params, key, batches, repeats=1, target_stderr=0.0, max_repeats=1000, progress=None, stop=None):
     """Negative ELBO over `batches` with `compiled` (experiment.make_elbo_fn, compiled): dict with mean, stderr,
     mc_stderr and floor_stderr (repeats >= 2), repeats, num_examples, seconds and values (per-example
     averages, np [N]).
@@ -141,8 +141,18 @@ def elbo_pass(compiled, params, key, batches, repeats=1, target_stderr=0.0, max_
             v = np.asarray(distributed.gather(compiled(params, x, k)), np.float64)[mask]
             total[i] += v
             total_sq[i] += v * v
-            _tick(progress, stop, start, r * len(batches) + i + 1, max(repeats, r + 1) * len(batches),
-                  "ELBO: pass %d/%d, batch %d/%d", r + 1, max(repeats, r + 1), i + 1, len(batches))
+            _tick(
+                progress,
+                stop,
+                start,
+                r * len(batches) + i + 1,
+                max(repeats, r + 1) * len(batches),
+                "ELBO: pass %d/%d, batch %d/%d",
+                r + 1,
+                max(repeats, r + 1),
+                i + 1,
+                len(batches),
+            )
         r += 1
         st = _stats(np.concatenate(total), np.concatenate(total_sq), r)
         if r < repeats:
@@ -151,13 +161,20 @@ def elbo_pass(compiled, params, key, batches, repeats=1, target_stderr=0.0, max_
         if stop_reason:
             break
         if progress:
-            progress.say("ELBO: %d repeats, s.e. %.4g > target %.4g: another pass", r, st["stderr"], target_stderr,
-                         force=True)
-    out = dict(st, repeats=r, num_examples=int(sum(t.size for t in total)), seconds=time.time() - start,
-               values=np.concatenate(total) / r)
+            progress.say(
+                "ELBO: %d repeats, s.e. %.4g > target %.4g: another pass", r, st["stderr"], target_stderr, force=True
+            )
+    out = dict(
+        st,
+        repeats=r,
+        num_examples=int(sum(t.size for t in total)),
+        seconds=time.time() - start,
+        values=np.concatenate(total) / r,
+    )
     if target_stderr:
-        out.update(target_stderr=float(target_stderr), target_reached=st["stderr"] <= target_stderr,
-                   stop_reason=stop_reason)
+        out.update(
+            target_stderr=float(target_stderr), target_reached=st["stderr"] <= target_stderr, stop_reason=stop_reason
+        )
     return out
 
 
@@ -170,23 +187,32 @@ def ode_pass(compiled, params, key, batches, progress=None, max_steps=4096, stop
     for i, (x, mask) in enumerate(batches):
         v, nfe = compiled(params, x, jax.random.fold_in(key, i))
         if int(nfe) < 0:  # ode.ode_logp's mark of a solve that ran out of steps
-            raise SolverError(f"the ODE solver needed more than {max_steps} steps at this tolerance; loosen "
-                              f"--ode_rtol/--ode_atol")
+            raise SolverError(
+                f"the ODE solver needed more than {max_steps} steps at this tolerance; loosen --ode_rtol/--ode_atol"
+            )
         values.append(np.asarray(distributed.gather(v), np.float64)[mask])
         nfes.append(int(nfe))
         _tick(progress, stop, start, i + 1, len(batches), "ODE: batch %d/%d, NFE %d", i + 1, len(batches), nfes[-1])
     values = np.concatenate(values)
     mean, se = mean_stderr(values)
-    return {"mean": mean, "stderr": se, "nfe": float(np.mean(nfes)), "nfe_max": int(max(nfes)),
-            "num_examples": int(values.size), "seconds": time.time() - start, "values": values}
+    return {
+        "mean": mean,
+        "stderr": se,
+        "nfe": float(np.mean(nfes)),
+        "nfe_max": int(max(nfes)),
+        "num_examples": int(values.size),
+        "seconds": time.time() - start,
+        "values": values,
+    }
 
 
 def exact_nll(exp, batches):
     """Mean, s.e. and per-example values of -log p(x) in nats under the data's exact density (gmm2d), else None."""
     if exp.info.exact_logp is None:
         return None
-    values = np.concatenate([-np.asarray(exp.info.exact_logp(jnp.asarray(distributed.gather(x))), np.float64)[m]
-                             for x, m in batches])
+    values = np.concatenate(
+        [-np.asarray(exp.info.exact_logp(jnp.asarray(distributed.gather(x))), np.float64)[m] for x, m in batches]
+    )
     mean, se = mean_stderr(values)
     return {"mean": mean, "stderr": se, "values": values}
 
@@ -209,34 +235,58 @@ def estimate_label(exp, spec, name, step, ema=True):
     k = deq.importance_samples if discrete else 1
     if name == "ode":
         o = spec.ode_for(exp)
-        est = dict(estimator="probability-flow ODE", solver="Tsit5 (adaptive)", **dataclasses.asdict(o),
-                   t_min=max(t0, exp.ode_t_min))
+        est = dict(
+            estimator="probability-flow ODE",
+            solver="Tsit5 (adaptive)",
+            **dataclasses.asdict(o),
+            t_min=max(t0, exp.ode_t_min),
+        )
         bound = experiment.is_bound("ode", k, o.divergence)
     else:
-        est = dict(estimator="ELBO (lambda = 0 plug-in reverse SDE)", **dataclasses.asdict(spec.elbo_for(name)),
-                   t_min=t0, stderr="over examples of per-example means over passes (each pass one independent "
-                   "unit per example)")
+        est = dict(
+            estimator="ELBO (lambda = 0 plug-in reverse SDE)",
+            **dataclasses.asdict(spec.elbo_for(name)),
+            t_min=t0,
+            stderr="over examples of per-example means over passes (each pass one independent unit per example)",
+        )
         bound = experiment.is_bound("elbo", k)
     d = exp.config.data
-    deq_label = dict(dataclasses.asdict(deq), importance_samples=k, levels=exp.info.levels,
-                     transform=(d.transform if discrete else "none"),
-                     logit_alpha=(d.logit_alpha if discrete and d.transform == "logit" else None),
-                     bpd_constant=_bpd_constant(exp, deq) if discrete else "none: -log p(x) in nats")
+    deq_label = dict(
+        dataclasses.asdict(deq),
+        importance_samples=k,
+        levels=exp.info.levels,
+        transform=(d.transform if discrete else "none"),
+        logit_alpha=(d.logit_alpha if discrete and d.transform == "logit" else None),
+        bpd_constant=_bpd_constant(exp, deq) if discrete else "none: -log p(x) in nats",
+    )
     if not discrete:
         deq_label["dequantization"] = "none (continuous data)"
     bound_of = ("the probability-flow ODE's" if name == "ode" else "the plug-in reverse SDE's") + (
-        " discrete log P(x)" if discrete else " log p(x)")
-    return dict(est, **deq_label, bound=bound, bound_of=bound_of, sde=exp.config.sde.name, checkpoint_step=step,
-                ema_params=ema, ema_decay=exp.config.training.ema_decay)
+        " discrete log P(x)" if discrete else " log p(x)"
+    )
+    return dict(
+        est,
+        **deq_label,
+        bound=bound,
+        bound_of=bound_of,
+        sde=exp.config.sde.name,
+        checkpoint_step=step,
+        ema_params=ema,
+        ema_decay=exp.config.training.ema_decay,
+    )
 
 
 def _bpd_constant(exp, deq):
     """In words: which constants turn the bound into bits/dim under this dequantization (docs/likelihood.md)."""
     if deq.dequantization == "uniform":
-        return (f"bpd = -(log p_0(y) + log|dy/dz|) / (d ln 2) + log2 {exp.info.levels} (uniform q = "
-                f"{exp.info.levels}^d / |dy/dz|)")
-    return ("bpd = -(log p_t(y) - log q(y|x)) / (d ln 2) at t = truncated_normal_t, log q the truncated normal's "
-            "log-density (its mass term included); no log2 L, no Jacobian")
+        return (
+            f"bpd = -(log p_0(y) + log|dy/dz|) / (d ln 2) + log2 {exp.info.levels} (uniform q = "
+            f"{exp.info.levels}^d / |dy/dz|)"
+        )
+    return (
+        "bpd = -(log p_t(y) - log q(y|x)) / (d ln 2) at t = truncated_normal_t, log q the truncated normal's "
+        "log-density (its mass term included); no log2 L, no Jacobian"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,13 +335,19 @@ class EvalSpec:
             raise TypeError(f"EvalSpec.from_config got unknown options {unknown}; allowed: {sorted(keys)}")
         loop = dict({k: e[k] for k in LOOP if k in e}, seed=config.seed + 1)
         loop.update({k: overrides[k] for k in LOOP if overrides.get(k) is not None})
-        opts = {c: options.from_section(c, e, p, **{f.name: overrides.get(p + f.name) for f in dataclasses.fields(c)})
-                for c, p, _ in config_lib.ESTIMATORS}
+        opts = {
+            c: options.from_section(c, e, p, **{f.name: overrides.get(p + f.name) for f in dataclasses.fields(c)})
+            for c, p, _ in config_lib.ESTIMATORS
+        }
         base = opts[ElboOptions]
         time = lambda f: base.time_sampling if f == "ism" or overrides.get("time_sampling") else "importance"
         elbo = tuple(dataclasses.replace(base, form=f, time_sampling=time(f)) for f in (forms or (e.form,)))
-        return cls(**loop, elbo=elbo, ode=opts[OdeOptions] if ode else None,
-                   deq=opts[DequantizationOptions].resolved(config.data.dequantization))
+        return cls(
+            **loop,
+            elbo=elbo,
+            ode=opts[OdeOptions] if ode else None,
+            deq=opts[DequantizationOptions].resolved(config.data.dequantization),
+        )
 
     def elbo_for(self, form):
         """The ElboOptions of ELBO form `form`."""
@@ -322,8 +378,7 @@ class Evaluator:
                 experiment.check_importance_samples("ode", spec.deq.importance_samples, spec.ode_for(exp).divergence)
             except ValueError as e:
                 raise OptionError(f"--{e} (--ode_divergence={spec.ode.divergence})") from None
-        self.batch_size = batch_size(spec.batch_size, spec.max_examples, len(jax.devices()),
-                                     exp.info.size(spec.split))
+        self.batch_size = batch_size(spec.batch_size, spec.max_examples, len(jax.devices()), exp.info.size(spec.split))
         self.batches = split_batches(exp, mesh, spec.split, self.batch_size, spec.max_examples)
         self.num_examples = int(sum(m.sum() for _, m in self.batches))
         self.dataset = data_lib.label(exp.config.data, spec.split)  # name, version, split, count, verified
@@ -357,8 +412,17 @@ class Evaluator:
         for form in s.forms:
             key = pass_key(s.seed, step, form)
             compiled, seconds = self._compiled_fn(form, params, key)
-            est = elbo_pass(compiled, params, key, self.batches, repeats or s.repeats, s.target_stderr,
-                            s.max_repeats, progress, stop)
+            est = elbo_pass(
+                compiled,
+                params,
+                key,
+                self.batches,
+                repeats or s.repeats,
+                s.target_stderr,
+                s.max_repeats,
+                progress,
+                stop,
+            )
             out[form] = dict(est, compile_seconds=seconds, label=self.label(form, step))
         if s.ode is not None:
             key = pass_key(s.seed, step, "ode")

@@ -10,12 +10,13 @@ Nothing here touches devices or files: the runtime (evaluator, checkpoints, plot
 (train, evaluate) call these. Report unit: bits/dim for discrete image data (an upper bound on the discrete
 NLL: bpd = -(log p(y) + log|dy/dz|) / (d ln 2) + log2 K), nats per example (-log p) for 2-D toys.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -23,11 +24,7 @@ import ml_collections
 import optax
 from flax import struct
 
-from diffvar import config as config_lib
-from diffvar import data as data_lib
-from diffvar import dequantization, sampling
-from diffvar import elbo as elbo_lib
-from diffvar import ode as ode_lib
+from diffvar import config as config_lib, data as data_lib, dequantization, elbo as elbo_lib, ode as ode_lib, sampling
 from diffvar.dequantization import DequantizationOptions
 from diffvar.elbo import ElboOptions
 from diffvar.errors import ConfigError
@@ -45,11 +42,11 @@ class Experiment:
 
     config: ml_collections.ConfigDict
     info: data_lib.DataInfo
-    schedule: object                            # schedule.FixedSchedule | LearnedSchedule: params["schedule"]
-    model: object                               # flax module: apply({"params": p}, y, t, train=...)
-    loss_fn: Callable                           # loss_fn(score_fn, sde, y [B, ...], rng) -> [B]
-    tx: optax.GradientTransformation            # over {"network": ..., "schedule": ...}
-    learning_rate: optax.Schedule               # step -> the network's learning rate
+    schedule: object  # schedule.FixedSchedule | LearnedSchedule: params["schedule"]
+    model: object  # flax module: apply({"params": p}, y, t, train=...)
+    loss_fn: Callable  # loss_fn(score_fn, sde, y [B, ...], rng) -> [B]
+    tx: optax.GradientTransformation  # over {"network": ..., "schedule": ...}
+    learning_rate: optax.Schedule  # step -> the network's learning rate
 
     @property
     def dim(self) -> int:
@@ -82,8 +79,7 @@ class Experiment:
     def to_model_space(self, rng, x):
         """Data x [B, ...] -> (y [B, ...], log|dy/dz| [B]): dequantized (and transformed) for images, x for toys."""
         d = self.config.data
-        return dequantization.to_model_space(rng, x, self.info.levels, d.transform, d.logit_alpha,
-                                             d.dequantization)
+        return dequantization.to_model_space(rng, x, self.info.levels, d.transform, d.logit_alpha, d.dequantization)
 
     def to_data_space(self, y):
         """Model-space samples -> [0, 1] images (or the 2-D points themselves)."""
@@ -97,8 +93,9 @@ class Experiment:
         return 1e-5 if self.config.model.parameterization == "eps" else 0.0
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict,
-                   num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(
+    cfg: ml_collections.ConfigDict, num_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """(optax chain, schedule): optional global-norm clipping, then Adam/AdamW on a warm-up (+ cosine) schedule."""
     if cfg.schedule == "cosine":
         schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1), num_steps)
@@ -142,11 +139,11 @@ def build(config: ml_collections.ConfigDict, num_devices: int = 1) -> Experiment
 
 @struct.dataclass
 class TrainState:
-    step: jax.Array             # int32 scalar
+    step: jax.Array  # int32 scalar
     params: dict
     ema_params: dict
     opt_state: optax.OptState
-    rng: jax.Array              # raw uint32[2] key
+    rng: jax.Array  # raw uint32[2] key
 
 
 def init_state(exp: Experiment, seed: int) -> TrainState:
@@ -154,8 +151,13 @@ def init_state(exp: Experiment, seed: int) -> TrainState:
     k_init, k_state = jax.random.split(jax.random.PRNGKey(seed))
     network = exp.model.init(k_init, jnp.zeros((2,) + exp.info.shape), jnp.ones((2,)))["params"]
     params = {"network": network, "schedule": exp.schedule.init(jax.random.fold_in(k_init, 1))}
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=jax.tree.map(jnp.copy, params),
-                      opt_state=exp.tx.init(params), rng=k_state)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        ema_params=jax.tree.map(jnp.copy, params),
+        opt_state=exp.tx.init(params),
+        rng=k_state,
+    )
 
 
 def abstract_state(exp: Experiment, sharding: jax.sharding.Sharding) -> TrainState:
@@ -183,7 +185,7 @@ def ema_decay_at(decay: float, step: jax.Array | int) -> jax.Array:
     sum_i decay^(n-i) p_i / sum_i decay^(n-i) over the trained parameters p_1..p_n: nothing of the
     initialisation, at any step (undebiased, 0.999^716 = 49 % of it is left after 716 steps)."""
     n = jnp.asarray(step, jnp.float32)
-    return decay * (1.0 - decay ** n) / (1.0 - decay ** (n + 1.0))
+    return decay * (1.0 - decay**n) / (1.0 - decay ** (n + 1.0))
 
 
 def make_train_step(exp: Experiment) -> Callable:
@@ -195,8 +197,11 @@ def make_train_step(exp: Experiment) -> Callable:
         value, grads = loss_and_grads(exp, state.params, x, jax.random.fold_in(k, state.step))
         updates, opt_state = exp.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        ema = optax.incremental_update(params, state.ema_params, 1.0 - ema_decay_at(decay, state.step)) if decay \
+        ema = (
+            optax.incremental_update(params, state.ema_params, 1.0 - ema_decay_at(decay, state.step))
+            if decay
             else params
+        )
         return TrainState(state.step + 1, params, ema, opt_state, rng), value
 
     def train_call(state, batches):
@@ -231,9 +236,11 @@ def check_importance_samples(estimator: str, importance_samples: int, divergence
     """Raises ValueError (one line) for a K > 1 estimate that would not be a bound (is_bound)."""
     if not is_bound(estimator, importance_samples, divergence):
         what = "ELBO estimates" if estimator == "elbo" else "ODE log-densities with a Hutchinson trace"
-        raise ValueError(f"importance_samples={importance_samples} with {what}: the log-mean-exp of noisy "
-                         f"log-densities is biased upward, not a bound; allowed: 1, or K > 1 with the ODE's exact "
-                         f"trace")
+        raise ValueError(
+            f"importance_samples={importance_samples} with {what}: the log-mean-exp of noisy "
+            f"log-densities is biased upward, not a bound; allowed: 1, or K > 1 with the ODE's exact "
+            f"trace"
+        )
 
 
 def _bound_fn(exp, log_density, deq):
@@ -247,15 +254,28 @@ def _bound_fn(exp, log_density, deq):
             logp, aux = log_density(params, jax.random.split(rng)[1], x, 0.0)
             return -logp, jax.tree.map(lambda a: a[None], aux)
         bound, aux = dequantization.importance_weighted_bound(
-            lambda r, y: log_density(params, r, y, deq.time), rng, x, exp.info.levels, deq.dequantization,
-            deq.importance_samples, exp.sde_of(params), deq.truncated_normal_t, d.transform, d.logit_alpha)
+            lambda r, y: log_density(params, r, y, deq.time),
+            rng,
+            x,
+            exp.info.levels,
+            deq.dequantization,
+            deq.importance_samples,
+            exp.sde_of(params),
+            deq.truncated_normal_t,
+            d.transform,
+            d.logit_alpha,
+        )
         return dequantization.bpd(bound, exp.dim), aux
 
     return fn
 
 
-def make_elbo_fn(exp: Experiment, options: ElboOptions = ElboOptions(), deq: DequantizationOptions =
-                 DequantizationOptions(), score: Callable | None = None) -> Callable:
+def make_elbo_fn(
+    exp: Experiment,
+    options: ElboOptions = ElboOptions(),
+    deq: DequantizationOptions = DequantizationOptions(),
+    score: Callable | None = None,
+) -> Callable:
     """Jitted (params, x [B, ...] data, rng) -> per-example negative ELBO [B] in exp.unit (one pass).
 
     Images: x is dequantized (deq; "auto" is the one matched to data.dequantization) into model space y at t0 (0
@@ -276,24 +296,30 @@ def make_elbo_fn(exp: Experiment, options: ElboOptions = ElboOptions(), deq: Deq
     return jax.jit(lambda params, x, rng: bound(params, x, rng)[0])  # shardings follow the arguments
 
 
-def make_ode_fn(exp: Experiment, options: OdeOptions = OdeOptions(), deq: DequantizationOptions =
-                DequantizationOptions(), score: Callable | None = None, prior_logp: Callable | None = None
-                ) -> Callable:
+def make_ode_fn(
+    exp: Experiment,
+    options: OdeOptions = OdeOptions(),
+    deq: DequantizationOptions = DequantizationOptions(),
+    score: Callable | None = None,
+    prior_logp: Callable | None = None,
+) -> Callable:
     """Jitted (params, x [B, ...] data, rng) -> (per-example -log p in exp.unit [B], NFE) by the probability-flow
     ODE (ode.ode_logp with `options`; "auto" trace resolved by ode.trace_estimator) from max(t0, exp.ode_t_min),
     t0 the dequantization's time; K = deq.importance_samples dequantization draws, each its own solve
     (unrolled); NFE, returned by each solve, is their largest, -1 if any ran out of steps. K > 1 needs the
     exact trace (check_importance_samples)."""
     deq = deq.resolved(exp.config.data.dequantization)
-    options = dataclasses.replace(options, divergence=ode_lib.trace_estimator(options.divergence, exp.dim,
-                                                                              deq.importance_samples))
+    options = dataclasses.replace(
+        options, divergence=ode_lib.trace_estimator(options.divergence, exp.dim, deq.importance_samples)
+    )
     check_importance_samples("ode", deq.importance_samples, options.divergence)
     score = score or exp.score_fn
     kw = dataclasses.asdict(options)
 
     def log_density(params, rng, y, t0):
-        return ode_lib.ode_logp(score(params), exp.sde_of(params), y, rng, t_min=max(t0, exp.ode_t_min),
-                                prior_logp=prior_logp, **kw)
+        return ode_lib.ode_logp(
+            score(params), exp.sde_of(params), y, rng, t_min=max(t0, exp.ode_t_min), prior_logp=prior_logp, **kw
+        )
 
     bound = _bound_fn(exp, log_density, deq)
 
@@ -304,8 +330,16 @@ def make_ode_fn(exp: Experiment, options: OdeOptions = OdeOptions(), deq: Dequan
     return jax.jit(fn)
 
 
-def make_sampler(exp: Experiment, num: int, lam: float = 0.0, steps: int = 1000, ode: bool = False,
-                 rtol: float = 1e-5, atol: float = 1e-5, score: Callable | None = None) -> Callable:
+def make_sampler(
+    exp: Experiment,
+    num: int,
+    lam: float = 0.0,
+    steps: int = 1000,
+    ode: bool = False,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    score: Callable | None = None,
+) -> Callable:
     """Jitted (params, rng) -> (samples [num, ...] in data space, NFE or -1), built once per run.
 
     ode=False: the lambda-family Euler-Maruyama sampler with `steps` steps (lam = 0 reverse SDE ... 1

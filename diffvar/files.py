@@ -1,4 +1,5 @@
 """Atomic file writes: a reader (or a run killed mid-write) sees the old file or the new one, never a part."""
+
 from __future__ import annotations
 
 import contextlib
@@ -51,8 +52,9 @@ def exclusive(directory):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
-            raise WorkdirError(f"workdir {directory} is in use by {holder}: wait for it to finish, stop it, or use "
-                               f"another --workdir") from None
+            raise WorkdirError(
+                f"workdir {directory} is in use by {holder}: wait for it to finish, stop it, or use another --workdir"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"process {os.getpid()} on {socket.gethostname()}".encode())
         yield

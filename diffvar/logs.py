@@ -4,6 +4,7 @@
 Only process 0 prints and writes: say, MetricsLog and Status do nothing elsewhere. Importing this module imports no
 jax (the sweep runner's Slurm jobs read metrics.jsonl with it).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,7 +17,6 @@ import time
 
 from diffvar.errors import DiffvarError
 from diffvar.files import atomic_path, write_json_atomic
-
 
 UNITS = ("bpd", "nats")  # the units of a test metric (Experiment.unit): bits/dim for images, nats for the toys
 
@@ -67,6 +67,7 @@ def metric_of(record: dict) -> tuple[str, float, float | None] | None:
 def is_chief() -> bool:
     """Process 0 of the run, the one that prints and writes (jax imported here, not with this module)."""
     from diffvar import distributed
+
     return distributed.is_chief()
 
 
@@ -147,6 +148,7 @@ class MetricsLog:
             with atomic_path(self.path) as tmp, open(tmp, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in kept)
         from tensorboardX import SummaryWriter
+
         self.tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=resume_step + 1 if resume_step else None)
 
     def write(self, record):
@@ -188,10 +190,20 @@ class Status:
         if not is_chief():
             return
         with contextlib.suppress(OSError):  # advisory: a full disk must not hide the error being recorded
-            write_json_atomic(self.path, {
-                "status": status, "step": int(self.step), "num_steps": int(self.num_steps), "pid": os.getpid(),
-                "host": socket.gethostname(), "error": error, "kind": kind, "result": result,
-                "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+            write_json_atomic(
+                self.path,
+                {
+                    "status": status,
+                    "step": int(self.step),
+                    "num_steps": int(self.num_steps),
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "error": error,
+                    "kind": kind,
+                    "result": result,
+                    "updated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                },
+            )
 
     def __enter__(self):
         self.write("running")

@@ -4,6 +4,7 @@ A mixture sum_k w_k N(m_k, C_k) pushed through a linear SDE stays a mixture:
     q_t = sum_k w_k N(alpha(t) m_k, alpha(t)^2 C_k + sigma(t)^2 I),
 so its log density and score are exact at every t.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,8 +35,9 @@ class GaussianMixture:
     evals: jax.Array
 
     @classmethod
-    def create(cls, weights: ArrayLike, means: ArrayLike, covs: ArrayLike, dtype: DTypeLike = jnp.float32
-               ) -> GaussianMixture:
+    def create(
+        cls, weights: ArrayLike, means: ArrayLike, covs: ArrayLike, dtype: DTypeLike = jnp.float32
+    ) -> GaussianMixture:
         """From weights [K], means [K, d], covs [K, d, d] (eigendecomposed here, in float64 numpy), stored as dtype."""
         evals, evecs = np.linalg.eigh(np.asarray(covs, np.float64))
         if np.any(evals <= 0):
@@ -44,8 +46,9 @@ class GaussianMixture:
         return cls(cast(weights), cast(means), cast(evecs), cast(evals))
 
     @classmethod
-    def create_diagonal(cls, weights: ArrayLike, means: ArrayLike, variances: ArrayLike,
-                        dtype: DTypeLike = jnp.float32) -> GaussianMixture:
+    def create_diagonal(
+        cls, weights: ArrayLike, means: ArrayLike, variances: ArrayLike, dtype: DTypeLike = jnp.float32
+    ) -> GaussianMixture:
         """From weights [K], means [K, d] and per-dimension variances [K, d] (C_k = diag(variances_k)); the
         eigenbasis is the identity exactly, as box_logp needs."""
         variances = np.asarray(variances, np.float64)
@@ -55,8 +58,7 @@ class GaussianMixture:
         cast = lambda a: jnp.asarray(a, dtype)
         return cls(cast(weights), cast(means), cast(evecs), cast(variances))
 
-    def box_logp(self, lo: jax.Array, hi: jax.Array, sde: SDE | None = None, t: jax.Array | None = None
-                 ) -> jax.Array:
+    def box_logp(self, lo: jax.Array, hi: jax.Array, sde: SDE | None = None, t: jax.Array | None = None) -> jax.Array:
         """log P(Y_t / alpha(t) in [lo, hi)) [B] for boxes lo, hi [B, d] (t = None: of Y_0, the data), for a
         mixture with diagonal covariances (create_diagonal; the diagonal of C_k is used, so a full covariance
         gives a wrong answer):
@@ -88,7 +90,8 @@ class GaussianMixture:
         """Per-component log w_k N(y; alpha m_k, C_k(t)) [B, K] and C_k(t)^{-1} (alpha m_k - y) [B, K, d]."""
         diff = jnp.einsum("kji,bkj->bki", self.evecs, alpha[:, None, None] * self.means[None] - y[:, None, :])
         log_comp = jnp.log(self.weights) - 0.5 * (
-            jnp.sum(diff**2 / var + jnp.log(var), axis=-1) + self.dim * math.log(2 * math.pi))
+            jnp.sum(diff**2 / var + jnp.log(var), axis=-1) + self.dim * math.log(2 * math.pi)
+        )
         return log_comp, jnp.einsum("kij,bkj->bki", self.evecs, diff / var)
 
     def logp(self, x: jax.Array) -> jax.Array:
@@ -116,9 +119,11 @@ class GaussianMixture:
 
 def score_fn_for(mixture: GaussianMixture, sde: SDE) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """score_fn(y [B, ...], t [B]) -> [B, ...] of the mixture's marginal at t; y is flattened to [B, d]."""
+
     def score_fn(y, t):
         flat = jnp.reshape(y, (y.shape[0], -1))
         return jnp.reshape(mixture.score(sde, flat, t), y.shape)
+
     return score_fn
 
 
@@ -130,4 +135,3 @@ def random_mixture(rng: jax.Array, dim: int, num_components: int = 3, scale: flo
     a = jax.random.normal(k_c, (num_components, dim, dim)) / math.sqrt(dim)
     covs = 0.5 * jnp.einsum("kij,klj->kil", a, a) + 0.2 * jnp.eye(dim)
     return GaussianMixture.create(weights, means, covs)
-

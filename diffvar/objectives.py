@@ -26,6 +26,7 @@ two losses train is the one on [t_eps, T]; evaluation (elbo.elbo) still reports 
 `elbo` trains the full bound through the ISM form (finite variance down to t = 0, one JVP per step).
 dsm and ssm are differently weighted (weight sigma^2 instead of g^2): they do not train the ELBO.
 """
+
 from __future__ import annotations
 
 import functools
@@ -34,9 +35,9 @@ from collections.abc import Callable
 
 import jax
 
-from diffvar.errors import check_choice
 from diffvar.divergence import PROBES, check_x, per_example_sum, value_and_divergence
 from diffvar.elbo import dsm_integrand, elbo, score_residual
+from diffvar.errors import check_choice
 from diffvar.sde import SDE, ImportanceTime, UniformTime, bcast
 
 OBJECTIVES = ("dsm", "dsm_is", "dsm_lw", "elbo", "ssm")
@@ -84,12 +85,14 @@ def dsm_lw_loss(score_fn: ScoreFn, sde: SDE, x: jax.Array, rng: jax.Array, t_eps
 
 def elbo_loss(score_fn: ScoreFn, sde: SDE, x: jax.Array, rng: jax.Array, probe: str = "rademacher") -> jax.Array:
     """-ELBO = -log p_prior(Y_T) + T (|g score|^2 / 2 + div(g^2 score - f)), t ~ U[0, T], one probe, [B]."""
-    return -elbo(score_fn, sde, x, rng, draws=1, form="ism", divergence="hutchinson", probe=probe,
-                 time_sampling="uniform")
+    return -elbo(
+        score_fn, sde, x, rng, draws=1, form="ism", divergence="hutchinson", probe=probe, time_sampling="uniform"
+    )
 
 
-def ssm_loss(score_fn: ScoreFn, sde: SDE, x: jax.Array, rng: jax.Array, t_eps: float = 1e-3,
-             probe: str = "rademacher") -> jax.Array:
+def ssm_loss(
+    score_fn: ScoreFn, sde: SDE, x: jax.Array, rng: jax.Array, t_eps: float = 1e-3, probe: str = "rademacher"
+) -> jax.Array:
     """sigma^2 (|score|^2 / 2 + v^T J_score v), t ~ U[t_lo, T], y ~ N(alpha x, sigma^2 I), one probe v, [B]."""
     k_t, k_eps, k_v = jax.random.split(rng, 3)
     t = UniformTime(T=sde.T, t_min=sde.truncation_time(t_eps)).sample(k_t, x.shape[0])

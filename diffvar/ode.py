@@ -4,10 +4,11 @@
 
 `score_fn(y, t) -> grad_y log p_t(y)` with y [B, ...], t [B]; values per example, in nats, [B].
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -27,12 +28,18 @@ class OdeOptions(Options):
 
     rtol: float = option(1e-5, "ODE solver relative tolerance.", minimum=0, strict=True)
     atol: float = option(1e-5, "ODE solver absolute tolerance.", minimum=0, strict=True)
-    divergence: str = option("exact", f"ODE trace: exact | hutchinson (one probe per example, held fixed along "
-                             f"the path) | auto (exact up to {EXACT_TRACE_MAX_DIM} dims, else hutchinson).",
-                             ("auto",) + DIVERGENCES)
+    divergence: str = option(
+        "exact",
+        f"ODE trace: exact | hutchinson (one probe per example, held fixed along "
+        f"the path) | auto (exact up to {EXACT_TRACE_MAX_DIM} dims, else hutchinson).",
+        ("auto",) + DIVERGENCES,
+    )
     probe: str = option("rademacher", "The ODE's Hutchinson probe: rademacher | gaussian.", PROBES)
-    step_size: str = option("batch", "ODE step-size control: batch (one for the whole batch) | per_example (each "
-                            "example its own solve).", STEP_SIZES)
+    step_size: str = option(
+        "batch",
+        "ODE step-size control: batch (one for the whole batch) | per_example (each example its own solve).",
+        STEP_SIZES,
+    )
     max_steps: int = option(4096, "Solver steps before a solve counts as failed (NFE -1).", minimum=1, integer=True)
 
 
@@ -56,8 +63,15 @@ def vmap_over_examples(fn: Callable, *args):
     return jax.vmap(lambda *a: fn(*(v[None] for v in a)))(*args)
 
 
-def ode_logp(score_fn: Callable, sde, x: jax.Array, rng: jax.Array, t_min: float = 0.0,
-             prior_logp: Callable | None = None, **options) -> tuple[jax.Array, jax.Array]:
+def ode_logp(
+    score_fn: Callable,
+    sde,
+    x: jax.Array,
+    rng: jax.Array,
+    t_min: float = 0.0,
+    prior_logp: Callable | None = None,
+    **options,
+) -> tuple[jax.Array, jax.Array]:
     """(log p(x) [B], NFE) under the probability-flow ODE from t0 = sde.truncation_time(t_min); options:
     OdeOptions' fields (rtol, atol, divergence, probe, step_size, max_steps).
 
@@ -81,11 +95,23 @@ def ode_logp(score_fn: Callable, sde, x: jax.Array, rng: jax.Array, t_min: float
 
         def vector_field(s, state):
             t = jnp.full((b,), s)
-            return value_and_divergence(lambda z: probability_flow_drift(score_fn, sde, z, t), state[0],
-                                        divergence=divergence, v=v if divergence == "hutchinson" else None)
+            return value_and_divergence(
+                lambda z: probability_flow_drift(score_fn, sde, z, t),
+                state[0],
+                divergence=divergence,
+                v=v if divergence == "hutchinson" else None,
+            )
 
-        return solve_adaptive(vector_field, (x, jnp.zeros((b,), x.dtype)), sde.truncation_time(t_min), sde.T,
-                              o.rtol, o.atol, o.max_steps, throw=False)
+        return solve_adaptive(
+            vector_field,
+            (x, jnp.zeros((b,), x.dtype)),
+            sde.truncation_time(t_min),
+            sde.T,
+            o.rtol,
+            o.atol,
+            o.max_steps,
+            throw=False,
+        )
 
     if o.step_size == "batch":
         (y_T, delta), nfe = solve(x, v)

@@ -13,6 +13,7 @@ what they allow; everything else is derived from it (big_vision's evaluators tak
 
 Adding an option means adding one field (and using it where the estimator computes).
 """
+
 from __future__ import annotations
 
 import dataclasses

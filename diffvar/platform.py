@@ -20,6 +20,7 @@ environment (a Makefile target, a job script): nothing here re-executes the prog
 DIFFVAR_TUNE=0 turns the device split off; the user's JAX_NUM_CPU_DEVICES or XLA_FLAGS'
 --xla_force_host_platform_device_count win.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -49,6 +50,7 @@ def accelerator_installed() -> bool:
     except ImportError:
         return False
     import pkgutil
+
     return any(True for _ in pkgutil.iter_modules(jax_plugins.__path__))
 
 
@@ -62,8 +64,13 @@ def cpu_devices(model: str | None, batch_sizes: Iterable[int] = ()) -> int:
     devices <= usable_cores() that divide every one of `batch_sizes`, one per core; else 0 (jax's default,
     one): other models, other platforms, DIFFVAR_TUNE=0, or a device count the user chose."""
     env = os.environ
-    if model not in SPLIT_MODELS or env.get("DIFFVAR_TUNE") == "0" or not is_cpu() or \
-            "JAX_NUM_CPU_DEVICES" in env or "xla_force_host_platform_device_count" in env.get("XLA_FLAGS", ""):
+    if (
+        model not in SPLIT_MODELS
+        or env.get("DIFFVAR_TUNE") == "0"
+        or not is_cpu()
+        or "JAX_NUM_CPU_DEVICES" in env
+        or "xla_force_host_platform_device_count" in env.get("XLA_FLAGS", "")
+    ):
         return 0
     n = usable_cores()
     while any(b % n for b in batch_sizes):
@@ -78,4 +85,5 @@ def setup(model: str | None, batch_sizes: Iterable[int] = ()) -> None:
     n = cpu_devices(model, tuple(batch_sizes))
     if n:
         import jax
+
         jax.config.update("jax_num_cpu_devices", n)

@@ -5,6 +5,7 @@ through pyplot, so importing this module changes no global matplotlib state and 
 function writes atomically: to a temporary file in the destination's directory, then `os.replace`, so a
 reader (TensorBoard, a notebook, a file watcher) never sees a half-written PNG.
 """
+
 from __future__ import annotations
 
 import math
@@ -73,7 +74,7 @@ def save_image_grid(path, images, levels=None, scale=None, pad=1):
     for i in range(n):
         r, q = divmod(i, cols)
         y0, x0 = pad + r * (h + pad), pad + q * (w + pad)
-        grid[y0:y0 + h, x0:x0 + w] = pixels[i]
+        grid[y0 : y0 + h, x0 : x0 + w] = pixels[i]
     if scale > 1:
         grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
     img = Image.fromarray(np.ascontiguousarray(grid[..., 0] if c == 1 else grid))  # L or RGB
@@ -132,8 +133,15 @@ def save_scatter_2d(path, points, logp_fn=None, lim=None, title=None, grid_size=
         dens = np.exp(np.where(np.isfinite(logp), logp, -np.inf))
         ax.imshow(dens, origin="lower", extent=(x0, x1, y0, y1), cmap="Blues", aspect="auto", interpolation="bilinear")
         if np.nanmax(dens) > 0:
-            ax.contour(xx, yy, dens, levels=np.nanmax(dens) * np.array([0.05, 0.25, 0.5, 0.75]),
-                       colors="navy", linewidths=0.5, alpha=0.6)
+            ax.contour(
+                xx,
+                yy,
+                dens,
+                levels=np.nanmax(dens) * np.array([0.05, 0.25, 0.5, 0.75]),
+                colors="navy",
+                linewidths=0.5,
+                alpha=0.6,
+            )
     shown = points[:max_points]
     ax.scatter(shown[:, 0], shown[:, 1], s=1.5, c="crimson", alpha=0.4, linewidths=0, rasterized=True)
     ax.set_xlim(x0, x1)
@@ -206,8 +214,9 @@ def save_training_curves(path, metrics_jsonl_path):
         ax_eval.plot(steps, values, "o-", ms=3, lw=1.0, color=color, label=key)
         band = np.isfinite(errs)
         if np.any(band):
-            ax_eval.fill_between(steps[band], values[band] - 2 * errs[band], values[band] + 2 * errs[band],
-                                 color=color, alpha=0.2, lw=0)
+            ax_eval.fill_between(
+                steps[band], values[band] - 2 * errs[band], values[band] + 2 * errs[band], color=color, alpha=0.2, lw=0
+            )
         ylabel, plotted = label, plotted + 1
     if plotted:
         ax_eval.set_ylabel(ylabel)

@@ -6,8 +6,10 @@
 The trainer stops at a SIGTERM (it saves a checkpoint first); the sweep runner also stops at Ctrl-C and passes
 the first signal on to its trials, killing them at the second (Stop.count).
 """
+
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -46,16 +48,16 @@ class Stop:
 def die_with_parent(signum: int) -> None:
     """Asks Linux to send this process `signum` when its parent dies (prctl PR_SET_PDEATHSIG); nothing
     elsewhere. For a child between fork and exec (subprocess's preexec_fn)."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not Linux
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signum))
-    except (OSError, AttributeError):
-        pass
 
 
 def preexec(signum: int, cpus: Iterable[int] | None = None) -> Callable[[], None]:
     """subprocess's preexec_fn: pin the child to `cpus` (None: as the parent) and die_with_parent(signum)."""
+
     def setup():
         if cpus:
             os.sched_setaffinity(0, cpus)
         die_with_parent(signum)
+
     return setup

@@ -13,6 +13,7 @@ All functions are pure and jittable (`score_fn`, `sde`, `shape`, `lam`, `steps` 
 static: close over them or mark them static in `jax.jit`). The drift and `solve_adaptive` are shared with
 diffvar.ode.ode_logp.
 """
+
 from __future__ import annotations
 
 import diffrax
@@ -69,9 +70,17 @@ def solve_adaptive(vector_field, y0, t0, t1, rtol, atol, max_steps=4096, throw=T
     """
     _check_static(rtol=rtol, atol=atol)
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(lambda s, y, args: vector_field(s, y)), diffrax.Tsit5(), t0=t0, t1=t1, dt0=None, y0=y0,
+        diffrax.ODETerm(lambda s, y, args: vector_field(s, y)),
+        diffrax.Tsit5(),
+        t0=t0,
+        t1=t1,
+        dt0=None,
+        y0=y0,
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-        max_steps=max_steps, saveat=diffrax.SaveAt(t1=True), throw=throw)
+        max_steps=max_steps,
+        saveat=diffrax.SaveAt(t1=True),
+        throw=throw,
+    )
     nfe = jnp.where(sol.result == diffrax.RESULTS.successful, 6 * sol.stats["num_steps"] + 1, -1)
     return jax.tree_util.tree_map(lambda a: a[0], sol.ys), nfe
 
@@ -143,5 +152,6 @@ def sample_ode(score_fn, sde, rng, shape, rtol=1e-5, atol=1e-5, t_min=1e-3, max_
         return probability_flow_drift(score_fn, sde, y, jnp.full((b,), s, y.dtype))
 
     k_prior, _ = jax.random.split(rng)  # the same prior draw as sample_lambda with this rng
-    return solve_adaptive(vector_field, sde.prior_sample(k_prior, shape), sde.T, sde.truncation_time(t_min), rtol,
-                          atol, max_steps)
+    return solve_adaptive(
+        vector_field, sde.prior_sample(k_prior, shape), sde.T, sde.truncation_time(t_min), rtol, atol, max_steps
+    )

@@ -18,7 +18,7 @@ Nothing outside this module asks which schedule it holds.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -142,10 +142,18 @@ def optimizer(network: optax.GradientTransformation, schedule: optax.GradientTra
     return optax.multi_transform({"network": network, "schedule": schedule}, labels)
 
 
-def make_schedule(name: str, T: float = 1.0, beta_min: float = 0.1, beta_max: float = 20.0,
-                  sigma_min: float = 0.01, sigma_max: float = 50.0, learn_end: bool = False,
-                  schedule_features: int = 128, schedule_lr_scale: float = 1.0,
-                  schedule_grad_clip: float = 0.0) -> FixedSchedule | LearnedSchedule:
+def make_schedule(
+    name: str,
+    T: float = 1.0,
+    beta_min: float = 0.1,
+    beta_max: float = 20.0,
+    sigma_min: float = 0.01,
+    sigma_max: float = 50.0,
+    learn_end: bool = False,
+    schedule_features: int = 128,
+    schedule_lr_scale: float = 1.0,
+    schedule_grad_clip: float = 0.0,
+) -> FixedSchedule | LearnedSchedule:
     """The schedule called `name` (one of SCHEDULES) from the config's sde section (its keys are these
     arguments): a fixed SDE, or the learned VP initialised at (and read on the clock of) the linear VP."""
     if name not in SCHEDULES:
@@ -162,9 +170,13 @@ def make_schedule(name: str, T: float = 1.0, beta_min: float = 0.1, beta_max: fl
 def check_objective(name: str, objective: str, learn_end: bool) -> None:
     """Raises ValueError (one line) for an objective that schedule `name` cannot train."""
     if name == "learned_vp" and objective not in LEARNED_SCHEDULE_OBJECTIVES:
-        raise ValueError(f"objective.name={objective!r} with sde.name='learned_vp': a learned schedule needs an "
-                         f"objective whose expectation depends on the schedule only through its end points: "
-                         f"{', '.join(LEARNED_SCHEDULE_OBJECTIVES)}")
+        raise ValueError(
+            f"objective.name={objective!r} with sde.name='learned_vp': a learned schedule needs an "
+            f"objective whose expectation depends on the schedule only through its end points: "
+            f"{', '.join(LEARNED_SCHEDULE_OBJECTIVES)}"
+        )
     if name == "learned_vp" and learn_end and objective != "elbo":
-        raise ValueError(f"sde.learn_end=True needs objective.name='elbo' (the full bound, prior term included: "
-                         f"its gradient is the ELBO's), got objective.name={objective!r}")
+        raise ValueError(
+            f"sde.learn_end=True needs objective.name='elbo' (the full bound, prior term included: "
+            f"its gradient is the ELBO's), got objective.name={objective!r}"
+        )

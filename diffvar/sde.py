@@ -8,10 +8,12 @@ gamma(s) = log(sigma(s)^2 / alpha(s)^2) is the log noise-to-signal ratio (VDM's 
 g(s)^2 / sigma(s)^2 = d gamma / ds for every linear SDE, which is why the importance proposal is uniform in
 gamma.
 """
+
 from __future__ import annotations
 
 import abc
 import math
+
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -213,7 +215,9 @@ class VESDE(SDE):
         _check_positive("sigma_max", self.sigma_max)
         _check_positive("T", self.T)
         if self.sigma_min >= self.sigma_max:
-            raise ValueError(f"sigma_min must be < sigma_max, got sigma_min={self.sigma_min}, sigma_max={self.sigma_max}")
+            raise ValueError(
+                f"sigma_min must be < sigma_max, got sigma_min={self.sigma_min}, sigma_max={self.sigma_max}"
+            )
 
     @property
     def prior_std(self):

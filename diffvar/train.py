@@ -8,6 +8,7 @@ checkpoint and returns (during an evaluation: after its current batch). A checkp
 written before the evaluation. The test-set ELBO it logs comes from evaluator.Evaluator, the object
 scripts/evaluate.py reports with, built once per run (its estimator compiled at the first evaluation).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,8 +19,17 @@ import jax
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from diffvar import checkpoints, config as config_lib, data as data_lib, distributed, experiment, files, logs, plots, \
-    processes
+from diffvar import (
+    checkpoints,
+    config as config_lib,
+    data as data_lib,
+    distributed,
+    experiment,
+    files,
+    logs,
+    plots,
+    processes,
+)
 from diffvar.errors import ConfigError, DiffvarError, NonFiniteLossError, StorageError
 from diffvar.evaluator import EvalSpec, Evaluator, Interrupted, paired_difference
 
@@ -48,8 +58,10 @@ def open_workdir(exp, workdir):
     if mngr.latest_step() is not None and os.path.exists(os.path.join(workdir, "config.json")):
         changes = config_lib.identity_changes(config_lib.from_workdir(workdir)[0], exp.config)
         if changes:
-            raise ConfigError(f"workdir {workdir} holds checkpoints of another experiment ({'; '.join(changes)}): "
-                              f"use a new --workdir, or the values it was trained with")
+            raise ConfigError(
+                f"workdir {workdir} holds checkpoints of another experiment ({'; '.join(changes)}): "
+                f"use a new --workdir, or the values it was trained with"
+            )
     os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
     if distributed.is_chief():
         files.write_json_atomic(os.path.join(workdir, "config.json"), config_lib.to_json(exp.config))
@@ -60,10 +72,12 @@ def initial_state(exp, mesh, mngr, workdir):
     """(TrainState, training iterator): restored from the newest usable checkpoint, or fresh."""
     config = exp.config
     state = jax.device_put(experiment.init_state(exp, config.seed), distributed.replicated(mesh))
-    train_iter = data_lib.make_train_iter(config.data, config.training.batch_size, config.seed,
-                                          jax.process_index(), jax.process_count())
-    restored = checkpoints.restore_latest(mngr, experiment.abstract_state(exp, distributed.replicated(mesh)),
-                                          warn=logs.say)
+    train_iter = data_lib.make_train_iter(
+        config.data, config.training.batch_size, config.seed, jax.process_index(), jax.process_count()
+    )
+    restored = checkpoints.restore_latest(
+        mngr, experiment.abstract_state(exp, distributed.replicated(mesh)), warn=logs.say
+    )
     if restored is not None:
         state = restored["state"]
         train_iter.set_state(restored["data"])
@@ -75,25 +89,43 @@ def evaluate(evaluator, params, step, repeats, stop):
     """The periodic test-set evaluation as a metrics.jsonl record (metric, its s.e., and the gap to the exact
     -log p for gmm2d), with progress lines every 30 s; evaluator.Interrupted when `stop.requested`."""
     key = logs.metric_key(evaluator.exp.unit)
-    logs.say("step %d | evaluating on %d test examples, %d pass(es)", step, evaluator.num_examples,
-             repeats or evaluator.spec.repeats)
-    results = evaluator.run(params, step, repeats, progress=logs.Progress(0, every=30.0),
-                            stop=lambda: stop.requested)
+    logs.say(
+        "step %d | evaluating on %d test examples, %d pass(es)",
+        step,
+        evaluator.num_examples,
+        repeats or evaluator.spec.repeats,
+    )
+    results = evaluator.run(params, step, repeats, progress=logs.Progress(0, every=30.0), stop=lambda: stop.requested)
     est = results[evaluator.spec.forms[0]]
-    rec = {"step": step, key: est["mean"], f"{key}_stderr": est["stderr"], "eval_examples": est["num_examples"],
-           "eval_repeats": est["repeats"], "eval_seconds": est["seconds"],
-           "eval_compile_seconds": est["compile_seconds"], "eval_data_verified": evaluator.dataset["verified"]}
+    rec = {
+        "step": step,
+        key: est["mean"],
+        f"{key}_stderr": est["stderr"],
+        "eval_examples": est["num_examples"],
+        "eval_repeats": est["repeats"],
+        "eval_seconds": est["seconds"],
+        "eval_compile_seconds": est["compile_seconds"],
+        "eval_data_verified": evaluator.dataset["verified"],
+    }
     gap = ""
     if "exact" in results:  # -ELBO - (-log p) = log p - ELBO, >= 0 in expectation
-        rec["test_gap_nats"], rec["test_gap_nats_stderr"] = paired_difference(est["values"],
-                                                                              results["exact"]["values"])
+        rec["test_gap_nats"], rec["test_gap_nats_stderr"] = paired_difference(est["values"], results["exact"]["values"])
         rec["test_exact_nll_nats"] = results["exact"]["mean"]
         gap = f" | gap to exact log p {rec['test_gap_nats']:.4f} +- {rec['test_gap_nats_stderr']:.4f} nats"
     compile_note = f" + {est['compile_seconds']:.1f} s compile" if est["compile_seconds"] else ""
     if not evaluator.dataset["verified"]:
         gap += " | on UNVERIFIED data files"
-    logs.say("step %d | test %s %.4f +- %.4f (%d examples, %.1f s%s)%s", step, evaluator.exp.unit, est["mean"],
-             est["stderr"], est["num_examples"], est["seconds"], compile_note, gap)
+    logs.say(
+        "step %d | test %s %.4f +- %.4f (%d examples, %.1f s%s)%s",
+        step,
+        evaluator.exp.unit,
+        est["mean"],
+        est["stderr"],
+        est["num_examples"],
+        est["seconds"],
+        compile_note,
+        gap,
+    )
     return rec
 
 
@@ -119,19 +151,31 @@ def check_finite(losses, step, workdir, config):
         raise NonFiniteLossError(
             f"non-finite loss at step {first} (losses of the last call: {losses.tolist()}); stopping without "
             f"saving this state. The latest checkpoint in {workdir}/checkpoints is intact; try a lower optim.lr "
-            f"(now {config.optim.lr}) or optim.grad_clip > 0.")
+            f"(now {config.optim.lr}) or optim.grad_clip > 0."
+        )
 
 
 def log_training(log, exp, step, losses, progress, last_eval, deadline):
     """A metrics.jsonl record of the steps since the last one (mean loss, learning rate, rate) and its line."""
-    rec = {"step": step, "loss": float(np.mean(losses)), "lr": float(exp.learning_rate(step)),
-           "steps_per_sec": progress.rate()}
+    rec = {
+        "step": step,
+        "loss": float(np.mean(losses)),
+        "lr": float(exp.learning_rate(step)),
+        "steps_per_sec": progress.rate(),
+    }
     log.write(rec)
     key = logs.metric_key(exp.unit)
     latest = f" | test {exp.unit} {last_eval[key]:.4f}" if last_eval else ""
-    logs.say("step %d/%d | loss %.4f | %.1f steps/s%s | elapsed %s | eta %s", step, exp.config.training.num_steps,
-             rec["loss"], rec["steps_per_sec"], latest, logs.fmt_time(progress.elapsed()),
-             logs.fmt_time(progress.eta(deadline)))
+    logs.say(
+        "step %d/%d | loss %.4f | %.1f steps/s%s | elapsed %s | eta %s",
+        step,
+        exp.config.training.num_steps,
+        rec["loss"],
+        rec["steps_per_sec"],
+        latest,
+        logs.fmt_time(progress.elapsed()),
+        logs.fmt_time(progress.eta(deadline)),
+    )
     progress.mark()
 
 
@@ -191,20 +235,28 @@ def run(exp, workdir):
     step = int(state.step)
     if step == 0:
         d = jax.devices()
-        logs.say("training %s for %d steps on %d %s device(s) in %d process(es), batch %d", config.model.name,
-                 t_cfg.num_steps, len(d), d[0].platform, jax.process_count(), t_cfg.batch_size)
+        logs.say(
+            "training %s for %d steps on %d %s device(s) in %d process(es), batch %d",
+            config.model.name,
+            t_cfg.num_steps,
+            len(d),
+            d[0].platform,
+            jax.process_count(),
+            t_cfg.batch_size,
+        )
     log = logs.MetricsLog(workdir, step)
     # ---------------------------------------------------------------- the loop
     with logs.Status(workdir, t_cfg.num_steps, step) as status, processes.Stop() as stop:
         try:
-            state, last_eval, progress, draw = loop(exp, workdir, mesh, mngr, state, train_iter, log, status,
-                                                     stop)
+            state, last_eval, progress, draw = loop(exp, workdir, mesh, mngr, state, train_iter, log, status, stop)
         except DiffvarError:
             raise
         except OSError as e:  # disk full, permissions: orbax writes a temporary directory, so no step is torn
-            raise StorageError(f"cannot write to {workdir} at step {status.step}: {e}; the checkpoint at step "
-                               f"{mngr.latest_step()} is intact: free space (or fix permissions) and re-run to "
-                               f"resume") from None
+            raise StorageError(
+                f"cannot write to {workdir} at step {status.step}: {e}; the checkpoint at step "
+                f"{mngr.latest_step()} is intact: free space (or fix permissions) and re-run to "
+                f"resume"
+            ) from None
         finally:  # any other error is a bug (a peer's loss included: cli.run waits for jax to end the process)
             log.close()
         # ------------------------------------------------------------ finish
@@ -214,13 +266,18 @@ def run(exp, workdir):
             logs.say("SIGTERM: saved a checkpoint at step %d in %s; re-run to resume", step, workdir)
             mngr.close()
             return {"step": step, "interrupted": True}
-        summary = {"step": step, "unit": exp.unit, "workdir": os.path.abspath(workdir),
-                   "checkpoints": checkpoints.directory(workdir)}
+        summary = {
+            "step": step,
+            "unit": exp.unit,
+            "workdir": os.path.abspath(workdir),
+            "checkpoints": checkpoints.directory(workdir),
+        }
         if distributed.is_chief():
             summary["samples"] = write_samples(exp, draw, state.ema_params, workdir, step)
             plots.save_training_curves(os.path.join(workdir, "curves.png"), log.path)
-            plots.save_noise_schedule(os.path.join(workdir, "noise_schedule.png"), exp.sde_of(state.ema_params),
-                                      exp.schedule.reference)
+            plots.save_noise_schedule(
+                os.path.join(workdir, "noise_schedule.png"), exp.sde_of(state.ema_params), exp.schedule.reference
+            )
         result = {name: v for name, v in (last_eval or {}).items() if name.startswith("test_")}
         summary.update(result, minutes=progress.elapsed() / 60)
         status.write("finished", result=result or None)

@@ -16,6 +16,7 @@ Every estimator option is a field of elbo.ElboOptions, ode.OdeOptions (--ode_<na
 dequantization.DequantizationOptions, whose help lines are the flags' (--helpfull lists them).
 Multi-host: one process per host with --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
 """
+
 from absl import flags
 
 from diffvar import cli
@@ -27,13 +28,18 @@ flags.DEFINE_string("split", None, "Split to evaluate: train | test (default: th
 flags.DEFINE_integer("repeats", None, "Passes: independent ELBO units per example (default: the run's eval.repeats).")
 flags.DEFINE_string("form", "both", "ELBO form(s): ism | dsm | both.")
 flags.DEFINE_bool("ode", True, "Also compute the exact likelihood of the probability-flow ODE (--noode: skip).")
-flags.DEFINE_float("target_stderr", 0.0, "Keep adding ELBO repeats until the standard error is at most this "
-                   "(0: exactly --repeats).")
+flags.DEFINE_float(
+    "target_stderr", 0.0, "Keep adding ELBO repeats until the standard error is at most this (0: exactly --repeats)."
+)
 flags.DEFINE_integer("max_repeats", 1000, "Upper limit on ELBO repeats with --target_stderr.")
 flags.DEFINE_integer("max_examples", 0, "Evaluate only the first N examples of the split (0: all).")
 flags.DEFINE_integer("batch_size", None, "Global batch size (default: the run's eval.batch_size).")
-flags.DEFINE_integer("seed", None, "Seed of the evaluation's random draws (default: the run's, config.seed + 1, "
-                     "as in the trainer's periodic evaluation).")
+flags.DEFINE_integer(
+    "seed",
+    None,
+    "Seed of the evaluation's random draws (default: the run's, config.seed + 1, "
+    "as in the trainer's periodic evaluation).",
+)
 # Every estimator option, from its one definition (elbo.ElboOptions, ode.OdeOptions, DequantizationOptions).
 DEFINE = dict(str=flags.DEFINE_string, int=flags.DEFINE_integer, float=flags.DEFINE_float, bool=flags.DEFINE_bool)
 for _name, (_kind, _help) in estimator_flags().items():
@@ -47,9 +53,11 @@ FLAGS = flags.FLAGS
 def main():
     cli.initialize(cli.model_of(FLAGS.workdir))
     from diffvar import distributed, evaluate
+
     options = {name: FLAGS[name].value for name in [*evaluate.LOOP_FLAGS, *estimator_flags()]}
-    res = evaluate.run_eval(FLAGS.workdir, FLAGS.checkpoint_step, forms=(FLAGS.form,), ode=FLAGS.ode,
-                            progress=not FLAGS.quiet, **options)
+    res = evaluate.run_eval(
+        FLAGS.workdir, FLAGS.checkpoint_step, forms=(FLAGS.form,), ode=FLAGS.ode, progress=not FLAGS.quiet, **options
+    )
     if distributed.is_chief():
         print(evaluate.format_table(res), flush=True)
         print(f"wrote {res['path']}", flush=True)

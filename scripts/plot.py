@@ -3,9 +3,10 @@
     python scripts/plot.py --workdir=runs/digits [--out=curves.png]
 
 Reads workdir/metrics.jsonl (while training runs, too) and writes workdir/curves.png unless --out is given.
-Once a checkpoint exists it also writes workdir/noise_schedule.png: gamma(s) of the latest checkpoint's (EMA) schedule (with a learned
-one, against its fixed reference VP).
+Once a checkpoint exists it also writes workdir/noise_schedule.png: gamma(s) of the latest checkpoint's (EMA)
+schedule (with a learned one, against its fixed reference VP).
 """
+
 import os
 
 from absl import flags
@@ -21,6 +22,7 @@ FLAGS = flags.FLAGS
 
 def main():
     from diffvar import checkpoints, logs, plots
+
     metrics = os.path.join(FLAGS.workdir, "metrics.jsonl")
     if not os.path.isfile(metrics):
         raise WorkdirError(f"no metrics.jsonl in {FLAGS.workdir!r}: is it a diffvar training workdir?")

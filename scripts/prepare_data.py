@@ -10,6 +10,7 @@ sha256 is checked; --unverified accepts other files and marks the dataset, and e
 it, unverified. --data_dir defaults to $DIFFVAR_DATA_DIR, else ~/tensorflow_datasets (as data.data_dir).
 Preparation is atomic; a bad file: one `error: ...` line, exit status 1, nothing prepared.
 """
+
 from absl import flags
 
 from diffvar import cli
@@ -17,8 +18,12 @@ from diffvar import cli
 flags.DEFINE_string("dataset", None, "mnist | fashion_mnist | cifar10 | imagenet32 | imagenet64.")
 flags.DEFINE_string("source", None, "Folder of the official files (or the one file of cifar10): offline.")
 flags.DEFINE_string("data_dir", "", "TFDS data_dir (default: $DIFFVAR_DATA_DIR, else ~/tensorflow_datasets).")
-flags.DEFINE_bool("unverified", False, "Accept files whose sha256 differs from the official ones (test "
-                  "fixtures, re-packed mirrors); the dataset records that it is unverified.")
+flags.DEFINE_bool(
+    "unverified",
+    False,
+    "Accept files whose sha256 differs from the official ones (test "
+    "fixtures, re-packed mirrors); the dataset records that it is unverified.",
+)
 flags.mark_flags_as_required(["dataset"])
 FLAGS = flags.FLAGS
 
@@ -27,6 +32,7 @@ def main():
     import tensorflow_datasets as tfds
 
     from diffvar import data
+
     tfds.disable_progress_bar()  # our own progress lines, with ETA, go to stdout
     directory = data.data_dir({"data_dir": FLAGS.data_dir})
     data.prepare.prepare(FLAGS.dataset, directory, source=FLAGS.source, unverified=FLAGS.unverified)

@@ -10,6 +10,7 @@ same command skips finished trials and resumes the others from their checkpoints
 running trials (they checkpoint) and write the results. DIR/results.csv, results.md and results.png are
 rebuilt after every trial and by --report at any time. Errors print one line `error: ...` and exit 1.
 """
+
 from diffvar.commands import sweep
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Re-running on the same workdir resumes from its latest checkpoint. SIGTERM saves
 A bad config value or missing data: one `error: ...` line, exit status 1, nothing written.
 Multi-host: start one process per host with --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
 """
+
 from diffvar.commands import train
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 kill_at_commit:STEP: SIGKILL this process when orbax has written every file of the checkpoint at STEP
 into its temporary directory and is about to rename it into place (the last moment of a save).
 """
+
 import os
 import runpy
 import signal

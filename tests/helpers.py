@@ -1,4 +1,5 @@
 """Shared test helpers: tiny configs, running a script as a user would, and the one statistical assertion."""
+
 import functools
 import os
 import subprocess
@@ -14,6 +15,7 @@ def load_benchmark(name):
     """benchmarks/<name>.py as a module (benchmarks/ is not a package), loaded once per process (its absl flags
     may be defined only once)."""
     import importlib.util
+
     spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -52,10 +54,20 @@ def tiny_config(**overrides):
 
 
 # The command-line twin of tiny_config (eval only at the end, on 1024 examples).
-TINY_FLAGS = ("--config.model.hidden=32", "--config.training.steps_per_call=10", "--config.optim.warmup_steps=10",
-              "--config.training.log_every=10", "--config.training.ckpt_every=10", "--config.eval.every=0",
-              "--config.eval.repeats=1", "--config.eval.draws=1", "--config.eval.batch_size=1024", "--config.eval.max_examples=1024",
-              "--config.sampling.num=16", "--config.sampling.steps=5")
+TINY_FLAGS = (
+    "--config.model.hidden=32",
+    "--config.training.steps_per_call=10",
+    "--config.optim.warmup_steps=10",
+    "--config.training.log_every=10",
+    "--config.training.ckpt_every=10",
+    "--config.eval.every=0",
+    "--config.eval.repeats=1",
+    "--config.eval.draws=1",
+    "--config.eval.batch_size=1024",
+    "--config.eval.max_examples=1024",
+    "--config.sampling.num=16",
+    "--config.sampling.steps=5",
+)
 
 
 def run_script(name, *flags, env=None, wait=True, timeout=600):
@@ -72,8 +84,9 @@ def run_script(name, *flags, env=None, wait=True, timeout=600):
 def train_script(workdir, *flags, config="gmm2d", env=None, wait=True):
     """scripts/train.py on configs/<config>.py with TINY_FLAGS (gmm2d) and `flags` after them."""
     tiny = TINY_FLAGS if config == "gmm2d" else ()
-    return run_script("train", f"--config={ROOT}/configs/{config}.py", f"--workdir={workdir}", *tiny, *flags,
-                      env=env, wait=wait)
+    return run_script(
+        "train", f"--config={ROOT}/configs/{config}.py", f"--workdir={workdir}", *tiny, *flags, env=env, wait=wait
+    )
 
 
 def assert_one_error_line(r, *fragments):
@@ -110,6 +123,7 @@ def params_at(workdir, step=None):
     import numpy as np
 
     from diffvar import checkpoints, distributed, experiment
+
     exp, _ = checkpoints.load_experiment(workdir)  # onto this process's devices, however many saved it
     abstract = experiment.abstract_state(exp, distributed.replicated(distributed.make_mesh()))
     mngr = checkpoints.manager(workdir, read_only=True)
@@ -122,6 +136,7 @@ def assert_same_params(a, b):
     """Bitwise equality of two parameter trees."""
     import jax
     import numpy as np
+
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
 
@@ -129,5 +144,6 @@ def assert_same_params(a, b):
 def losses(workdir):
     """{step: loss} of a workdir's metrics.jsonl."""
     import json
+
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}

@@ -1,5 +1,6 @@
 """Smoke runs of the benchmarks (bench.py, quality.py), each as short as it goes: every figure is there and
 finite. No timing is asserted (timings are bench figures, never test results)."""
+
 import json
 import math
 import os
@@ -10,16 +11,36 @@ import pytest
 
 from tests.helpers import ROOT, load_benchmark
 
-FIGURES = ("train_steps_per_sec", "elbo_examples_per_sec", "train_compile_seconds", "elbo_compile_seconds",
-           "train_flops_per_step", "train_flops_per_sec", "peak_flops_per_sec", "train_peak_fraction", "max_rss_mb")
+FIGURES = (
+    "train_steps_per_sec",
+    "elbo_examples_per_sec",
+    "train_compile_seconds",
+    "elbo_compile_seconds",
+    "train_flops_per_step",
+    "train_flops_per_sec",
+    "peak_flops_per_sec",
+    "train_peak_fraction",
+    "max_rss_mb",
+)
 COMPARISON = ("train_speed_ratio", "elbo_speed_ratio", "peer_train_flops_per_sec", "peer_train_peak_fraction")
 
 
 def test_bench_smoke_run_writes_every_figure(tmp_path):
     out = tmp_path / "bench.json"
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench.py"), "--workloads=toy2d",
-                        "--seconds=1", "--nopeer", f"--out={out}"], capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    r = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "benchmarks", "bench.py"),
+            "--workloads=toy2d",
+            "--seconds=1",
+            "--nopeer",
+            f"--out={out}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     res = json.loads(out.read_text())
     assert {"command", "date", "machine", "env", "seconds", "peer_status", "workloads"} <= set(res)
@@ -38,11 +59,21 @@ def test_quality_smoke_run_trains_and_evaluates_both_sides(tmp_path):
     diffvar's run took), both evaluated on the whole digits test set, diffvar's bpd being the one its run printed."""
     pytest.importorskip("torch", reason="the bench extra (pip install -e '.[bench]') provides torch")
     out = tmp_path / "quality.json"
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "quality.py"),
-                        f"--workdir={tmp_path / 'runs'}", f"--out={out}", "--peer_seconds=5",
-                        "--overrides=training.num_steps=4,training.log_every=2,training.ckpt_every=4,eval.every=4,"
-                        "eval.repeats=1,eval.final_repeats=1,sampling.num=4,sampling.steps=4,optim.warmup_steps=1"],
-                       capture_output=True, text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    r = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "benchmarks", "quality.py"),
+            f"--workdir={tmp_path / 'runs'}",
+            f"--out={out}",
+            "--peer_seconds=5",
+            "--overrides=training.num_steps=4,training.log_every=2,training.ckpt_every=4,eval.every=4,"
+            "eval.repeats=1,eval.final_repeats=1,sampling.num=4,sampling.steps=4,optim.warmup_steps=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     (res,) = json.loads(out.read_text())["seeds"]
     assert res["diffvar_step"] == 4 and res["peer_steps"] > 0 and res["peer_lr"] == 1e-4 and res["peer_seconds"] == 5
@@ -54,6 +85,7 @@ def test_quality_smoke_run_trains_and_evaluates_both_sides(tmp_path):
     assert all((tmp_path / "runs" / f).exists() for f in ("diffvar_seed0.json", "peer_seed0_lr0.0001_5s.npz"))
     # scripts/train.py, tuned as `make train` runs it, split the digits U-Net's batch over one CPU device per core
     from diffvar import platform
+
     devices = platform.cpu_devices("unet", (64, 256))  # configs/digits.py's training and evaluation batches
     log = (tmp_path / "runs" / "diffvar_seed0.log").read_text()
     assert f"on {devices} cpu device(s) in 1 process(es)" in log, log
@@ -82,6 +114,7 @@ def test_counted_flops_are_the_layer_shapes_flops(monkeypatch):
 
     from diffvar import experiment
     from tests.helpers import load_config
+
     monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
     measure = load_benchmark("measure")
 

@@ -1,4 +1,5 @@
 """The programs' edge (diffvar/cli.py): the workaround for orbax's abandoned reads lives here and only here."""
+
 import glob
 import logging
 import os
@@ -34,9 +35,11 @@ def test_only_orbaxs_abandoned_reads_are_dropped(monkeypatch):
     assert seen == [("unraisable", own_tb), ("thread", own_tb)]
 
     def shown(error, tb):
-        record = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "Task exception was never retrieved",
-                                   None, (type(error), error, tb))
+        record = logging.LogRecord(
+            "asyncio", logging.ERROR, __file__, 1, "Task exception was never retrieved", None, (type(error), error, tb)
+        )
         return asyncio_log.filter(record)
+
     assert not shown(orbax_error, orbax_tb) and shown(own_error, own_tb)
 
 
@@ -45,5 +48,5 @@ def test_the_library_swaps_no_hooks_and_re_executes_nothing():
     package = os.path.dirname(cli.__file__)
     for path in glob.glob(os.path.join(package, "**", "*.py"), recursive=True):
         text = open(path).read()
-        for trick in ("sys.unraisablehook", "threading.excepthook", "os.execv", "getLogger(\"asyncio\")"):
+        for trick in ("sys.unraisablehook", "threading.excepthook", "os.execv", 'getLogger("asyncio")'):
             assert trick not in text or path == cli.__file__, (path, trick)

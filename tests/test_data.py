@@ -1,5 +1,6 @@
 """Data pipelines: TF-free TFDS preparation of digits, the shared grain pipeline, toy densities (the benchmark
 datasets' builders are tested in test_datasets.py)."""
+
 import json
 import math
 import os
@@ -133,11 +134,21 @@ def test_unprepared_dataset_fails_fast(tmp_path, name):
 
 def test_label_of_toys_and_digits(digits_dir):
     assert data.label(cfg_for("moons"), "train") == {
-        "name": "moons", "builder": "toy", "version": toy.VERSION, "split": "train", "num_examples": 65536,
-        "verified": True}
+        "name": "moons",
+        "builder": "toy",
+        "version": toy.VERSION,
+        "split": "train",
+        "num_examples": 65536,
+        "verified": True,
+    }
     assert data.label(cfg_for("digits", digits_dir), "test") == {
-        "name": "digits", "builder": "sklearn_digits", "version": "1.0.0", "split": "test", "num_examples": 297,
-        "verified": True}
+        "name": "digits",
+        "builder": "sklearn_digits",
+        "version": "1.0.0",
+        "split": "test",
+        "num_examples": 297,
+        "verified": True,
+    }
     with pytest.raises(ValueError, match="valid"):
         data.label(cfg_for("moons"), "valid")
 

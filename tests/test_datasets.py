@@ -1,6 +1,7 @@
 """The benchmark datasets (MNIST, Fashion-MNIST, CIFAR-10, downsampled ImageNet) prepared without TensorFlow
 from synthetic files written in exactly the official formats: records, labels and TFDS's order; bad files
 refused with one line and nothing prepared; a few training steps and an evaluation on prepared CIFAR-10."""
+
 import dataclasses
 import gzip
 import hashlib
@@ -22,8 +23,12 @@ from diffvar.data import builders, formats, prepare
 from diffvar.errors import OptionError
 from tests.helpers import ROOT, assert_one_error_line, run_script
 
-IDX = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
-       "t10k-labels-idx1-ubyte.gz")
+IDX = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
 
 
 # ----------------------------------------------------------------------------- official formats, written here
@@ -98,8 +103,10 @@ def write_png_tar(path, prefix, size, n, seed):
 def write_imagenet(folder, size, seed, n=(12, 5)):
     os.makedirs(folder, exist_ok=True)
     train, valid = f"train_{size}x{size}", f"valid_{size}x{size}"
-    return {"train": write_png_tar(os.path.join(folder, f"{train}.tar"), train, size, n[0], seed),
-            "validation": write_png_tar(os.path.join(folder, f"{valid}.tar"), valid, size, n[1], seed + 1)}
+    return {
+        "train": write_png_tar(os.path.join(folder, f"{train}.tar"), train, size, n[0], seed),
+        "validation": write_png_tar(os.path.join(folder, f"{valid}.tar"), valid, size, n[1], seed + 1),
+    }
 
 
 def tfds_order(split, keys):
@@ -121,14 +128,19 @@ def cfg_for(name, data_dir):
 
 def nothing_prepared(data_dir):
     """No dataset version folder and no incomplete.* folder anywhere under data_dir."""
-    found = [os.path.join(r, d) for r, ds, _ in os.walk(data_dir) for d in ds
-             if d.startswith("incomplete") or re.fullmatch(r"\d+\.\d+\.\d+", d)]
+    found = [
+        os.path.join(r, d)
+        for r, ds, _ in os.walk(data_dir)
+        for d in ds
+        if d.startswith("incomplete") or re.fullmatch(r"\d+\.\d+\.\d+", d)
+    ]
     return not found
 
 
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
     """Opening a connection fails as it does offline (OSError)."""
+
     def refuse(*args, **kwargs):
         raise OSError("network is unreachable (tests run offline)")
 
@@ -154,8 +166,15 @@ def test_idx_datasets(tmp_path, name):
     info = data.get_info(cfg_for(name, str(tmp_path / "d")))
     assert info == data.DataInfo(name, (28, 28, 1), 256, 30, 10, None)
     assert data.label(cfg_for(name, str(tmp_path / "d")), "test") == {
-        "name": name, "builder": f"diffvar_{name}", "version": "1.0.0", "split": "test", "num_examples": 10,
-        "verified": False, "matched": {f: None for f in IDX}, "origin": str(tmp_path / "src")}
+        "name": name,
+        "builder": f"diffvar_{name}",
+        "version": "1.0.0",
+        "split": "test",
+        "num_examples": 10,
+        "verified": False,
+        "matched": {f: None for f in IDX},
+        "origin": str(tmp_path / "src"),
+    }
     names = builder.info.features["label"].names
     assert names[0] == ("T-shirt/top" if name == "fashion_mnist" else "0")
 
@@ -187,11 +206,16 @@ def test_downsampled_imagenet(tmp_path, size):
     cfg = cfg_for(name, d)
     assert data.get_info(cfg) == data.DataInfo(name, (size, size, 3), 256, 12, 5, None)
     np.testing.assert_array_equal(data.load_split(cfg, "test"), records(d, name, "validation")[0])
-    assert data.label(cfg, "test") == {"name": name, "builder": f"diffvar_downsampled_imagenet/{size}x{size}",
-                                       "version": "1.0.0", "split": "validation", "num_examples": 5,
-                                       "verified": False, "matched": {f"{s}_{size}x{size}.tar": None
-                                                                      for s in ("train", "valid")},
-                                       "origin": str(tmp_path / "src")}
+    assert data.label(cfg, "test") == {
+        "name": name,
+        "builder": f"diffvar_downsampled_imagenet/{size}x{size}",
+        "version": "1.0.0",
+        "split": "validation",
+        "num_examples": 5,
+        "verified": False,
+        "matched": {f"{s}_{size}x{size}.tar": None for s in ("train", "valid")},
+        "origin": str(tmp_path / "src"),
+    }
 
 
 def test_official_digests_mark_the_dataset_verified(tmp_path, monkeypatch):
@@ -200,8 +224,11 @@ def test_official_digests_mark_the_dataset_verified(tmp_path, monkeypatch):
     write_cifar10(tmp_path / "src" / "cifar-10-binary.tar.gz", seed=1)
     digest = prepare.sha256(str(tmp_path / "src" / "cifar-10-binary.tar.gz"))
     official = builders.Cifar10.official_files
-    monkeypatch.setattr(builders.Cifar10, "official_files",
-                        lambda self: [builders.OfficialFile(f.name, f.url, f.size, digest) for f in official(self)])
+    monkeypatch.setattr(
+        builders.Cifar10,
+        "official_files",
+        lambda self: [builders.OfficialFile(f.name, f.url, f.size, digest) for f in official(self)],
+    )
     d = str(tmp_path / "d")
     prepare.prepare("cifar10", d, source=str(tmp_path / "src"))
     assert data.label(cfg_for("cifar10", d), "train")["verified"] is True
@@ -221,9 +248,13 @@ def _record_payloads(monkeypatch, cls, payloads, host="fashion-mnist.s3-website.
     official = cls.official_files
 
     def files(self):
-        return [dataclasses.replace(f, payload_size=len(payloads[f.name]),
-                                    payload_sha256=hashlib.sha256(payloads[f.name]).hexdigest())
-                for f in official(self)]
+        return [
+            dataclasses.replace(
+                f, payload_size=len(payloads[f.name]), payload_sha256=hashlib.sha256(payloads[f.name]).hexdigest()
+            )
+            for f in official(self)
+        ]
+
     monkeypatch.setattr(cls, "official_files", files)
 
 
@@ -244,8 +275,11 @@ def test_a_faithful_recompression_verifies_by_its_payload(tmp_path, monkeypatch)
     changed = bytearray(payloads[IDX[2]])
     changed[-1] ^= 1
     (src / IDX[2]).write_bytes(gzip.compress(bytes(changed)))
-    with pytest.raises(data.DataNotPreparedError, match=r"t10k-images-idx3-ubyte\.gz: sha256 \w+ does not match "
-                       r"the official .* and its decompressed payload does not match .*--unverified") as err:
+    with pytest.raises(
+        data.DataNotPreparedError,
+        match=r"t10k-images-idx3-ubyte\.gz: sha256 \w+ does not match "
+        r"the official .* and its decompressed payload does not match .*--unverified",
+    ) as err:
         prepare.prepare("fashion_mnist", str(tmp_path / "d2"), source=str(src), out=io.StringIO())
     assert "\n" not in str(err.value) and nothing_prepared(str(tmp_path / "d2"))
 
@@ -259,13 +293,18 @@ def test_the_system_folder_is_looked_in_first(tmp_path, monkeypatch):
     monkeypatch.setattr(builders.FashionMnist, "SYSTEM_FOLDERS", (str(tmp_path / "absent"), str(system)))
     out = io.StringIO()
     prepare.prepare("fashion_mnist", d, out=out)
-    assert f"found fashion_mnist's files in {system} (installed by `apt-get install dataset-fashion-mnist`)" in \
-        out.getvalue()
+    assert (
+        f"found fashion_mnist's files in {system} (installed by `apt-get install dataset-fashion-mnist`)"
+        in out.getvalue()
+    )
     assert data.label(cfg_for("fashion_mnist", d), "train")["origin"] == str(system)
 
     monkeypatch.setattr(builders.FashionMnist, "SYSTEM_FOLDERS", (str(tmp_path / "absent"),))
-    with pytest.raises(data.DataNotPreparedError, match=r"could not download fashion_mnist .*install them with "
-                       r"`apt-get install dataset-fashion-mnist` and re-run, or download .*--source=FOLDER"):
+    with pytest.raises(
+        data.DataNotPreparedError,
+        match=r"could not download fashion_mnist .*install them with "
+        r"`apt-get install dataset-fashion-mnist` and re-run, or download .*--source=FOLDER",
+    ):
         prepare.prepare("fashion_mnist", str(tmp_path / "d2"), out=io.StringIO())
 
 
@@ -307,10 +346,15 @@ def test_checksums_tsv_records_the_official_files():
     """checksums.tsv beside the builders: URL, size and sha256 as TFDS records them."""
     b = builders.make("imagenet64", "/nonexistent")
     assert [(f.name, f.size, f.sha256[:8]) for f in b.official_files()] == [
-        ("train_64x64.tar", 12112588800, "e2a2c194"), ("valid_64x64.tar", 477255680, "eeac03ec")]
+        ("train_64x64.tar", 12112588800, "e2a2c194"),
+        ("valid_64x64.tar", 477255680, "eeac03ec"),
+    ]
     (cifar,) = builders.make("cifar10", "/nonexistent").official_files()
     assert (cifar.url, cifar.size, cifar.sha256[:8]) == (
-        "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz", 170052171, "c4a38c50")
+        "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
+        170052171,
+        "c4a38c50",
+    )
     assert [f.name for f in builders.make("fashion_mnist", "/nonexistent").official_files()] == list(IDX)
 
 
@@ -377,12 +421,18 @@ def _corrupt(tmp_path, what):
     return "imagenet32", src
 
 
-@pytest.mark.parametrize("what, message", [
-    ("idx magic", "not an IDX file"), ("idx count", "has 9 bytes of data"),
-    ("cifar record", "not a whole number of 3,073-byte records"),
-    ("cifar member", "lacks cifar-10-batches-bin/test_batch.bin"),
-    ("cifar truncated", "not a complete .tar.gz"), ("png size", "is not a 32x32 RGB PNG"),
-    ("tar truncated", "not a complete tar archive")])
+@pytest.mark.parametrize(
+    "what, message",
+    [
+        ("idx magic", "not an IDX file"),
+        ("idx count", "has 9 bytes of data"),
+        ("cifar record", "not a whole number of 3,073-byte records"),
+        ("cifar member", "lacks cifar-10-batches-bin/test_batch.bin"),
+        ("cifar truncated", "not a complete .tar.gz"),
+        ("png size", "is not a 32x32 RGB PNG"),
+        ("tar truncated", "not a complete tar archive"),
+    ],
+)
 def test_wrong_formats(tmp_path, what, message):
     name, src = _corrupt(tmp_path, what)
     d = str(tmp_path / "d")
@@ -420,14 +470,21 @@ def test_without_source(tmp_path, monkeypatch):
     """Offline, the download fails with one line saying what to download and how to pass it; ImageNet's
     URLs are dead, so it says which files to place in a folder."""
     from tensorflow_datasets.core.download import downloader
+
     monkeypatch.setattr(downloader, "MAX_RETRIES", 0)  # TFDS retries 10 times with backoff (minutes offline)
     d = str(tmp_path / "d")
-    with pytest.raises(data.DataNotPreparedError, match=r"could not download mnist.*t10k-labels-idx1-ubyte\.gz.*"
-                                                        r"--dataset=mnist --source=FOLDER") as err:
+    with pytest.raises(
+        data.DataNotPreparedError,
+        match=r"could not download mnist.*t10k-labels-idx1-ubyte\.gz.*"
+        r"--dataset=mnist --source=FOLDER",
+    ) as err:
         prepare.prepare("mnist", d, out=io.StringIO())
     assert "\n" not in str(err.value)
-    with pytest.raises(data.DataNotPreparedError, match=r"dead.*train_32x32\.tar \(4,113,018,880 bytes.*"
-                                                        r"valid_32x32\.tar.*--dataset=imagenet32 --source=FOLDER"):
+    with pytest.raises(
+        data.DataNotPreparedError,
+        match=r"dead.*train_32x32\.tar \(4,113,018,880 bytes.*"
+        r"valid_32x32\.tar.*--dataset=imagenet32 --source=FOLDER",
+    ):
         prepare.prepare("imagenet32", d, out=io.StringIO())
     assert nothing_prepared(d)
 
@@ -452,17 +509,32 @@ def test_prepare_train_evaluate_cifar10(tmp_path):
     os.makedirs(tmp_path / "src")
     write_cifar10(tmp_path / "src" / "cifar-10-binary.tar.gz", seed=2)
     d, w = str(tmp_path / "d"), str(tmp_path / "w")
-    r = run_script("prepare_data", "--dataset=cifar10", f"--source={tmp_path / 'src'}", f"--data_dir={d}",
-                   "--unverified")
+    r = run_script(
+        "prepare_data", "--dataset=cifar10", f"--source={tmp_path / 'src'}", f"--data_dir={d}", "--unverified"
+    )
     assert r.returncode == 0, r.stderr
     assert "prepared cifar10: train 20, test 6 examples" in r.stdout and "UNVERIFIED" in r.stdout
-    r = run_script("train", f"--config={ROOT}/configs/cifar10.py", f"--workdir={w}", f"--config.data.data_dir={d}",
-                   "--config.model.ch=8", "--config.model.ch_mult=(1,)", "--config.model.num_res_blocks=1",
-                   "--config.model.attn_resolutions=()", "--config.training.batch_size=4",
-                   "--config.training.num_steps=3", "--config.training.steps_per_call=1",
-                   "--config.optim.warmup_steps=1", "--config.training.log_every=1",
-                   "--config.training.ckpt_every=3", "--config.eval.every=0", "--config.eval.batch_size=6",
-                   "--config.sampling.every=0", "--config.sampling.num=2", "--config.sampling.steps=2")
+    r = run_script(
+        "train",
+        f"--config={ROOT}/configs/cifar10.py",
+        f"--workdir={w}",
+        f"--config.data.data_dir={d}",
+        "--config.model.ch=8",
+        "--config.model.ch_mult=(1,)",
+        "--config.model.num_res_blocks=1",
+        "--config.model.attn_resolutions=()",
+        "--config.training.batch_size=4",
+        "--config.training.num_steps=3",
+        "--config.training.steps_per_call=1",
+        "--config.optim.warmup_steps=1",
+        "--config.training.log_every=1",
+        "--config.training.ckpt_every=3",
+        "--config.eval.every=0",
+        "--config.eval.batch_size=6",
+        "--config.sampling.every=0",
+        "--config.sampling.num=2",
+        "--config.sampling.steps=2",
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "done: step 3" in r.stdout
     r = run_script("evaluate", f"--workdir={w}", "--form=ism", "--noode", "--repeats=1", "--quiet")

@@ -5,6 +5,7 @@ per dimension, so each bin is a box and log P(x) (and its counterpart at t_eps, 
 is a sum over components of products of normal CDF differences (GaussianMixture.box_logp). Every bound must
 lie below its target within Monte-Carlo error, the importance-weighted bound must rise toward it as K grows.
 """
+
 import math
 
 import jax
@@ -13,8 +14,17 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from diffvar.dequantization import (DequantizationOptions, bin_box, bpd, dequantize, importance_weighted_bound,
-                                     forward_transform, inverse_transform, to_model_space, truncated_standard_normal)
+from diffvar.dequantization import (
+    DequantizationOptions,
+    bin_box,
+    bpd,
+    dequantize,
+    forward_transform,
+    importance_weighted_bound,
+    inverse_transform,
+    to_model_space,
+    truncated_standard_normal,
+)
 from diffvar.elbo import elbo
 from diffvar.mixture import GaussianMixture, score_fn_for
 from diffvar.ode import ode_logp
@@ -51,8 +61,10 @@ def target(mix, x, dequantization, transform, sde):
 
 def exact_density(mix, sde, t0):
     """log_density(rng, y) -> log p_{t0}(y): the mixture's own marginal, no noise."""
+
     def log_density(rng, y):
         return mix.logp(y) if t0 == 0.0 else mix.marginal_logp(sde, y, jnp.full(y.shape[:1], t0))
+
     return log_density
 
 
@@ -161,8 +173,9 @@ def iw_gaps(mix, x, dequantization, transform, sde, ks, log_density=None, seed=3
     with_aux = lambda r, y: (log_density(r, y), ())
     out = {}
     for k in ks:
-        fn = jax.jit(lambda x, r: importance_weighted_bound(with_aux, r, x, LEVELS, dequantization, k, sde, T_EPS,
-                                                            transform)[0])
+        fn = jax.jit(
+            lambda x, r: importance_weighted_bound(with_aux, r, x, LEVELS, dequantization, k, sde, T_EPS, transform)[0]
+        )
         out[k] = np.asarray(fn(x, jax.random.PRNGKey(seed)), np.float64) - exact
     return out
 
@@ -223,15 +236,20 @@ def test_elbo_and_ode_from_t_eps_give_the_density_at_t_eps():
     y, _ = dequantize(jax.random.PRNGKey(0), x, LEVELS, "truncated_normal", sde, T_EPS, "scale")
     exact = np.asarray(mix.marginal_logp(sde, y, jnp.full((y.shape[0],), T_EPS)), np.float64)
     score = score_fn_for(mix, sde)
-    for kw in [dict(form="ism", time_sampling="uniform"), dict(form="ism", time_sampling="importance"),
-               dict(form="dsm", time_sampling="importance")]:
-        mean = jax.jit(lambda y: elbo(score, sde, y, jax.random.PRNGKey(1), t_min=T_EPS, draws=100, t_eps=T_EPS,
-                                      **kw))(y)
+    for kw in [
+        dict(form="ism", time_sampling="uniform"),
+        dict(form="ism", time_sampling="importance"),
+        dict(form="dsm", time_sampling="importance"),
+    ]:
+        mean = jax.jit(lambda y: elbo(score, sde, y, jax.random.PRNGKey(1), t_min=T_EPS, draws=100, t_eps=T_EPS, **kw))(
+            y
+        )
         m, se = mean_se(np.asarray(mean, np.float64) - exact)
         assert abs(m) < 4 * se + PRIOR_TOL and se < 0.1, (kw, m, se)  # an error of 0.4 nats is caught
     exact_pT = lambda z: mix.marginal_logp(sde, z, jnp.full((z.shape[0],), sde.T))
-    logp, _ = jax.jit(lambda y: ode_logp(score, sde, y, jax.random.PRNGKey(0), rtol=1e-6, atol=1e-6, t_min=T_EPS,
-                                         prior_logp=exact_pT))(y)
+    logp, _ = jax.jit(
+        lambda y: ode_logp(score, sde, y, jax.random.PRNGKey(0), rtol=1e-6, atol=1e-6, t_min=T_EPS, prior_logp=exact_pT)
+    )(y)
     np.testing.assert_allclose(logp, exact, atol=5e-3)
 
 
@@ -242,8 +260,9 @@ def test_importance_weighted_elbo_noise_counts_as_gain_which_is_why_it_is_refuse
     sde = VPSDE()
     mix, x = data("scale", n=500)
     score = score_fn_for(mix, sde)
-    noisy = lambda rng, y: elbo(score, sde, y, rng, t_min=T_EPS, draws=1, form="dsm", time_sampling="importance",
-                                t_eps=T_EPS)
+    noisy = lambda rng, y: elbo(
+        score, sde, y, rng, t_min=T_EPS, draws=1, form="dsm", time_sampling="importance", t_eps=T_EPS
+    )
     exact = iw_gaps(mix, x, "truncated_normal", "scale", sde, (8,))[8]
     raw = iw_gaps(mix, x, "truncated_normal", "scale", sde, (8,), noisy)[8]
     up, se_up = mean_se(raw - exact)
@@ -260,8 +279,9 @@ def test_exact_trace_ode_importance_weighted_bound_lies_below_log_p_and_rises_wi
     mix, x = data(transform, n=300)
     score = score_fn_for(mix, sde)
     exact_pT = lambda z: mix.marginal_logp(sde, z, jnp.full((z.shape[0],), sde.T))
-    ode = lambda rng, y: ode_logp(score, sde, y, rng, rtol=1e-5, atol=1e-5, divergence="exact", t_min=T_EPS,
-                                  prior_logp=exact_pT)[0]
+    ode = lambda rng, y: ode_logp(
+        score, sde, y, rng, rtol=1e-5, atol=1e-5, divergence="exact", t_min=T_EPS, prior_logp=exact_pT
+    )[0]
     gaps = iw_gaps(mix, x, "truncated_normal", transform, sde, (1, 8), ode)
     for k, g in gaps.items():
         m, se = mean_se(g)
@@ -277,16 +297,28 @@ def test_importance_weighted_bound_under_jit_equals_op_by_op():
     mix, x = data("logit", n=300)
     log_density = exact_density(mix, sde, T_EPS)
     for k in (1, 3):
-        fn = lambda x: importance_weighted_bound(lambda r, y: (log_density(r, y), ()), jax.random.PRNGKey(4), x,
-                                                 LEVELS, "truncated_normal", k, sde, T_EPS, "logit")[0]
+        fn = lambda x: importance_weighted_bound(
+            lambda r, y: (log_density(r, y), ()),
+            jax.random.PRNGKey(4),
+            x,
+            LEVELS,
+            "truncated_normal",
+            k,
+            sde,
+            T_EPS,
+            "logit",
+        )[0]
         np.testing.assert_allclose(jax.jit(fn)(x), fn(x), rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(dequantization="gaussian"), "dequantization.*uniform.*truncated_normal"),
-    (dict(importance_samples=0), "importance_samples must be an int >= 1"),
-    (dict(dequantization="truncated_normal", sde=None), "needs sde"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(dequantization="gaussian"), "dequantization.*uniform.*truncated_normal"),
+        (dict(importance_samples=0), "importance_samples must be an int >= 1"),
+        (dict(dequantization="truncated_normal", sde=None), "needs sde"),
+    ],
+)
 def test_invalid_arguments_name_themselves(kwargs, match):
     args = dict(dequantization="uniform", importance_samples=1, sde=VPSDE())
     args.update(kwargs)
@@ -299,6 +331,7 @@ def test_centre_training_data_and_its_matched_evaluation():
     normal's), and eval.dequantization='auto' then evaluates with the truncated normal; the default stays uniform."""
     from diffvar.evaluator import EvalSpec
     from tests.helpers import load_config
+
     x = jnp.asarray([[0.0, 3.0, 16.0]])
     for transform in ("logit", "scale"):
         y, _ = to_model_space(jax.random.PRNGKey(0), x, 17, transform, 0.05, "none")

@@ -1,5 +1,6 @@
 """Divergences of per-example maps (diffvar.divergence): Hutchinson's estimator is unbiased for the exact trace,
 with a fixed probe, and with several probes in one vmapped JVP."""
+
 import math
 
 import jax

@@ -5,6 +5,7 @@ draws, several Hutchinson probes per time point, importance-sampled time for the
 With the exact score the ELBO equals log p(x) up to the prior mismatch (DESIGN §4), so every scheme's mean must
 land there within its Monte-Carlo error.
 """
+
 import math
 
 import jax
@@ -14,7 +15,7 @@ import pytest
 
 from diffvar.elbo import StratifiedTime, elbo, elbo_draws
 from diffvar.mixture import random_mixture, score_fn_for
-from diffvar.sde import ImportanceTime, SubVPSDE, UniformTime, VESDE, VPSDE, time_proposal
+from diffvar.sde import VESDE, VPSDE, ImportanceTime, SubVPSDE, UniformTime, time_proposal
 
 # The ELBO with the exact score equals log p(x) up to the prior mismatch E[log pi(Y_T) - log p_T(Y_T)],
 # which for these SDEs and mixtures is below PRIOR_TOL nats (checked in test_prior_gap_is_small).
@@ -23,8 +24,12 @@ SDE = VPSDE()
 MIX = random_mixture(jax.random.PRNGKey(16), 16)
 SCORE = score_fn_for(MIX, SDE)
 
-PROPOSALS = [UniformTime(), UniformTime(t_min=1e-3), ImportanceTime(sde=SDE, t_eps=1e-3),
-             ImportanceTime(sde=SDE, t_eps=1e-3, truncated=True)]
+PROPOSALS = [
+    UniformTime(),
+    UniformTime(t_min=1e-3),
+    ImportanceTime(sde=SDE, t_eps=1e-3),
+    ImportanceTime(sde=SDE, t_eps=1e-3, truncated=True),
+]
 
 
 def _elbo_gap(sde, mix, num_x, repeats, shape=None, score_fn=None, seed=0, **kwargs):
@@ -32,8 +37,7 @@ def _elbo_gap(sde, mix, num_x, repeats, shape=None, score_fn=None, seed=0, **kwa
     x = mix.sample(jax.random.PRNGKey(seed), num_x)
     score_fn = score_fn or score_fn_for(mix, sde)
     xs = x if shape is None else jnp.reshape(x, (num_x,) + shape)
-    est = jax.jit(lambda xs, k: elbo(score_fn, sde, xs, k, draws=repeats, **kwargs))(
-        xs, jax.random.PRNGKey(seed + 1))
+    est = jax.jit(lambda xs, k: elbo(score_fn, sde, xs, k, draws=repeats, **kwargs))(xs, jax.random.PRNGKey(seed + 1))
     return np.asarray(est - mix.logp(x), np.float64)
 
 
@@ -66,8 +70,9 @@ def test_elbo_with_exact_score_equals_log_density_16d_images(kwargs):
     """16 dimensions, fed as [B, 4, 4, 1] images through a reshaping score function."""
     sde = VPSDE()
     mix = random_mixture(jax.random.PRNGKey(16), 16)
-    se = _assert_mean_close(_elbo_gap(sde, mix, 4000, 200, shape=(4, 4, 1),
-                                      score_fn=score_fn_for(mix, sde), **kwargs), 0.0)
+    se = _assert_mean_close(
+        _elbo_gap(sde, mix, 4000, 200, shape=(4, 4, 1), score_fn=score_fn_for(mix, sde), **kwargs), 0.0
+    )
     assert se < 0.1
 
 
@@ -108,8 +113,9 @@ def test_ism_and_dsm_forms_agree_for_an_arbitrary_score():
     sde = VPSDE()
     score = lambda y, t: -0.7 * y + 0.5 * jnp.sin(2.0 * y[..., ::-1]) * (1.0 + t[:, None] ** 2)
     x = jnp.tile(jnp.array([[1.0, -0.5], [0.2, 2.0]]), (20000, 1))
-    run = lambda form, ts, k: np.asarray(jax.jit(lambda k: elbo(score, sde, x, k, draws=10, form=form,
-                                                                time_sampling=ts))(jax.random.PRNGKey(k)))
+    run = lambda form, ts, k: np.asarray(
+        jax.jit(lambda k: elbo(score, sde, x, k, draws=10, form=form, time_sampling=ts))(jax.random.PRNGKey(k))
+    )
     ism = run("ism", "uniform", 0).reshape(-1, 2)
     dsm = run("dsm", "importance", 1).reshape(-1, 2)
     for j in range(2):
@@ -134,8 +140,12 @@ def test_stratified_time_puts_row_i_in_its_stratum(q):
     edges = q.quantile(jnp.linspace(0.0, 1.0, strata + 1))
     assert bool(jnp.all((t >= edges[stratum] * (1 - 1e-6)) & (t <= edges[stratum + 1] * (1 + 1e-6))))
     # within its stratum, t is q restricted there: its q-CDF is uniform on [j / n, (j + 1) / n)
-    u = jnp.asarray([float(np.mean(np.asarray(t[stratum == j]) < edges[j] + 0.5 * (edges[j + 1] - edges[j])))
-                     for j in range(strata)])
+    u = jnp.asarray(
+        [
+            float(np.mean(np.asarray(t[stratum == j]) < edges[j] + 0.5 * (edges[j + 1] - edges[j])))
+            for j in range(strata)
+        ]
+    )
     assert bool(jnp.all((u > 0.0) & (u < 1.0)))
     np.testing.assert_allclose(StratifiedTime(q, stratum, strata).density(t), q.density(t))
 
@@ -166,15 +176,18 @@ def test_variance_reduced_elbo_equals_log_density_with_the_exact_score(name):
     assert abs(mean) < 4.5 * se + PRIOR_TOL, (name, mean, se)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(form="sliced"), "form.*ism.*dsm"),
-    (dict(probe="sphere"), "probe.*rademacher.*gaussian"),
-    (dict(time_sampling="beta"), "time_sampling.*uniform.*importance"),
-    (dict(divergence="approx"), "divergence.*hutchinson.*exact"),
-    (dict(draws=0), "draws=0 must be an integer >= 1"),
-    (dict(probes=1.5), "probes=1.5 must be an integer"),
-    (dict(stratified=1), "stratified=1 must be True or False"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(form="sliced"), "form.*ism.*dsm"),
+        (dict(probe="sphere"), "probe.*rademacher.*gaussian"),
+        (dict(time_sampling="beta"), "time_sampling.*uniform.*importance"),
+        (dict(divergence="approx"), "divergence.*hutchinson.*exact"),
+        (dict(draws=0), "draws=0 must be an integer >= 1"),
+        (dict(probes=1.5), "probes=1.5 must be an integer"),
+        (dict(stratified=1), "stratified=1 must be True or False"),
+    ],
+)
 def test_elbo_invalid_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         elbo(lambda y, t: -y, VPSDE(), jnp.ones((2, 3)), jax.random.PRNGKey(0), **kwargs)

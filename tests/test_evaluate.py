@@ -1,6 +1,7 @@
 """Checkpoint evaluation and sampling on a tiny gmm2d run: the three estimators, the exact-score ground truth,
 repeats to a target standard error, read-only checkpoints, one-line errors, the sample and plot scripts; and
 scripts/evaluate.py's labels on a tiny digits (image) run."""
+
 import glob
 import hashlib
 import json
@@ -12,10 +13,15 @@ import jax
 import numpy as np
 import pytest
 
-from diffvar import checkpoints, distributed, evaluator, experiment
-from diffvar import config as config_lib
-from diffvar import evaluate as ev
-from diffvar import train as train_lib
+from diffvar import (
+    checkpoints,
+    config as config_lib,
+    distributed,
+    evaluate as ev,
+    evaluator,
+    experiment,
+    train as train_lib,
+)
 from diffvar.data import toy
 from diffvar.errors import OptionError
 from diffvar.mixture import GaussianMixture, score_fn_for
@@ -28,10 +34,21 @@ STEPS = 200
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("evaluate") / "run")
-    config = tiny_config(**{"training.num_steps": STEPS, "training.steps_per_call": 50, "training.log_every": 50,
-                            "training.ckpt_every": 100, "training.keep": 3, "eval.every": 100,
-                            "eval.max_examples": 1024, "sampling.num": 16, "sampling.steps": 5,
-                            "optim.warmup_steps": 20, "optim.schedule": "cosine"})
+    config = tiny_config(
+        **{
+            "training.num_steps": STEPS,
+            "training.steps_per_call": 50,
+            "training.log_every": 50,
+            "training.ckpt_every": 100,
+            "training.keep": 3,
+            "eval.every": 100,
+            "eval.max_examples": 1024,
+            "sampling.num": 16,
+            "sampling.steps": 5,
+            "optim.warmup_steps": 20,
+            "optim.schedule": "cosine",
+        }
+    )
     train_lib.train(config, workdir)
     return workdir
 
@@ -49,15 +66,25 @@ def listing(path):
         for f in files:
             p = os.path.join(root, f)
             with open(p, "rb") as fh:
-                out[os.path.relpath(p, path)] = (hashlib.sha256(fh.read()).hexdigest(), os.path.getsize(p),
-                                                 os.stat(p).st_mtime_ns)
+                out[os.path.relpath(p, path)] = (
+                    hashlib.sha256(fh.read()).hexdigest(),
+                    os.path.getsize(p),
+                    os.stat(p).st_mtime_ns,
+                )
     return out
 
 
 def test_evaluate_reports_three_estimates_that_agree_and_leaves_checkpoints_alone(run):
     before, entries = listing(os.path.join(run, "checkpoints")), set(os.listdir(run))
-    r = script("evaluate", f"--workdir={run}", "--max_examples=1024", "--batch_size=512", "--repeats=8",
-               "--ode_rtol=1e-4", "--ode_atol=1e-4")
+    r = script(
+        "evaluate",
+        f"--workdir={run}",
+        "--max_examples=1024",
+        "--batch_size=512",
+        "--repeats=8",
+        "--ode_rtol=1e-4",
+        "--ode_atol=1e-4",
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "ISM-form ELBO" in r.stdout and "ODE" in r.stdout and "exact -log p(x)" in r.stdout  # progress + table
     assert listing(os.path.join(run, "checkpoints")) == before
@@ -65,9 +92,21 @@ def test_evaluate_reports_three_estimates_that_agree_and_leaves_checkpoints_alon
     with open(os.path.join(run, "eval", f"{STEPS}.json")) as f:
         res = json.load(f)
     assert res["unit"].startswith("nats") and res["step"] == STEPS and res["num_examples"] == 1024
-    for key in ("nats_elbo", "nats_elbo_stderr", "nats_elbo_ism", "nats_elbo_ism_stderr", "nats_elbo_dsm",
-                "nats_elbo_dsm_stderr", "nats_ode", "nats_ode_stderr", "nfe", "seconds_elbo_ism", "seconds_elbo_dsm",
-                "seconds_ode", "exact_nll_nats"):
+    for key in (
+        "nats_elbo",
+        "nats_elbo_stderr",
+        "nats_elbo_ism",
+        "nats_elbo_ism_stderr",
+        "nats_elbo_dsm",
+        "nats_elbo_dsm_stderr",
+        "nats_ode",
+        "nats_ode_stderr",
+        "nfe",
+        "seconds_elbo_ism",
+        "seconds_elbo_dsm",
+        "seconds_ode",
+        "exact_nll_nats",
+    ):
         assert np.isfinite(res[key]), key
     assert not any(k.startswith("bpd") for k in res)  # the toy's values are nats, and named so
     assert all(res[k]["label"]["bound"] for k in ("elbo_ism", "elbo_dsm", "ode"))
@@ -86,14 +125,18 @@ def test_evaluate_reports_three_estimates_that_agree_and_leaves_checkpoints_alon
 def test_trainer_logged_metric_is_what_evaluate_reports(run, step):
     """One code path: the test nats the trainer logged at a step and evaluate's ISM ELBO of that checkpoint,
     with the run's options and seed, are the same number."""
-    logged = [r for r in map(json.loads, open(os.path.join(run, "metrics.jsonl"))) if r.get("step") == step
-              and "test_nats" in r]
+    logged = [
+        r
+        for r in map(json.loads, open(os.path.join(run, "metrics.jsonl")))
+        if r.get("step") == step and "test_nats" in r
+    ]
     assert len(logged) == 1
     res = ev.run_eval(run, step, forms=("ism",), ode=False, max_examples=1024, write=False, progress=False)
     assert res["nats_elbo"] == logged[0]["test_nats"] and res["nats_elbo_stderr"] == logged[0]["test_nats_stderr"]
     # ... and a different seed gives a different draw (the equality above is not vacuous).
-    other = ev.run_eval(run, step, forms=("ism",), ode=False, max_examples=1024, seed=12345, write=False,
-                        progress=False)
+    other = ev.run_eval(
+        run, step, forms=("ism",), ode=False, max_examples=1024, seed=12345, write=False, progress=False
+    )
     assert other["nats_elbo"] != res["nats_elbo"]
 
 
@@ -143,8 +186,11 @@ def test_errors_are_one_line_and_leave_the_workdir_unchanged(run, tmp_path):
     shutil.copy(os.path.join(run, "config.json"), config_only)
     assert_one_error_line(script("evaluate", f"--workdir={config_only}"), "no checkpoint")
     assert os.listdir(config_only) == ["config.json"]
-    assert_one_error_line(script("evaluate", f"--workdir={run}", "--checkpoint_step=12345"),
-                          "no checkpoint at step 12345", f"available steps: 100, {STEPS}")
+    assert_one_error_line(
+        script("evaluate", f"--workdir={run}", "--checkpoint_step=12345"),
+        "no checkpoint at step 12345",
+        f"available steps: 100, {STEPS}",
+    )
     assert_one_error_line(script("evaluate", f"--workdir={run}", "--form=elbo"), "--form='elbo'", "ism, dsm, both")
     # A truncated data file inside checkpoints/<step>/state.
     corrupt = str(tmp_path / "corrupt")
@@ -154,8 +200,11 @@ def test_errors_are_one_line_and_leave_the_workdir_unchanged(run, tmp_path):
     biggest = max(data_files, key=os.path.getsize)
     os.truncate(biggest, 100)
     before = listing(os.path.join(corrupt, "checkpoints"))
-    assert_one_error_line(script("evaluate", f"--workdir={corrupt}", f"--checkpoint_step={STEPS}"),
-                          f"checkpoint at step {STEPS}", "cannot be read")
+    assert_one_error_line(
+        script("evaluate", f"--workdir={corrupt}", f"--checkpoint_step={STEPS}"),
+        f"checkpoint at step {STEPS}",
+        "cannot be read",
+    )
     assert listing(os.path.join(corrupt, "checkpoints")) == before
     assert not os.path.exists(os.path.join(corrupt, "eval"))
     # Bytes overwritten in place (same size): orbax keeps no checksums, but the values give it away.
@@ -166,8 +215,11 @@ def test_errors_are_one_line_and_leave_the_workdir_unchanged(run, tmp_path):
     with open(biggest, "r+b") as f:
         f.seek(size // 4)
         f.write(rng.bytes(size // 2))
-    assert_one_error_line(script("evaluate", f"--workdir={corrupt}", f"--checkpoint_step={STEPS}"),
-                          f"checkpoint at step {STEPS}", "corrupt")
+    assert_one_error_line(
+        script("evaluate", f"--workdir={corrupt}", f"--checkpoint_step={STEPS}"),
+        f"checkpoint at step {STEPS}",
+        "corrupt",
+    )
     # The other, intact checkpoint still evaluates.
     assert checkpoints.restore_params(corrupt, 100)[2] == 100
 
@@ -248,18 +300,34 @@ def digits_run(tmp_path_factory):
 
 
 def test_evaluate_truncated_normal_importance_weighted_prints_and_writes_labels(digits_run):
-    r = run_script("evaluate", f"--workdir={digits_run}", "--dequantization=truncated_normal",
-                   "--importance_samples=2", "--draws=2", "--stratified", "--form=ism",
-                   "--max_examples=8", "--ode_rtol=1e-3", "--ode_atol=1e-3", "--quiet", timeout=600)
+    r = run_script(
+        "evaluate",
+        f"--workdir={digits_run}",
+        "--dequantization=truncated_normal",
+        "--importance_samples=2",
+        "--draws=2",
+        "--stratified",
+        "--form=ism",
+        "--max_examples=8",
+        "--ode_rtol=1e-3",
+        "--ode_atol=1e-3",
+        "--quiet",
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout
     assert "how each number was computed:" in out, out
-    for words in ("ISM: ELBO ISM form from t=0.001", "mean of 2 stratified draw(s) per unit",
-                  "truncated_normal dequantization, plain bound (K=1), 17 levels, logit transform",
-                  "truncated_normal dequantization, importance-weighted over K=2, 17 levels, logit transform",
-                  "ODE: ODE Tsit5", "exact trace", "no log2 L, no Jacobian",
-                  "a lower bound on the probability-flow ODE's discrete log P(x)",
-                  "a lower bound on the plug-in reverse SDE's discrete log P(x)"):
+    for words in (
+        "ISM: ELBO ISM form from t=0.001",
+        "mean of 2 stratified draw(s) per unit",
+        "truncated_normal dequantization, plain bound (K=1), 17 levels, logit transform",
+        "truncated_normal dequantization, importance-weighted over K=2, 17 levels, logit transform",
+        "ODE: ODE Tsit5",
+        "exact trace",
+        "no log2 L, no Jacobian",
+        "a lower bound on the probability-flow ODE's discrete log P(x)",
+        "a lower bound on the plug-in reverse SDE's discrete log P(x)",
+    ):
         assert words in out, (words, out)
     path = os.path.join(digits_run, "eval", f"{IMAGE_STEPS}.json")
     assert f"wrote {path}" in out
@@ -268,7 +336,11 @@ def test_evaluate_truncated_normal_importance_weighted_prints_and_writes_labels(
     for key, k in (("elbo_ism", 1), ("ode", 2)):
         label = res[key]["label"]
         assert (label["dequantization"], label["importance_samples"], label["checkpoint_step"], label["bound"]) == (
-            "truncated_normal", k, IMAGE_STEPS, True)
+            "truncated_normal",
+            k,
+            IMAGE_STEPS,
+            True,
+        )
     assert res["ode"]["label"]["divergence"] == "exact"  # auto is the exact trace when K > 1
     assert res["elbo_ism"]["label"]["stratified"] is True and res["elbo_ism"]["label"]["draws"] == 2
     assert res["elbo_ism"]["label"]["t_min"] == pytest.approx(1e-3)
@@ -277,6 +349,13 @@ def test_evaluate_truncated_normal_importance_weighted_prints_and_writes_labels(
 
 
 def test_importance_weighting_with_a_hutchinson_trace_is_refused_in_one_line(digits_run):
-    r = run_script("evaluate", f"--workdir={digits_run}", "--dequantization=truncated_normal",
-                   "--importance_samples=2", "--ode_divergence=hutchinson", "--max_examples=8", "--quiet")
+    r = run_script(
+        "evaluate",
+        f"--workdir={digits_run}",
+        "--dequantization=truncated_normal",
+        "--importance_samples=2",
+        "--ode_divergence=hutchinson",
+        "--max_examples=8",
+        "--quiet",
+    )
     assert_one_error_line(r, "--importance_samples=2", "Hutchinson", "not a bound", "exact trace")

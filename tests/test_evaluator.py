@@ -1,6 +1,7 @@
 """The evaluator (diffvar.evaluator): how a split is batched, the standard errors a pass reports against the spread
 of repeated evaluations (its unit is the mean of one example's draws in one pass, never a single stratified
 draw), EvalSpec from a config, and an ODE solve that runs out of steps."""
+
 import math
 
 import jax
@@ -26,12 +27,12 @@ SCORE = score_fn_for(MIX, SDE)
 
 def test_evaluation_batches_split_the_examples_evenly():
     """The fewest batches of at most the configured size, equal in size, rounded up to the device count."""
-    assert evaluator.batch_size(256, 0, 1, 297) == 149      # 2 batches (298 computed), not 2 x 256
+    assert evaluator.batch_size(256, 0, 1, 297) == 149  # 2 batches (298 computed), not 2 x 256
     assert evaluator.batch_size(256, 0, 2, 297) == 150
     assert evaluator.batch_size(256, 0, 1, 512) == 256
-    assert evaluator.batch_size(256, 100, 2, 297) == 100    # max_examples caps the pass
+    assert evaluator.batch_size(256, 100, 2, 297) == 100  # max_examples caps the pass
     assert evaluator.batch_size(8192, 1024, 1, 8192) == 1024
-    assert evaluator.batch_size(256, 0, 4, 0) == 256        # split size unknown: the configured batch
+    assert evaluator.batch_size(256, 0, 4, 0) == 256  # split size unknown: the configured batch
     for n in range(1, 700, 7):
         b = evaluator.batch_size(256, 0, 2, n)
         assert b <= 256 + 1 and b % 2 == 0 and -(-n // b) == -(-n // 256), (n, b)
@@ -78,17 +79,21 @@ def test_reported_stderr_matches_the_spread_of_repeated_evaluations(fresh_exampl
     if not fresh_examples:
         assert not inside(naive**2)[0], inside(naive**2)[1]
 
+
 def test_an_ode_solve_that_runs_out_of_steps_is_one_solver_error():
     """ode.ode_logp marks a solve past max_steps with NFE -1 (no host callback inside the program);
     evaluator.ode_pass turns it into a SolverError, the one line scripts/evaluate.py prints. (The gmm2d
     experiment with its data's exact score: the solve itself is well behaved.)"""
     exp = experiment.build(tiny_config())
     params = experiment.init_state(exp, 0).ema_params
-    score = lambda p: score_fn_for(GaussianMixture.create(toy.GMM2D_WEIGHTS, toy.GMM2D_MEANS, toy.GMM2D_COVS), exp.schedule.reference)
+    score = lambda p: score_fn_for(
+        GaussianMixture.create(toy.GMM2D_WEIGHTS, toy.GMM2D_MEANS, toy.GMM2D_COVS), exp.schedule.reference
+    )
     batches = evaluator.split_batches(exp, distributed.make_mesh(), "test", 64, 64)
     key = jax.random.PRNGKey(0)
-    fn = evaluator.compile_ahead(experiment.make_ode_fn(exp, OdeOptions(max_steps=3), score=score), params,
-                                 batches[0][0], key)[0]
+    fn = evaluator.compile_ahead(
+        experiment.make_ode_fn(exp, OdeOptions(max_steps=3), score=score), params, batches[0][0], key
+    )[0]
     assert int(fn(params, batches[0][0], key)[1]) == -1
     with pytest.raises(SolverError, match="more than 3 steps"):
         evaluator.ode_pass(fn, params, key, batches, max_steps=3)

@@ -1,11 +1,12 @@
-"""diffvar.sweep.declarations: the exact semantics of sweep / product / zipit / chainit / fixed / named and the checks."""
+"""diffvar.sweep.declarations: the semantics of sweep / product / zipit / chainit / fixed / named and the checks."""
+
 import types
 
 import ml_collections
 import pytest
 
-from diffvar.sweep import declarations as h
 from diffvar.errors import ConfigError
+from diffvar.sweep import declarations as h
 
 
 def base():
@@ -40,7 +41,11 @@ def test_config_prefix_stripped_once():
 def test_product():
     assert h.product([]) == [{}]  # one trial: the base config
     assert h.product([h.sweep("a", [1, 2]), h.sweep("b", ["x", "y"])]) == [
-        {"a": 1, "b": "x"}, {"a": 1, "b": "y"}, {"a": 2, "b": "x"}, {"a": 2, "b": "y"}]  # first outermost
+        {"a": 1, "b": "x"},
+        {"a": 1, "b": "y"},
+        {"a": 2, "b": "x"},
+        {"a": 2, "b": "y"},
+    ]  # first outermost
     assert list(h.product([h.sweep("b", [1]), h.sweep("a", [2])])[0]) == ["b", "a"]  # key order kept
     assert h.product([h.sweep("a", [1]), []]) == []
     with pytest.raises(ConfigError, match="key 'a' is set twice"):
@@ -55,7 +60,10 @@ def test_zipit():
     assert h.zipit([]) == [{}]
     assert h.zipit([h.sweep("a", [1, 2]), h.sweep("b", [3, 4])]) == [{"a": 1, "b": 3}, {"a": 2, "b": 4}]
     assert h.zipit([h.sweep("a", [1, 2, 3]), h.fixed("b", 0)]) == [
-        {"a": 1, "b": 0}, {"a": 2, "b": 0}, {"a": 3, "b": 0}]  # length-1 repeats
+        {"a": 1, "b": 0},
+        {"a": 2, "b": 0},
+        {"a": 3, "b": 0},
+    ]  # length-1 repeats
     assert h.zipit([h.fixed("a", 1), h.fixed("b", 2)]) == [{"a": 1, "b": 2}]
     with pytest.raises(ConfigError, match=r"unequal lengths \[2, 3\]"):
         h.zipit([h.sweep("a", [1, 2]), h.sweep("b", [1, 2, 3])])
@@ -69,8 +77,14 @@ def test_chainit_and_nesting():
     assert h.chainit([]) == []
     assert h.chainit([h.sweep("a", [1]), h.product([h.sweep("b", [2, 3])])]) == [{"a": 1}, {"b": 2}, {"b": 3}]
     nested = h.product([h.chainit([h.sweep("a", [1, 2]), h.fixed("b", 0)]), h.sweep("seed", [0, 1])])
-    assert nested == [{"a": 1, "seed": 0}, {"a": 1, "seed": 1}, {"a": 2, "seed": 0}, {"a": 2, "seed": 1},
-                      {"b": 0, "seed": 0}, {"b": 0, "seed": 1}]
+    assert nested == [
+        {"a": 1, "seed": 0},
+        {"a": 1, "seed": 1},
+        {"a": 2, "seed": 0},
+        {"a": 2, "seed": 1},
+        {"b": 0, "seed": 0},
+        {"b": 0, "seed": 1},
+    ]
     trials = h.product([h.sweep("a", [1])])
     trials[0]["a"] = 9  # trials are fresh dicts: mutating one leaves the inputs alone
     src = h.sweep("a", [1])
@@ -89,16 +103,25 @@ def test_named():
 
 def test_check_types():
     c = base()
-    ok = [{"seed": 3}, {"optim.lr": 1}, {"optim.lr": 2.5e-4}, {"model.ch_mult": (1, 2, 2)},
-          {"data.random_flip": True}, {"data.extra": "anything"}, {"optim.name": "adamw"}]
+    ok = [
+        {"seed": 3},
+        {"optim.lr": 1},
+        {"optim.lr": 2.5e-4},
+        {"model.ch_mult": (1, 2, 2)},
+        {"data.random_flip": True},
+        {"data.extra": "anything"},
+        {"optim.name": "adamw"},
+    ]
     assert h.check(c, ok) == ok  # ints are accepted for floats
-    bad = [({"seed": 1.5}, r"seed=1.5 \(float\) has the wrong type: seed takes an int"),
-           ({"seed": True}, "seed takes an int"),
-           ({"optim.lr": "1e-3"}, "optim.lr takes a number"),
-           ({"optim.lr": False}, "optim.lr takes a number"),
-           ({"model.ch_mult": [1, 2]}, r"model.ch_mult takes a tuple such as \(1, 2\)"),
-           ({"data.random_flip": 1}, "data.random_flip takes a bool"),
-           ({"optim.name": 3}, "optim.name takes a string")]
+    bad = [
+        ({"seed": 1.5}, r"seed=1.5 \(float\) has the wrong type: seed takes an int"),
+        ({"seed": True}, "seed takes an int"),
+        ({"optim.lr": "1e-3"}, "optim.lr takes a number"),
+        ({"optim.lr": False}, "optim.lr takes a number"),
+        ({"model.ch_mult": [1, 2]}, r"model.ch_mult takes a tuple such as \(1, 2\)"),
+        ({"data.random_flip": 1}, "data.random_flip takes a bool"),
+        ({"optim.name": 3}, "optim.name takes a string"),
+    ]
     for trial, message in bad:
         with pytest.raises(ConfigError, match=message):
             h.check(c, [{"seed": 0}, trial])
@@ -123,8 +146,11 @@ def test_check_keys():
 
 def test_load():
     c = base()
-    mod = types.SimpleNamespace(get_hyper=lambda hh, name=None: hh.named(name, {
-        None: hh.product([hh.sweep("config.seed", [0, 1])]), "lr": hh.sweep("config.optim.lr", [1e-3, 1e-2])}))
+    mod = types.SimpleNamespace(
+        get_hyper=lambda hh, name=None: hh.named(
+            name, {None: hh.product([hh.sweep("config.seed", [0, 1])]), "lr": hh.sweep("config.optim.lr", [1e-3, 1e-2])}
+        )
+    )
     assert h.load(mod, c) == [{"seed": 0}, {"seed": 1}]
     assert h.load(mod, c, "lr") == [{"optim.lr": 1e-3}, {"optim.lr": 1e-2}]
     with pytest.raises(ConfigError, match="^cfg.py: unknown sweep 'nope'"):
@@ -150,8 +176,15 @@ def test_trial_names_and_cli_values():
     assert h.trial_name({}) == "base"
     assert h.trial_name({"objective.name": "dsm_is", "seed": 0}) == "objective.name=dsm_is,seed=0"
     assert h.trial_name({"optim.lr": 3e-4}) == "optim.lr=0.0003"
-    odd = [{"model.ch_mult": (1, 2)}, {"model.ch_mult": (1, 2, 2)}, {"data.name": "a/b"}, {"data.name": "a b"},
-           {"data.name": "a,seed=1"}, {"data.name": "a", "seed": 1}, {"data.name": "x" * 300}]
+    odd = [
+        {"model.ch_mult": (1, 2)},
+        {"model.ch_mult": (1, 2, 2)},
+        {"data.name": "a/b"},
+        {"data.name": "a b"},
+        {"data.name": "a,seed=1"},
+        {"data.name": "a", "seed": 1},
+        {"data.name": "x" * 300},
+    ]
     names = [h.trial_name(t) for t in odd]
     assert len(set(names)) == len(names)
     for name in names:
@@ -161,6 +194,7 @@ def test_trial_names_and_cli_values():
 
 def test_shipped_configs_declare_valid_sweeps():
     from configs import digits, gmm2d
+
     for mod, names in ((gmm2d, (None, "lr")), (digits, (None, "lr"))):
         for name in names:
             trials = h.load(mod, mod.get_config(), name)

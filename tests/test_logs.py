@@ -1,4 +1,5 @@
 """What a run leaves behind and how it is read back (diffvar/logs.py): metrics.jsonl and its test metric."""
+
 import subprocess
 import sys
 
@@ -12,8 +13,10 @@ def test_metrics_jsonl_is_read_past_broken_lines(tmp_path):
 
 
 def test_the_test_metric_of_a_record():
-    assert logs.metric_key("bpd") == "test_bpd" and [logs.metric_key(u) for u in logs.UNITS] == ["test_bpd",
-                                                                                                "test_nats"]
+    assert logs.metric_key("bpd") == "test_bpd" and [logs.metric_key(u) for u in logs.UNITS] == [
+        "test_bpd",
+        "test_nats",
+    ]
     assert logs.metric_of({"step": 5, "test_bpd": 1.9, "test_bpd_stderr": 0.01}) == ("bpd", 1.9, 0.01)
     assert logs.metric_of({"test_nats": "2.5"}) == ("nats", 2.5, None)
     for record in ({"loss": 1.0}, {"test_bpd": float("nan")}, {"test_nats": True}, {"test_bpd": "x"}):

@@ -1,5 +1,6 @@
 """Score networks and parameterisations: shapes, the parameter tree checkpoints hold, the time embedding, zero init,
 dropout, round trips."""
+
 import hashlib
 import json
 import math
@@ -68,8 +69,10 @@ def test_mlp_shapes(dim, time_embedding):
 
 def _tree_digest(params):
     """sha256 (first 16 hex digits) of the sorted [path, shape] pairs of a parameter tree."""
-    pairs = sorted(["/".join(str(getattr(k, "key", k)) for k in path), list(leaf.shape)]
-                   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0])
+    pairs = sorted(
+        ["/".join(str(getattr(k, "key", k)) for k in path), list(leaf.shape)]
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+    )
     return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()[:16]
 
 
@@ -145,8 +148,11 @@ def test_norm_channels_lists_every_group_norm(workload):
     model, shape = WORKLOADS[workload]
     params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + shape), jnp.zeros((1,))))
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    sizes = {leaf.shape[0] for path, leaf in flat if "GroupNorm" in jax.tree_util.keystr(path) and
-             jax.tree_util.keystr(path).endswith("['scale']")}
+    sizes = {
+        leaf.shape[0]
+        for path, leaf in flat
+        if "GroupNorm" in jax.tree_util.keystr(path) and jax.tree_util.keystr(path).endswith("['scale']")
+    }
     assert sizes == set(norm_channels(model.ch, model.ch_mult, model.num_res_blocks))
 
 
@@ -163,8 +169,9 @@ def _random_params(model, y, t):
     leaves, tree = jax.tree.flatten(shapes)
     rng = np.random.default_rng(0)
     scale = lambda shape: 1.0 / math.sqrt(math.prod(shape[:-1])) if len(shape) > 1 else 0.1  # fan-in
-    return jax.tree.unflatten(tree, [jnp.asarray(rng.normal(size=leaf.shape) * scale(leaf.shape), jnp.float32)
-                                     for leaf in leaves])
+    return jax.tree.unflatten(
+        tree, [jnp.asarray(rng.normal(size=leaf.shape) * scale(leaf.shape), jnp.float32) for leaf in leaves]
+    )
 
 
 def test_unet_dropout_only_in_train():
@@ -202,8 +209,7 @@ def test_parameterisation_round_trip(sde, kind, shape):
     out = score_to_output(s, t, sde, kind)
     assert out.shape == s.shape
     np.testing.assert_allclose(output_to_score(out, t, sde, kind), s, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(score_to_output(output_to_score(s, t, sde, kind), t, sde, kind), s,
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(score_to_output(output_to_score(s, t, sde, kind), t, sde, kind), s, rtol=1e-5, atol=1e-6)
 
 
 def test_parameterisation_against_gaussian():
@@ -227,14 +233,19 @@ def test_parameterisation_against_gaussian():
     # VE: x ~ N(0, I) has marginal N(0, (1 + sigma^2) I)
     ve = VESDE()
     s_ve = -y / (1.0 + ve.alpha_sigma(t)[1][:, None] ** 2)
-    np.testing.assert_allclose(output_to_score(score_to_output(s_ve, t, ve, "drift") / ve.diffusion(t)[:, None],
-                                               t, ve, "score"), s_ve, rtol=1e-5)
+    np.testing.assert_allclose(
+        output_to_score(score_to_output(s_ve, t, ve, "drift") / ve.diffusion(t)[:, None], t, ve, "score"),
+        s_ve,
+        rtol=1e-5,
+    )
 
 
 def test_unknown_parameterisation():
-    for fn in (lambda: output_to_score(jnp.ones((1, 2)), jnp.ones(1), VPSDE(), "v"),
-               lambda: score_to_output(jnp.ones((1, 2)), jnp.ones(1), VPSDE(), "v"),
-               lambda: make_score_fn(lambda p, y, t: y, VPSDE(), "v")):
+    for fn in (
+        lambda: output_to_score(jnp.ones((1, 2)), jnp.ones(1), VPSDE(), "v"),
+        lambda: score_to_output(jnp.ones((1, 2)), jnp.ones(1), VPSDE(), "v"),
+        lambda: make_score_fn(lambda p, y, t: y, VPSDE(), "v"),
+    ):
         with pytest.raises(ValueError, match="parameterization.*drift.*score.*eps"):
             fn()
 
@@ -246,25 +257,37 @@ def test_make_model_builds_and_defaults():
     assert MODELS == ("mlp", "unet")
     m = make_model(ml_collections.ConfigDict({"name": "mlp", "hidden": 64}), (2,))
     assert isinstance(m, MLP) and m.hidden == 64 and m.depth == 3 and m.activation == "softplus"
-    cfg = ml_collections.ConfigDict(dict(name="unet", ch=32, ch_mult=[1, 2, 2], num_res_blocks=2,
-                                         attn_resolutions=[16], dropout=0.1, time_scale=1000.0))
+    cfg = ml_collections.ConfigDict(
+        dict(
+            name="unet",
+            ch=32,
+            ch_mult=[1, 2, 2],
+            num_res_blocks=2,
+            attn_resolutions=[16],
+            dropout=0.1,
+            time_scale=1000.0,
+        )
+    )
     u = make_model(cfg, (28, 28, 1))
     assert isinstance(u, UNet) and u.ch_mult == (1, 2, 2) and u.attn_resolutions == (16,)
     u2 = make_model(ml_collections.ConfigDict({"name": "unet"}), (32, 32, 3))
     assert u2 == UNet()
 
 
-@pytest.mark.parametrize("cfg,shape,match", [
-    ({"name": "resnet"}, (2,), r"model\.name.*mlp.*unet"),
-    ({"name": "unet"}, (2,), r"unet.*\(H, W, C\)"),
-    ({"name": "unet", "ch_mult": (1, 2, 2, 2)}, (28, 28, 1), r"model\.ch_mult.*8"),
-    ({"name": "unet", "ch_mult": (1, 2)}, (9, 9, 1), r"model\.ch_mult"),
-    ({"name": "unet", "ch": 48}, (32, 32, 3), r"model\.ch\b"),
-    ({"name": "unet", "ch": 16, "ch_mult": (1, 2)}, (8, 8, 1), r"model\.ch\b.*48"),
-    ({"name": "unet", "dropout": 1.0}, (32, 32, 3), r"model\.dropout"),
-    ({"name": "mlp", "activation": "gelu"}, (2,), r"model\.activation"),
-    ({"name": "mlp", "time_embedding": "fourier"}, (2,), r"model\.time_embedding"),
-])
+@pytest.mark.parametrize(
+    "cfg,shape,match",
+    [
+        ({"name": "resnet"}, (2,), r"model\.name.*mlp.*unet"),
+        ({"name": "unet"}, (2,), r"unet.*\(H, W, C\)"),
+        ({"name": "unet", "ch_mult": (1, 2, 2, 2)}, (28, 28, 1), r"model\.ch_mult.*8"),
+        ({"name": "unet", "ch_mult": (1, 2)}, (9, 9, 1), r"model\.ch_mult"),
+        ({"name": "unet", "ch": 48}, (32, 32, 3), r"model\.ch\b"),
+        ({"name": "unet", "ch": 16, "ch_mult": (1, 2)}, (8, 8, 1), r"model\.ch\b.*48"),
+        ({"name": "unet", "dropout": 1.0}, (32, 32, 3), r"model\.dropout"),
+        ({"name": "mlp", "activation": "gelu"}, (2,), r"model\.activation"),
+        ({"name": "mlp", "time_embedding": "fourier"}, (2,), r"model\.time_embedding"),
+    ],
+)
 def test_make_model_errors(cfg, shape, match):
     with pytest.raises(ValueError, match=match):
         make_model(ml_collections.ConfigDict(cfg), shape)

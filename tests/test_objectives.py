@@ -4,6 +4,7 @@ All comparisons are statistical: a Monte-Carlo mean must land within 4 standard 
 small stated tolerance for float32 round-off), and the standard errors come from the spread of independent
 chunk means (or per-example values) of the very estimates compared.
 """
+
 import math
 
 import jax
@@ -33,11 +34,13 @@ THETA = jnp.array([0.7, 0.4, -0.5])
 def neg_ism_elbo_on(sde, t_eps=T_EPS):
     """The reference: (T - t_eps) * ism_integrand at t ~ U[t_eps, T], exact divergence = -(ELBO on [t_eps, T])
     up to the theta-free prior term; built from elbo.ism_integrand, not from objectives' DSM losses."""
+
     def loss(score_fn, x, rng):
         k_t, k_y = jax.random.split(rng)
         t = UniformTime(T=sde.T, t_min=t_eps).sample(k_t, x.shape[0])
         y, _ = sde.perturb(k_y, x, t)
         return (sde.T - t_eps) * ism_integrand(score_fn, sde, y, t, divergence="exact")
+
     return loss
 
 
@@ -119,8 +122,11 @@ def test_ssm_gradient_equals_eps_loss_gradient(vp_toy_grads):
 @pytest.mark.parametrize("sde", [SubVPSDE(), VESDE(sigma_min=0.01, sigma_max=5.0)], ids=["subvp", "ve"])
 def test_dsm_is_gradient_other_sdes(sde):
     x = MIX.sample(jax.random.PRNGKey(3), 40_000)
-    losses = {"ism": neg_ism_elbo_on(sde), "dsm_is": get_objective("dsm_is", sde, t_eps=T_EPS),
-              "dsm_lw": get_objective("dsm_lw", sde, t_eps=T_EPS)}
+    losses = {
+        "ism": neg_ism_elbo_on(sde),
+        "dsm_is": get_objective("dsm_is", sde, t_eps=T_EPS),
+        "dsm_lw": get_objective("dsm_lw", sde, t_eps=T_EPS),
+    }
     g = chunk_grads(losses, toy_model, THETA, x, jax.random.PRNGKey(4), chunks=100)
     assert_agree(g["dsm_is"], g["ism"], f"{type(sde).__name__} dsm_is vs ISM ELBO")
     assert_agree(g["dsm_lw"], g["ism"], f"{type(sde).__name__} dsm_lw vs ISM ELBO")
@@ -134,7 +140,7 @@ def test_dsm_is_gradient_flax_mlp():
     params = model.init(jax.random.PRNGKey(5), jnp.zeros((1, 2)), jnp.zeros((1,)))
     x = MIX.sample(jax.random.PRNGKey(6), 40_000)
     losses = {"ism": neg_ism_elbo_on(sde), "dsm_is": get_objective("dsm_is", sde, t_eps=T_EPS)}
-    make_score = lambda p: (lambda y, t: model.apply(p, y, t))
+    make_score = lambda p: lambda y, t: model.apply(p, y, t)
     g = chunk_grads(losses, make_score, params, x, jax.random.PRNGKey(7), chunks=100)
     n = g["ism"].shape[1]
     proj = jax.random.normal(jax.random.PRNGKey(8), (n, 4)) / math.sqrt(n)
@@ -152,8 +158,10 @@ def exact_values():
     score = score_fn_for(MIX, sde)
     x = MIX.sample(jax.random.PRNGKey(10), 100_000)
     fns = {"ism": neg_ism_elbo_on(sde), **{k: get_objective(k, sde, t_eps=T_EPS) for k in ("dsm_is", "dsm_lw", "elbo")}}
-    vals = {k: np.asarray(jax.jit(lambda x, r, f=f: f(score, x, r))(x, jax.random.PRNGKey(11 + i)), np.float64)
-            for i, (k, f) in enumerate(sorted(fns.items()))}
+    vals = {
+        k: np.asarray(jax.jit(lambda x, r, f=f: f(score, x, r))(x, jax.random.PRNGKey(11 + i)), np.float64)
+        for i, (k, f) in enumerate(sorted(fns.items()))
+    }
 
     # With the exact score the bound on [t_eps, T] is tight for the marginal at t_eps:
     # int_{t_eps}^T E[ism_integrand] dt = E[log p_prior(Y_T)] - E[log q_{t_eps}(Y_{t_eps})] + KL(q_T || prior) (< 1e-3).

@@ -1,6 +1,7 @@
 """The probability-flow ODE's log-likelihood (diffvar.ode) against the exact Gaussian-mixture log p(x): the exact
 and the Hutchinson trace, one step size per batch or per example (the solve vmapped over the batch; the same
 ODE to the same tolerance)."""
+
 import math
 
 import jax
@@ -19,8 +20,18 @@ def test_ode_logp_with_exact_score_equals_log_density(dim, divergence):
     mix = random_mixture(jax.random.PRNGKey(dim), dim)
     x = mix.sample(jax.random.PRNGKey(1), 64)
     exact_pT = lambda z: mix.marginal_logp(sde, z, jnp.full((z.shape[0],), sde.T))
-    logp, nfe = jax.jit(lambda x: ode_logp(score_fn_for(mix, sde), sde, x, jax.random.PRNGKey(0), rtol=1e-6,
-                                           atol=1e-6, divergence=divergence, prior_logp=exact_pT))(x)
+    logp, nfe = jax.jit(
+        lambda x: ode_logp(
+            score_fn_for(mix, sde),
+            sde,
+            x,
+            jax.random.PRNGKey(0),
+            rtol=1e-6,
+            atol=1e-6,
+            divergence=divergence,
+            prior_logp=exact_pT,
+        )
+    )(x)
     np.testing.assert_allclose(logp, mix.logp(x), atol=2e-3 * math.sqrt(dim))
     assert 20 < int(nfe) < 4096 * 6
     # With the default N(0, I) prior the answer moves by at most the prior mismatch.
@@ -34,8 +45,9 @@ def test_ode_logp_hutchinson_is_unbiased_on_images():
     x = mix.sample(jax.random.PRNGKey(1), 4)
     xs = jnp.tile(jnp.reshape(x, (4, 4, 4, 1)), (64, 1, 1, 1))
     exact_pT = lambda z: mix.marginal_logp(sde, z.reshape(z.shape[0], -1), jnp.full((z.shape[0],), sde.T))
-    logp, _ = ode_logp(score_fn_for(mix, sde), sde, xs, jax.random.PRNGKey(3),
-                       divergence="hutchinson", prior_logp=exact_pT)
+    logp, _ = ode_logp(
+        score_fn_for(mix, sde), sde, xs, jax.random.PRNGKey(3), divergence="hutchinson", prior_logp=exact_pT
+    )
     est = np.asarray(logp).reshape(64, 4)
     se = est.std(0, ddof=1) / 8
     assert np.all(np.abs(est.mean(0) - np.asarray(mix.logp(x))) < 4 * se + 5e-3)
@@ -47,8 +59,17 @@ def test_per_example_step_size_gives_the_exact_density_and_the_batch_solve(diver
     mix = random_mixture(jax.random.PRNGKey(dim), dim)
     x = jnp.reshape(mix.sample(jax.random.PRNGKey(1), 24), (24, 4, 4, 1))
     exact_pT = lambda z: mix.marginal_logp(sde, z.reshape(z.shape[0], -1), jnp.full((z.shape[0],), sde.T))
-    solve = lambda x, mode: ode_logp(score_fn_for(mix, sde), sde, x, jax.random.PRNGKey(0), rtol=1e-6, atol=1e-6,
-                                     divergence=divergence, prior_logp=exact_pT, step_size=mode)
+    solve = lambda x, mode: ode_logp(
+        score_fn_for(mix, sde),
+        sde,
+        x,
+        jax.random.PRNGKey(0),
+        rtol=1e-6,
+        atol=1e-6,
+        divergence=divergence,
+        prior_logp=exact_pT,
+        step_size=mode,
+    )
     per_example, nfe = jax.jit(lambda x: solve(x, "per_example"))(x)
     batch, _ = jax.jit(lambda x: solve(x, "batch"))(x)
     assert 20 < int(nfe) < 4096 * 6

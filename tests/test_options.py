@@ -1,14 +1,13 @@
 """Each estimator's options are defined once (diffvar.options: ElboOptions, OdeOptions, DequantizationOptions):
 the config's eval keys and their checks, scripts/evaluate.py's flags and each estimate's label all follow from
 that one definition."""
+
 import dataclasses
 
 import ml_collections
 import pytest
 
-from diffvar import config as config_lib
-from diffvar import evaluate as ev
-from diffvar import options
+from diffvar import config as config_lib, evaluate as ev, options
 from diffvar.dequantization import DequantizationOptions
 from diffvar.elbo import ElboOptions
 from diffvar.errors import ConfigError, OptionError
@@ -38,12 +37,19 @@ def test_every_option_is_a_config_key_and_a_flag_with_its_help():
     assert e.t_eps == e.truncated_normal_t == config_lib.defaults().sampling.t_min == 1e-3  # as objective.t_eps
 
 
-@pytest.mark.parametrize("cls, values, match", [
-    (ElboOptions, dict(form="sliced"), r"form='sliced' is not allowed; choose one of ism, dsm"),
-    (ElboOptions, dict(t_eps=0.0), r"t_eps=0.0 must be a number > 0"),
-    (OdeOptions, dict(step_size="adaptive"), r"step_size='adaptive' is not allowed; choose one of batch, per_example"),
-    (DequantizationOptions, dict(importance_samples=0), r"importance_samples=0 must be an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "cls, values, match",
+    [
+        (ElboOptions, dict(form="sliced"), r"form='sliced' is not allowed; choose one of ism, dsm"),
+        (ElboOptions, dict(t_eps=0.0), r"t_eps=0.0 must be a number > 0"),
+        (
+            OdeOptions,
+            dict(step_size="adaptive"),
+            r"step_size='adaptive' is not allowed; choose one of batch, per_example",
+        ),
+        (DequantizationOptions, dict(importance_samples=0), r"importance_samples=0 must be an integer >= 1"),
+    ],
+)
 def test_bad_options_are_one_line_naming_the_field(cls, values, match):
     with pytest.raises(ValueError, match=match):
         cls(**values)
@@ -60,9 +66,11 @@ def test_flags_are_checked_by_the_same_definition():
 
 
 def test_config_keys_are_checked_by_the_same_definition():
-    for key, value, match in [("eval.ode_step_size", "adaptive", r"eval\.ode_step_size='adaptive'"),
-                              ("eval.t_eps", 2.0, r"eval\.t_eps=2.0 must be in \(0, sde\.T"),
-                              ("sampling.t_min", 0.0, r"sampling\.t_min=0.0 must be a number > 0")]:
+    for key, value, match in [
+        ("eval.ode_step_size", "adaptive", r"eval\.ode_step_size='adaptive'"),
+        ("eval.t_eps", 2.0, r"eval\.t_eps=2.0 must be in \(0, sde\.T"),
+        ("sampling.t_min", 0.0, r"sampling\.t_min=0.0 must be a number > 0"),
+    ]:
         c = config_lib.defaults()
         section, name = key.split(".")
         c[section][name] = value

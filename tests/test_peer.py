@@ -1,6 +1,7 @@
 """The PyTorch peer (benchmarks/torch_peer.py) computes diffvar's U-Net function: its weights, copied in by
 benchmarks/quality.py's peer_params, give diffvar's U-Net (time_scale 1, as the peer embeds t) the peer's output.
 This is what lets benchmarks/quality.py evaluate the peer's trained model with diffvar's own estimator."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,8 +43,9 @@ def test_peer_params_refuses_weights_of_another_network():
     cfg = load_config("digits").model
     mnist_peer = torch_peer.WORKLOADS["mnist"][0]()
     with pytest.raises(ValueError, match="modules"):
-        quality.peer_params({k: v.numpy() for k, v in mnist_peer.state_dict().items()}, make_model(cfg, (8, 8, 1)),
-                            (8, 8, 1))
+        quality.peer_params(
+            {k: v.numpy() for k, v in mnist_peer.state_dict().items()}, make_model(cfg, (8, 8, 1)), (8, 8, 1)
+        )
 
 
 def test_peer_amp_bf16_runs_the_network_in_bf16_and_the_sums_in_float32():

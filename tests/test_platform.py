@@ -1,4 +1,5 @@
 """The CPU platform's process setup (diffvar/platform.py): applied on the CPU only, the user's choices win."""
+
 import os
 
 import pytest
@@ -31,8 +32,17 @@ def cores(monkeypatch, n):
 def test_one_cpu_device_per_core_that_divides_the_batches(plain_env):
     """A U-Net's batch is split over one CPU device per core this process may use: as many as divide the
     batch sizes (config.validate's rule), from the affinity mask, with no ceiling."""
-    for n, batches, devices in [(2, (64, 256), 2), (8, (64, 256), 8), (64, (64, 256), 64), (6, (64, 256), 4),
-                                (3, (64, 256), 2), (5, (60, 256), 4), (7, (), 7), (1, (64,), 1), (4, (63,), 3)]:
+    for n, batches, devices in [
+        (2, (64, 256), 2),
+        (8, (64, 256), 8),
+        (64, (64, 256), 64),
+        (6, (64, 256), 4),
+        (3, (64, 256), 2),
+        (5, (60, 256), 4),
+        (7, (), 7),
+        (1, (64,), 1),
+        (4, (63,), 3),
+    ]:
         cores(plain_env, n)
         assert platform.cpu_devices("unet", batches) == devices, (n, batches)
     cores(plain_env, 8)
@@ -41,8 +51,12 @@ def test_one_cpu_device_per_core_that_divides_the_batches(plain_env):
 
 def test_the_users_choice_and_other_platforms_leave_jax_alone(plain_env):
     cores(plain_env, 8)
-    for key, value in [("JAX_NUM_CPU_DEVICES", "4"), ("XLA_FLAGS", "--xla_force_host_platform_device_count=3"),
-                       ("DIFFVAR_TUNE", "0"), ("JAX_PLATFORMS", "cuda")]:
+    for key, value in [
+        ("JAX_NUM_CPU_DEVICES", "4"),
+        ("XLA_FLAGS", "--xla_force_host_platform_device_count=3"),
+        ("DIFFVAR_TUNE", "0"),
+        ("JAX_PLATFORMS", "cuda"),
+    ]:
         plain_env.setenv(key, value)
         assert platform.cpu_devices("unet", (64,)) == 0, key
         plain_env.delenv(key)

@@ -10,6 +10,7 @@ The ELBO's network part N = ELBO(network) - ELBO(a = 0) on the same draws is -in
 eps in a moves |a|^2 / 2 by 2 eps and g div a by eps, so |mean over the batch of ELBO_bf16 - ELBO_fp32| <= 2 eps
 mean|N|. The rest of the ELBO (the prior, div f, the bpd accounting) is the SDE's and float32 in both.
 """
+
 import math
 
 import jax
@@ -22,7 +23,7 @@ from diffvar.elbo import ElboOptions
 from diffvar.errors import ConfigError
 from tests.helpers import load_config
 
-U = 2.0 ** -8  # bf16's unit roundoff
+U = 2.0**-8  # bf16's unit roundoff
 
 
 def _experiments(name):
@@ -44,8 +45,13 @@ def _random_params(exp):
     out = []
     for (path, a), k in zip(paths, keys):
         z, name = jax.random.normal(k, a.shape), str(path[-1])
-        out.append(z / math.sqrt(math.prod(a.shape[:-1])) if "kernel" in name else
-                   1.0 + 0.1 * z if "scale" in name else 0.1 * z)
+        out.append(
+            z / math.sqrt(math.prod(a.shape[:-1]))
+            if "kernel" in name
+            else 1.0 + 0.1 * z
+            if "scale" in name
+            else 0.1 * z
+        )
     return jax.tree_util.tree_unflatten(tree, out)
 
 
@@ -75,7 +81,9 @@ def test_bf16_network_elbo_equals_fp32_elbo_within_bf16_rounding(name):
     key = jax.random.PRNGKey(3)
     elbo32 = experiment.make_elbo_fn(exp32, ElboOptions(draws=1))(params, x, key)
     elbo16 = experiment.make_elbo_fn(exp16, ElboOptions(draws=1))(params, x, key)
-    zero = experiment.make_elbo_fn(exp32, ElboOptions(draws=1), score=lambda p: lambda y, t: jnp.zeros_like(y))(params, x, key)
+    zero = experiment.make_elbo_fn(exp32, ElboOptions(draws=1), score=lambda p: lambda y, t: jnp.zeros_like(y))(
+        params, x, key
+    )
     network_part = float(jnp.mean(jnp.abs(elbo32 - zero)))
     assert elbo16.dtype == jnp.float32
     assert not np.array_equal(np.asarray(elbo16), np.asarray(elbo32))

@@ -1,4 +1,5 @@
 """Signals and child processes (diffvar/processes.py): the one stop request, the one parent-death signal."""
+
 import os
 import signal
 import subprocess
@@ -30,6 +31,7 @@ def test_stop_outside_the_main_thread_installs_nothing():
     def body():
         with processes.Stop() as stop:
             seen.append((stop.requested, signal.getsignal(signal.SIGTERM)))
+
     before = signal.getsignal(signal.SIGTERM)
     thread = threading.Thread(target=body)
     thread.start()

@@ -8,6 +8,7 @@ shrink the work (fewer steps, examples and samples; a sweep is a --dry_run); a c
 longer exists or is refused, fails. `make train` and `make test` are not run here: they are the suite itself and a
 4,000-step run (the Makefile holds their commands).
 """
+
 import os
 import re
 import shlex
@@ -24,11 +25,21 @@ PROGRAMS = ("train", "evaluate", "sample", "plot", "sweep", "prepare_data")  # e
 
 # Appended to a script's command (later flags win in absl): the digits U-Net at two channels, two steps.
 APPEND = {
-    "train": ("--config.model.ch=8", "--config.model.ch_mult=(1,)", "--config.model.num_res_blocks=1",
-              "--config.model.attn_resolutions=()", "--config.training.num_steps=2", "--config.training.ckpt_every=2",
-              "--config.training.log_every=1", "--config.optim.warmup_steps=1", "--config.eval.every=0",
-              "--config.eval.max_examples=8", "--config.eval.final_repeats=1", "--config.sampling.num=4",
-              "--config.sampling.steps=5"),
+    "train": (
+        "--config.model.ch=8",
+        "--config.model.ch_mult=(1,)",
+        "--config.model.num_res_blocks=1",
+        "--config.model.attn_resolutions=()",
+        "--config.training.num_steps=2",
+        "--config.training.ckpt_every=2",
+        "--config.training.log_every=1",
+        "--config.optim.warmup_steps=1",
+        "--config.eval.every=0",
+        "--config.eval.max_examples=8",
+        "--config.eval.final_repeats=1",
+        "--config.sampling.num=4",
+        "--config.sampling.steps=5",
+    ),
     "evaluate": ("--max_examples=4", "--batch_size=4", "--ode_rtol=1e-2", "--ode_atol=1e-2", "--quiet"),
     "sweep": ("--dry_run",),
     "prepare_data": ("--unverified",),  # the synthetic archive is not the official file
@@ -96,8 +107,9 @@ def runnable(name, args, tmp):
         elif value.startswith("runs/"):
             value = os.path.join(tmp, value)
         elif value == "DIR":
-            value = {"--source": os.path.join(tmp, "cifar-10-binary.tar.gz"),
-                     "--data_dir": os.path.join(tmp, "tfds")}[flag]
+            value = {"--source": os.path.join(tmp, "cifar-10-binary.tar.gz"), "--data_dir": os.path.join(tmp, "tfds")}[
+                flag
+            ]
         run.append(f"{flag}={value}" if value else flag)
     extra = APPEND.get(name, ())
     if name == "sample" and "--ode" in args:
@@ -117,9 +129,10 @@ def ran(tmp):
     """Runs the README's commands in order (train first: the others read its workdir); {index: CompletedProcess}.
     A command after a failed one still runs: each test reports its own."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", DIFFVAR_DATA_DIR=os.path.join(tmp, "tfds"))
-    return {i: subprocess.run(runnable(name, args, tmp), cwd=tmp, env=env, capture_output=True, text=True,
-                              timeout=600)
-            for i, (name, args) in enumerate(COMMANDS)}
+    return {
+        i: subprocess.run(runnable(name, args, tmp), cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
+        for i, (name, args) in enumerate(COMMANDS)
+    }
 
 
 @pytest.mark.slow
@@ -134,10 +147,19 @@ def test_readme_command_runs(index, ran, tmp):
 
 
 def test_the_readme_notation_is_parsed_as_documented():
-    args = concrete(".venv/bin/python scripts/evaluate.py --workdir=runs/digits [--checkpoint_step=N|best|latest] "
-                    "[--dequantization=uniform|truncated_normal --importance_samples=K] [--config.optim.lr=1e-3 ...]")
-    assert args == [".venv/bin/python", "scripts/evaluate.py", "--workdir=runs/digits", "--checkpoint_step=latest",
-                    "--dequantization=truncated_normal", "--importance_samples=2", "--config.optim.lr=1e-3"]
+    args = concrete(
+        ".venv/bin/python scripts/evaluate.py --workdir=runs/digits [--checkpoint_step=N|best|latest] "
+        "[--dequantization=uniform|truncated_normal --importance_samples=K] [--config.optim.lr=1e-3 ...]"
+    )
+    assert args == [
+        ".venv/bin/python",
+        "scripts/evaluate.py",
+        "--workdir=runs/digits",
+        "--checkpoint_step=latest",
+        "--dequantization=truncated_normal",
+        "--importance_samples=2",
+        "--config.optim.lr=1e-3",
+    ]
     assert concrete("make train WORKDIR=runs/x") is None
     text = "```bash\n.venv/bin/python scripts/a.py --x=1 \\\n    --y=2   # comment\n# only a comment\n```\n"
     assert shell_blocks(text) == [".venv/bin/python scripts/a.py --x=1 --y=2"]

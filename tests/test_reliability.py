@@ -1,5 +1,6 @@
 """Faults injected for real, and bad input at every door: nothing is lost, nothing wrong is reported, and a
 user error is one line that says what to fix."""
+
 import errno
 import json
 import os
@@ -11,19 +12,30 @@ import time
 import jax
 import pytest
 
-from diffvar import checkpoints
-from diffvar import train as train_lib
+from diffvar import checkpoints, train as train_lib
 from diffvar.errors import StorageError
-from tests.helpers import (ROOT, TINY_FLAGS, assert_one_error_line, assert_same_params, losses, params_at,
-                           run_script, start_training, tiny_config, train_script)
+from tests.helpers import (
+    ROOT,
+    TINY_FLAGS,
+    assert_one_error_line,
+    assert_same_params,
+    losses,
+    params_at,
+    run_script,
+    start_training,
+    tiny_config,
+    train_script,
+)
 
 
 def listing(path):
     """(file, size) of every file under `path`; the workdir lock's size is left out: every start rewrites it with
     its own pid (files.exclusive), whose digit count varies from run to run."""
-    return sorted((os.path.relpath(os.path.join(r, f), path),
-                   None if f == ".lock" else os.path.getsize(os.path.join(r, f)))
-                  for r, _, fs in os.walk(path) for f in fs)
+    return sorted(
+        (os.path.relpath(os.path.join(r, f), path), None if f == ".lock" else os.path.getsize(os.path.join(r, f)))
+        for r, _, fs in os.walk(path)
+        for f in fs
+    )
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +48,24 @@ def reference(tmp_path_factory):
 
 def test_sigkill_while_a_checkpoint_is_committed_then_resume_is_exact(tmp_path, reference):
     workdir = str(tmp_path / "run")
-    flags = ["--config.training.num_steps=60", "--config.eval.every=20", "--config.eval.max_examples=2048",
-             "--config.sampling.num=100", "--config.sampling.steps=20", "--config.training.keep=2",
-             "--config.optim.schedule=constant"]
-    cmd = [sys.executable, os.path.join(ROOT, "tests", "fault_train.py"), "kill_at_commit:30",
-           f"--config={ROOT}/configs/gmm2d.py", f"--workdir={workdir}", *TINY_FLAGS, *flags]
+    flags = [
+        "--config.training.num_steps=60",
+        "--config.eval.every=20",
+        "--config.eval.max_examples=2048",
+        "--config.sampling.num=100",
+        "--config.sampling.steps=20",
+        "--config.training.keep=2",
+        "--config.optim.schedule=constant",
+    ]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "tests", "fault_train.py"),
+        "kill_at_commit:30",
+        f"--config={ROOT}/configs/gmm2d.py",
+        f"--workdir={workdir}",
+        *TINY_FLAGS,
+        *flags,
+    ]
     r = subprocess.run(cmd, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=300)
     assert r.returncode == -signal.SIGKILL, r.stdout + r.stderr
     ckpt = os.path.join(workdir, "checkpoints")
@@ -57,8 +82,12 @@ def test_truncated_latest_checkpoint_is_set_aside_and_the_previous_one_used(tmp_
     workdir = str(tmp_path / "run")
     train_lib.train(tiny_config(**{"training.num_steps": 40}), workdir)
     ckpt = os.path.join(workdir, "checkpoints")
-    data_files = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(ckpt, "40", "state")) for f in fs
-                  if os.sep + "d" + os.sep in os.path.join(r, f)]
+    data_files = [
+        os.path.join(r, f)
+        for r, _, fs in os.walk(os.path.join(ckpt, "40", "state"))
+        for f in fs
+        if os.sep + "d" + os.sep in os.path.join(r, f)
+    ]
     os.truncate(max(data_files, key=os.path.getsize), 10)
     # evaluate's "latest" skips it and says which step it used; it deletes nothing
     before = listing(ckpt)
@@ -89,10 +118,12 @@ def test_a_workdir_of_another_model_is_refused_before_anything_is_touched(tmp_pa
     workdir = str(tmp_path / "run")
     assert train_script(workdir, "--config.training.num_steps=20").returncode == 0
     before = listing(workdir)
-    r = train_script(workdir, "--config.training.num_steps=40", "--config.model.hidden=64",
-                     "--config.model.activation=silu")
-    assert_one_error_line(r, "holds checkpoints of another experiment", "model.hidden: 32 -> 64",
-                          "model.activation: 'softplus' -> 'silu'")
+    r = train_script(
+        workdir, "--config.training.num_steps=40", "--config.model.hidden=64", "--config.model.activation=silu"
+    )
+    assert_one_error_line(
+        r, "holds checkpoints of another experiment", "model.hidden: 32 -> 64", "model.activation: 'softplus' -> 'silu'"
+    )
     assert listing(workdir) == before
 
 
@@ -101,8 +132,10 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, m
     ENOSPC at the same write."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
-                             capture_output=True).returncode == 0
+    mounted = (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True).returncode
+        == 0
+    )
     try:
         workdir = str(mount / "run")
         real_save, calls = checkpoints.save, []
@@ -111,11 +144,10 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, m
             calls.append(meta["step"])
             if meta["step"] == 30:  # fill the disk, then let orbax write into it
                 if mounted:
-                    with open(mount / "filler", "wb") as f:
-                        with pytest.raises(OSError):
-                            while True:
-                                f.write(b"\0" * 65536)
-                                f.flush()
+                    with open(mount / "filler", "wb") as f, pytest.raises(OSError):
+                        while True:
+                            f.write(b"\0" * 65536)
+                            f.flush()
                 else:
                     raise OSError(errno.ENOSPC, "No space left on device (injected)")
             return real_save(mngr, state, data_state, meta)
@@ -136,12 +168,15 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, m
             subprocess.run(["umount", str(mount)])
 
 
-@pytest.mark.parametrize("content, fragment", [
-    ("def get_config(:\n", "syntax error at line 1"),
-    ("X = 1\n", "defines no get_config()"),
-    ("def get_config():\n    return 3\n", "get_config() returned int, not an ml_collections.ConfigDict"),
-    ("import nonexistent_module_xyz\n", "does not import: ModuleNotFoundError"),
-])
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ("def get_config(:\n", "syntax error at line 1"),
+        ("X = 1\n", "defines no get_config()"),
+        ("def get_config():\n    return 3\n", "get_config() returned int, not an ml_collections.ConfigDict"),
+        ("import nonexistent_module_xyz\n", "does not import: ModuleNotFoundError"),
+    ],
+)
 def test_broken_config_files_give_one_line(tmp_path, content, fragment):
     path = tmp_path / "cfg.py"
     path.write_text(content)
@@ -150,12 +185,15 @@ def test_broken_config_files_give_one_line(tmp_path, content, fragment):
     assert not os.path.exists(tmp_path / "run")
 
 
-@pytest.mark.parametrize("flag, fragment", [
-    ("--config.model.hiddn=3", "model.hiddn is not a config key (did you mean model.hidden?)"),
-    ("--config.model.hidden=abc", "--config.model.hidden=abc"),
-    ("--config.optim.lr=-1", "optim.lr=-1.0 must be a number > 0"),
-    ("--config.training.keep=0", "training.keep=0 must be an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "flag, fragment",
+    [
+        ("--config.model.hiddn=3", "model.hiddn is not a config key (did you mean model.hidden?)"),
+        ("--config.model.hidden=abc", "--config.model.hidden=abc"),
+        ("--config.optim.lr=-1", "optim.lr=-1.0 must be a number > 0"),
+        ("--config.training.keep=0", "training.keep=0 must be an integer >= 1"),
+    ],
+)
 def test_bad_overrides_give_one_line_and_write_nothing(tmp_path, flag, fragment):
     r = train_script(str(tmp_path / "run"), flag)
     assert_one_error_line(r, fragment)
@@ -163,8 +201,9 @@ def test_bad_overrides_give_one_line_and_write_nothing(tmp_path, flag, fragment)
 
 
 def test_missing_config_file_and_missing_workdir_flag(tmp_path):
-    assert_one_error_line(run_script("train", f"--config={tmp_path}/nope.py", f"--workdir={tmp_path}/w"),
-                          "no such file")
+    assert_one_error_line(
+        run_script("train", f"--config={tmp_path}/nope.py", f"--workdir={tmp_path}/w"), "no such file"
+    )
     assert_one_error_line(run_script("train", f"--config={ROOT}/configs/gmm2d.py"), "--workdir")
 
 
@@ -180,9 +219,18 @@ def test_one_of_two_processes_killed_stops_the_other_and_both_resume(tmp_path, v
             s.bind(("localhost", 0))
             port = s.getsockname()[1]
         # as from a shell: without the TF_CPP_MIN_LOG_LEVEL that importing jax here put in os.environ
-        return [train_script(workdir, f"--config.training.num_steps={steps}", f"--coordinator_address=localhost:{port}",
-                             "--num_processes=2", f"--process_id={i}", env={"TF_CPP_MIN_LOG_LEVEL": None}, wait=False)
-                for i in range(2)]
+        return [
+            train_script(
+                workdir,
+                f"--config.training.num_steps={steps}",
+                f"--coordinator_address=localhost:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+                env={"TF_CPP_MIN_LOG_LEVEL": None},
+                wait=False,
+            )
+            for i in range(2)
+        ]
 
     workdir = str(tmp_path / "run")
     procs = start(workdir, 100000)
@@ -207,14 +255,24 @@ def test_one_of_two_processes_killed_stops_the_other_and_both_resume(tmp_path, v
 
 def test_evaluation_while_training_reads_complete_checkpoints_and_leaves_the_run_alone(tmp_path, reference):
     workdir = str(tmp_path / "run")
-    trainer = start_training(workdir, "--config.training.num_steps=100000", "--config.training.keep=2",
-                             until="step 20/")
+    trainer = start_training(
+        workdir, "--config.training.num_steps=100000", "--config.training.keep=2", until="step 20/"
+    )
     steps = []
     for _ in range(3):  # the trainer saves (and deletes old) checkpoints every 10 steps meanwhile
         r = run_script("evaluate", f"--workdir={workdir}", "--noode", "--form=ism", "--max_examples=256", "--quiet")
         assert r.returncode == 0, r.stdout + r.stderr
-        steps.append(json.load(open(os.path.join(workdir, "eval", sorted(os.listdir(os.path.join(workdir, "eval")),
-                                                                             key=lambda f: int(f[:-5]))[-1])))["step"])
+        steps.append(
+            json.load(
+                open(
+                    os.path.join(
+                        workdir,
+                        "eval",
+                        sorted(os.listdir(os.path.join(workdir, "eval")), key=lambda f: int(f[:-5]))[-1],
+                    )
+                )
+            )["step"]
+        )
     trainer.send_signal(signal.SIGTERM)
     out, _ = trainer.communicate(timeout=120)
     assert trainer.returncode == 0, out
@@ -227,19 +285,26 @@ def test_public_api_rejects_bad_data_by_name():
 
     from diffvar.dequantization import to_model_space
     from diffvar.elbo import elbo
-    from diffvar.ode import ode_logp
     from diffvar.objectives import get_objective
+    from diffvar.ode import ode_logp
     from diffvar.sde import VPSDE
 
     sde, key = VPSDE(), jax.random.PRNGKey(0)
     score = lambda y, t: -y
     good = jnp.zeros((4, 2))
     assert elbo(score, sde, good, key).shape == (4,) and ode_logp(score, sde, good, key)[0].shape == (4,)
-    bad = [(jnp.zeros((4,)), "at least one data dimension"), (jnp.zeros((0, 2)), "B >= 1"),
-           (jnp.zeros((4, 2), jnp.int32), "floating-point"), ([[0.0, 1.0]], "must be an array")]
+    bad = [
+        (jnp.zeros((4,)), "at least one data dimension"),
+        (jnp.zeros((0, 2)), "B >= 1"),
+        (jnp.zeros((4, 2), jnp.int32), "floating-point"),
+        ([[0.0, 1.0]], "must be an array"),
+    ]
     for x, fragment in bad:
-        for fn in (lambda x: elbo(score, sde, x, key), lambda x: ode_logp(score, sde, x, key),
-                   lambda x: get_objective("dsm_is", sde)(score, x, key)):
+        for fn in (
+            lambda x: elbo(score, sde, x, key),
+            lambda x: ode_logp(score, sde, x, key),
+            lambda x: get_objective("dsm_is", sde)(score, x, key),
+        ):
             with pytest.raises(ValueError, match=fragment):
                 fn(x)
             if fragment != "must be an array":  # the same checks under jit: they read shapes and dtypes only
@@ -262,10 +327,20 @@ def test_sweep_runner_killed_mid_sweep_and_a_deleted_trial_workdir(tmp_path):
     fake.write_text(FAKE_TRAINER)
     cfg = write_config(tmp_path, 'None: h.sweep("seed", [0, 1, 2])')
     wd = tmp_path / "sweep"
-    args = [*SWEEP, f"--config={cfg}", f"--workdir={wd}", "--config.sleep=6.0",
-            "--config.num_steps=60", "--parallel=2", f"--trainer={sys.executable} {fake}", "--novalidate"]
+    args = [
+        *SWEEP,
+        f"--config={cfg}",
+        f"--workdir={wd}",
+        "--config.sleep=6.0",
+        "--config.num_steps=60",
+        "--parallel=2",
+        f"--trainer={sys.executable} {fake}",
+        "--novalidate",
+    ]
     runner = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-    status = lambda s: json.load(open(wd / f"seed={s}" / "status.json")) if (wd / f"seed={s}" / "status.json").exists() else {}
+    status = lambda s: (
+        json.load(open(wd / f"seed={s}" / "status.json")) if (wd / f"seed={s}" / "status.json").exists() else {}
+    )
     deadline = time.time() + 30
     while time.time() < deadline and min(status(s).get("step", 0) for s in (0, 1)) < 2:
         time.sleep(0.1)
@@ -273,8 +348,9 @@ def test_sweep_runner_killed_mid_sweep_and_a_deleted_trial_workdir(tmp_path):
     runner.send_signal(signal.SIGKILL)
     runner.wait()
     deadline = time.time() + 20
-    while time.time() < deadline and any(os.path.exists(f"/proc/{p}") and
-                                         open(f"/proc/{p}/stat").read().split()[2] != "Z" for p in pids):
+    while time.time() < deadline and any(
+        os.path.exists(f"/proc/{p}") and open(f"/proc/{p}/stat").read().split()[2] != "Z" for p in pids
+    ):
         time.sleep(0.1)
     assert not any(os.path.exists(f"/proc/{p}") and open(f"/proc/{p}/stat").read().split()[2] != "Z" for p in pids)
     other_base = [a.replace("--config.sleep=6.0", "--config.sleep=0.5") for a in args]
@@ -285,6 +361,7 @@ def test_sweep_runner_killed_mid_sweep_and_a_deleted_trial_workdir(tmp_path):
     for s in (0, 1):
         assert status(s)["status"] == "finished" and runs(wd, f"seed={s}")[-1]["start"] >= 2
     import shutil
+
     shutil.rmtree(wd / "seed=1")
     again = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert again.returncode == 0, again.stdout + again.stderr

@@ -1,6 +1,7 @@
 """The package's shape: no private names shared across modules, functions a reader takes in without scrolling,
 and a repository that documents itself (every relative link resolves inside it). The layering itself is
 import-linter's `layers` contract in pyproject.toml (`lint-imports`, run by `make test`)."""
+
 import ast
 import os
 import re
@@ -29,8 +30,11 @@ def test_no_private_name_is_used_across_modules():
         for node in ast.walk(ast.parse(open(path).read())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("diffvar."):
                 target = node.module.split(".")[1]
-                bad += [f"{path}:{node.lineno} imports {node.module}.{a.name}" for a in node.names
-                        if a.name.startswith("_") and target != module_name(path)]
+                bad += [
+                    f"{path}:{node.lineno} imports {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and target != module_name(path)
+                ]
         for m in re.finditer(r"\b(\w+)\._[a-z]\w*\(", open(path).read()):
             if os.path.exists(os.path.join(PACKAGE, m.group(1) + ".py")) and m.group(1) != module_name(path):
                 bad.append(f"{path}: {m.group(0)}")
@@ -43,7 +47,9 @@ def test_functions_fit_on_a_screen():
         for node in ast.walk(ast.parse(open(path).read())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name not in LISTINGS:
                 n = node.end_lineno - node.lineno + 1
-                long += [f"{os.path.relpath(path, ROOT)}:{node.lineno} {node.name} ({n} lines)"] * (n > MAX_FUNCTION_LINES)
+                long += [f"{os.path.relpath(path, ROOT)}:{node.lineno} {node.name} ({n} lines)"] * (
+                    n > MAX_FUNCTION_LINES
+                )
     assert not long, long
 
 

@@ -8,6 +8,7 @@ the score is linear in y, so:
 - the Euler-Maruyama chain itself is linear-Gaussian, so its exact output moments follow from a closed
   recursion (`_chain_moments`), and the empirical moments must match those up to Monte Carlo error alone.
 """
+
 import json
 import math
 
@@ -137,7 +138,7 @@ def test_mixture_proportions():
     covs = jnp.stack([0.2 * jnp.eye(2), jnp.array([[0.3, 0.1], [0.1, 0.25]])])
     mix = GaussianMixture.create(weights, means, covs)
     score_fn = score_fn_for(mix, SDE)
-    comps = [GaussianMixture.create(jnp.ones(1), means[k:k + 1], covs[k:k + 1]) for k in range(2)]
+    comps = [GaussianMixture.create(jnp.ones(1), means[k : k + 1], covs[k : k + 1]) for k in range(2)]
     n = 8000
     samplers = {
         "lam0": lambda k: sample_lambda(score_fn, SDE, k, (n, 2), lam=0.0, steps=200),
@@ -189,10 +190,12 @@ def test_drifts():
     t = jnp.linspace(0.1, 1.0, 8)
     f, g2, score = SDE.drift(y, t), SDE.g2(t)[:, None], gaussian_score(y, t)
     for lam in (0.0, 0.5, 1.0):
-        np.testing.assert_allclose(lambda_drift(gaussian_score, SDE, y, t, lam), f - (1 - lam / 2) * g2 * score,
-                                   rtol=1e-6, atol=1e-6)
-    np.testing.assert_array_equal(probability_flow_drift(gaussian_score, SDE, y, t),
-                                  lambda_drift(gaussian_score, SDE, y, t, 1.0))
+        np.testing.assert_allclose(
+            lambda_drift(gaussian_score, SDE, y, t, lam), f - (1 - lam / 2) * g2 * score, rtol=1e-6, atol=1e-6
+        )
+    np.testing.assert_array_equal(
+        probability_flow_drift(gaussian_score, SDE, y, t), lambda_drift(gaussian_score, SDE, y, t, 1.0)
+    )
 
 
 def test_solve_adaptive_exact_solution_and_nfe():
@@ -206,8 +209,9 @@ def test_solve_adaptive_exact_solution_and_nfe():
     np.testing.assert_allclose(y0, 1.0, rtol=1e-6)
 
 
-@pytest.mark.parametrize("tols, match", [(dict(rtol=0.0), "rtol"), (dict(atol=float("nan")), "atol"),
-                                         (dict(rtol="1e-5"), "rtol")])
+@pytest.mark.parametrize(
+    "tols, match", [(dict(rtol=0.0), "rtol"), (dict(atol=float("nan")), "atol"), (dict(rtol="1e-5"), "rtol")]
+)
 def test_invalid_tolerances(tols, match):
     with pytest.raises(ValueError, match=match + ".*must be a number > 0"):
         sample_ode(gaussian_score, SDE, jax.random.PRNGKey(0), (4, 2), **tols)
@@ -233,6 +237,7 @@ def _no_temp_files(directory):
 def figures(monkeypatch):
     """The matplotlib Figures diffvar.plots renders, in order (each is still written to its file)."""
     from diffvar import plots
+
     drawn, save = [], plots.save_figure
     monkeypatch.setattr(plots, "save_figure", lambda fig, path, **kw: (drawn.append(fig), save(fig, path, **kw)))
     return drawn
@@ -240,8 +245,12 @@ def figures(monkeypatch):
 
 def _lines(ax):
     """{label or index: (x, y)} of an Axes' lines, as float arrays."""
-    return {line.get_label() if not line.get_label().startswith("_") else i: tuple(
-        np.asarray(v, np.float64) for v in line.get_data()) for i, line in enumerate(ax.get_lines())}
+    return {
+        line.get_label() if not line.get_label().startswith("_") else i: tuple(
+            np.asarray(v, np.float64) for v in line.get_data()
+        )
+        for i, line in enumerate(ax.get_lines())
+    }
 
 
 def test_image_grid_gray(tmp_path):
@@ -260,7 +269,7 @@ def test_image_grid_gray(tmp_path):
     want = np.round(255.0 * np.minimum(np.floor(images[..., 0] * 17), 16) / 16)
     for i in range(10):
         r, c = divmod(i, 4)
-        np.testing.assert_array_equal(cells[1 + 9 * r: 9 + 9 * r, 1 + 9 * c: 9 + 9 * c], want[i])
+        np.testing.assert_array_equal(cells[1 + 9 * r : 9 + 9 * r, 1 + 9 * c : 9 + 9 * c], want[i])
     assert (cells[0] == 128).all() and (cells[:, 0] == 128).all()
     assert (cells[19:, 19:] == 128).all()  # cells 10 and 11 of the third row are empty
     _no_temp_files(tmp_path)
@@ -281,6 +290,7 @@ def test_scatter_with_density(tmp_path, figures):
     from matplotlib.image import AxesImage
 
     from diffvar.data.toy import gmm_logp, gmm_sample
+
     points = gmm_sample(np.random.default_rng(0), 2000)
     points[0] = np.nan
     path = tmp_path / "scatter.png"
@@ -342,11 +352,17 @@ def test_training_curves(tmp_path, figures):
     assert ax_eval.get_title() == "test bpd (last: 2.2000 ± 0.0200)"
 
     toy = tmp_path / "toy.jsonl"
-    toy.write_text("\n".join(json.dumps(r) for r in [
-        {"step": 0, "loss": -1.0},
-        {"step": 100, "loss": -2.0, "test_nats": 2.9, "test_nats_stderr": 0.05},
-        {"step": 200, "loss": -2.5, "test_elbo_nats": 2.8, "test_nats_stderr": 0.04},
-    ]) + '\n{"step": 300, "lo')
+    toy.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"step": 0, "loss": -1.0},
+                {"step": 100, "loss": -2.0, "test_nats": 2.9, "test_nats_stderr": 0.05},
+                {"step": 200, "loss": -2.5, "test_elbo_nats": 2.8, "test_nats_stderr": 0.04},
+            ]
+        )
+        + '\n{"step": 300, "lo'
+    )
     save_training_curves(tmp_path / "toy.png", toy)
     _png(tmp_path / "toy.png")
     ax_loss, ax_eval = figures[1].axes
@@ -355,7 +371,9 @@ def test_training_curves(tmp_path, figures):
     assert ax_loss.get_yscale() == "linear"  # a negative loss: no log scale
     evals = _lines(ax_eval)
     assert {k: (list(x), list(y)) for k, (x, y) in evals.items()} == {
-        "test_nats": ([100.0], [2.9]), "test_elbo_nats": ([200.0], [2.8])}
+        "test_nats": ([100.0], [2.9]),
+        "test_elbo_nats": ([200.0], [2.8]),
+    }
     assert ax_eval.get_ylabel() == "test nats" and ax_eval.get_title() == "test metric"
     assert [t.get_text() for t in ax_eval.get_legend().get_texts()] == ["test_nats", "test_elbo_nats"]
 
@@ -375,6 +393,7 @@ def test_noise_schedule_figure(tmp_path, figures):
     gamma' / (gamma(T) - gamma(s_1)) (right, log scale), each labelled; a fixed SDE (its own reference) is drawn
     once. Any two SDEs with gamma and nll_weight will do."""
     from diffvar.plots import save_noise_schedule
+
     learned, fixed = VPSDE(beta_min=0.2, beta_max=15.0), VPSDE()
     save_noise_schedule(tmp_path / "schedule.png", learned, fixed, num=50)
     _png(tmp_path / "schedule.png")
@@ -397,6 +416,7 @@ def test_samples_are_a_scatter_over_the_density_or_a_grid(tmp_path, figures):
     from diffvar.data import DataInfo
     from diffvar.data.toy import gmm_logp
     from diffvar.plots import save_samples
+
     toy = DataInfo("gmm2d", (2,), None, 10, 10, exact_logp=gmm_logp)
     points = np.random.default_rng(0).normal(size=(64, 2))
     save_samples(toy, points, tmp_path / "toy.png", tmp_path / "toy.npz", title="step 5", lam=0.0, nfe=None)

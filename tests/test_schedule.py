@@ -1,4 +1,5 @@
 """diffvar/schedule.py (the learned VP of models/noise_schedule.py: SDE, gradients, checks) against exact answers."""
+
 import math
 
 import jax
@@ -8,12 +9,12 @@ import pytest
 from flax import struct
 
 from diffvar import experiment
-from diffvar.errors import ConfigError
 from diffvar.elbo import elbo
-from diffvar.ode import ode_logp
+from diffvar.errors import ConfigError
 from diffvar.mixture import GaussianMixture, random_mixture, score_fn_for
 from diffvar.models.noise_schedule import NoiseSchedule
 from diffvar.objectives import get_objective
+from diffvar.ode import ode_logp
 from diffvar.schedule import LearnedVPSDE
 from diffvar.sde import VPSDE
 from tests.helpers import run_script, tiny_config, train_script, within
@@ -28,8 +29,12 @@ def schedule_params(seed, scale=1.0, end=None):
     module = SCHEDULE if end is None else SCHEDULE.clone(learn_end=True)
     params = module.init(jax.random.PRNGKey(seed), jnp.ones((1,)))["params"]
     k_a, k_c, k_v = jax.random.split(jax.random.PRNGKey(seed + 100), 3)
-    params = dict(params, a=8.0 * jax.random.normal(k_a, (16,)), c=4.0 * jax.random.normal(k_c, (16,)),
-                  v=scale * 10.0 / 16 * jax.random.uniform(k_v, (16,)))
+    params = dict(
+        params,
+        a=8.0 * jax.random.normal(k_a, (16,)),
+        c=4.0 * jax.random.normal(k_c, (16,)),
+        v=scale * 10.0 / 16 * jax.random.uniform(k_v, (16,)),
+    )
     if end is not None:
         params["log_end"] = jnp.asarray(math.log(end), jnp.float32)
     return module, params
@@ -43,8 +48,9 @@ def test_the_linear_vp_is_one_setting_of_the_learned_schedule():
     params = dict(SCHEDULE.init(jax.random.PRNGKey(0), jnp.ones((1,)))["params"], v=jnp.zeros((16,)))
     sde, t = learned_sde(SCHEDULE, params), jnp.linspace(0.0, 1.0, 101)
     for name in ("drift_coef", "g2", "log_alpha", "sigma2"):
-        np.testing.assert_allclose(getattr(sde, name)(t), getattr(REFERENCE, name)(t), rtol=2e-5, atol=1e-6,
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            getattr(sde, name)(t), getattr(REFERENCE, name)(t), rtol=2e-5, atol=1e-6, err_msg=name
+        )
     inner = t[1:]
     np.testing.assert_allclose(sde.gamma(inner), REFERENCE.gamma(inner), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(sde.network_time(t), t, atol=2e-6)
@@ -87,8 +93,9 @@ def test_elbo_with_exact_score_under_a_learned_schedule_equals_log_density(form)
     sde = learned_sde(module, params)
     mix = random_mixture(jax.random.PRNGKey(6), 2)
     x = mix.sample(jax.random.PRNGKey(7), 2000)
-    est = jax.jit(lambda x, k: elbo(score_fn_for(mix, sde), sde, x, k, draws=200, form=form,
-                                    time_sampling="importance"))(x, jax.random.PRNGKey(8))
+    est = jax.jit(
+        lambda x, k: elbo(score_fn_for(mix, sde), sde, x, k, draws=200, form=form, time_sampling="importance")
+    )(x, jax.random.PRNGKey(8))
     gap = np.asarray(est - mix.logp(x), np.float64)
     se = gap.std(ddof=1) / math.sqrt(gap.size)
     assert abs(gap.mean()) < 4 * se + 0.01 and se < 0.05, (gap.mean(), se)
@@ -100,8 +107,18 @@ def test_ode_with_exact_score_under_a_learned_schedule_equals_log_density():
     mix = random_mixture(jax.random.PRNGKey(9), 2)
     x = mix.sample(jax.random.PRNGKey(10), 256)
     exact_pT = lambda z: mix.marginal_logp(sde, z, jnp.full((z.shape[0],), sde.T))  # no prior mismatch
-    logp, _ = jax.jit(lambda x: ode_logp(score_fn_for(mix, sde), sde, x, jax.random.PRNGKey(0), divergence="exact",
-                                         rtol=1e-6, atol=1e-6, prior_logp=exact_pT))(x)
+    logp, _ = jax.jit(
+        lambda x: ode_logp(
+            score_fn_for(mix, sde),
+            sde,
+            x,
+            jax.random.PRNGKey(0),
+            divergence="exact",
+            rtol=1e-6,
+            atol=1e-6,
+            prior_logp=exact_pT,
+        )
+    )(x)
     np.testing.assert_allclose(logp, mix.logp(x), atol=3e-3)
 
 
@@ -109,16 +126,22 @@ def _expected_elbo(sde, wrong, x, seed):
     """Per-example ELBO of the inexact, gamma-conditioned score of `wrong` (a mixture), 800 draws each (ISM,
     exact divergence: the time and noise draws are the only noise)."""
     score = score_fn_for(wrong, sde)
-    return np.asarray(jax.jit(lambda x, k: elbo(score, sde, x, k, draws=800, time_sampling="importance",
-                                                divergence="exact"))(x, jax.random.PRNGKey(seed)), np.float64)
+    return np.asarray(
+        jax.jit(lambda x, k: elbo(score, sde, x, k, draws=800, time_sampling="importance", divergence="exact"))(
+            x, jax.random.PRNGKey(seed)
+        ),
+        np.float64,
+    )
 
 
 def test_expected_elbo_depends_on_the_schedule_only_through_its_end_point():
     mix = random_mixture(jax.random.PRNGKey(11), 2)
     wrong = mix.replace(means=mix.means + 0.7)  # a score that is not exact, and a function of gamma alone
     x = mix.sample(jax.random.PRNGKey(12), 1000)
-    schedules = {name: learned_sde(*schedule_params(seed, scale, end)) for name, seed, scale, end in
-                 [("a", 20, 1.0, 10.05), ("b", 21, 3.0, 10.05), ("short", 22, 1.0, 2.0)]}
+    schedules = {
+        name: learned_sde(*schedule_params(seed, scale, end))
+        for name, seed, scale, end in [("a", 20, 1.0, 10.05), ("b", 21, 3.0, 10.05), ("short", 22, 1.0, 2.0)]
+    }
     # a and b share their random numbers (the same uniform draws of gamma give the same integrand where the
     # proposal is uniform in gamma), so their paired difference is precise; short has its own
     values = {name: _expected_elbo(sde, wrong, x, seed) for (name, sde), seed in zip(schedules.items(), (13, 13, 14))}
@@ -141,9 +164,11 @@ def test_expected_elbo_depends_on_the_schedule_only_through_its_end_point():
 # components 40x wider, seen through alpha and sigma alone).
 
 T_EPS = 1e-3
-NEAR = GaussianMixture.create_diagonal(jnp.asarray([0.3, 0.3, 0.4]),
-                                       jax.random.uniform(jax.random.PRNGKey(30), (3, 16), minval=-1.0, maxval=1.0),
-                                       jnp.full((3, 16), 1e-4))
+NEAR = GaussianMixture.create_diagonal(
+    jnp.asarray([0.3, 0.3, 0.4]),
+    jax.random.uniform(jax.random.PRNGKey(30), (3, 16), minval=-1.0, maxval=1.0),
+    jnp.full((3, 16), 1e-4),
+)
 WIDE = NEAR.replace(evals=40.0 * NEAR.evals)
 TRUNCATED = ("dsm_is", "dsm_lw")  # the losses with a truncation; elbo trains the whole bound on [0, T]
 
@@ -166,8 +191,9 @@ def losses_of(name, sde, n=131072, seed=32):
     """The objective's per-example losses [n] on draws of NEAR with the score of WIDE (same keys for every sde)."""
     x = NEAR.sample(jax.random.PRNGKey(seed), n)
     loss = get_objective(name, sde, t_eps=T_EPS)
-    return np.asarray(jax.jit(lambda x, k: loss(score_fn_for(WIDE, sde), x, k))(x, jax.random.PRNGKey(seed + 1)),
-                      np.float64)
+    return np.asarray(
+        jax.jit(lambda x, k: loss(score_fn_for(WIDE, sde), x, k))(x, jax.random.PRNGKey(seed + 1)), np.float64
+    )
 
 
 def paired(u, v):
@@ -208,6 +234,7 @@ def test_the_interiors_gradient_of_the_expected_loss_is_zero(name):
         def losses(p):
             sde = kind(module, p, REFERENCE)
             return get_objective(name, sde, t_eps=T_EPS)(score_fn_for(WIDE, sde), x, jax.random.PRNGKey(35))
+
         return np.asarray(jax.jit(lambda p: jax.jvp(losses, (p,), (direction,))[1])(params), np.float64)
 
     new = derivatives(LearnedVPSDE)
@@ -230,7 +257,9 @@ def test_every_parameterisation_is_a_function_of_gamma():
         exp, state = _learned_experiment(**{"model.parameterization": kind})
         bent_params = dict(state.params, schedule=schedule_params(31, 3.0)[1])
         y, t = jnp.ones((3, 2)), jnp.asarray([0.01, 0.3, 0.8])
-        t_bent = exp.sde_of(bent_params).gamma_inv(exp.schedule.reference.gamma(t))  # the bent schedule's time of the same gamma
+        t_bent = exp.sde_of(bent_params).gamma_inv(
+            exp.schedule.reference.gamma(t)
+        )  # the bent schedule's time of the same gamma
         a = exp.score_fn(state.params)(y, exp.sde_of(state.params).gamma_inv(exp.schedule.reference.gamma(t)))
         b = exp.score_fn(bent_params)(y, t_bent)
         np.testing.assert_allclose(a, b, rtol=1e-3, err_msg=kind)
@@ -270,6 +299,7 @@ def test_variance_minimising_updates_lower_the_loss_variance():
         return float(jnp.var(jnp.concatenate(draws)))
 
     import optax
+
     params, opt = state.params, optax.adam(1e-2)
     opt_state = opt.init(params["schedule"])
     step = jax.jit(lambda p, k: experiment.loss_and_grads(exp, p, data, k)[1]["schedule"])
@@ -282,8 +312,9 @@ def test_variance_minimising_updates_lower_the_loss_variance():
 
 def test_learned_vp_trains_evaluates_and_samples_through_the_scripts(tmp_path):
     workdir = str(tmp_path / "run")
-    r = train_script(workdir, "--config.sde.name=learned_vp", "--config.sde.schedule_features=16",
-                     "--config.training.num_steps=20")
+    r = train_script(
+        workdir, "--config.sde.name=learned_vp", "--config.sde.schedule_features=16", "--config.training.num_steps=20"
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "noise_schedule.png" in " ".join(__import__("os").listdir(workdir))
     r = run_script("evaluate", f"--workdir={workdir}", "--ode", "--max_examples=64")

@@ -1,4 +1,5 @@
 """Forward SDEs and time proposals against exact answers."""
+
 import math
 
 import jax
@@ -6,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffvar.sde import ImportanceTime, SubVPSDE, UniformTime, VESDE, VPSDE, time_proposal
+from diffvar.sde import VESDE, VPSDE, ImportanceTime, SubVPSDE, UniformTime, time_proposal
 
 SDES = [VPSDE(), SubVPSDE(), VESDE(sigma_min=0.01, sigma_max=5.0)]
 
@@ -35,7 +36,9 @@ def test_marginal_matches_euler_maruyama(sde, t_end):
     emp_mean, emp_var = np.asarray(y.mean(0)), np.asarray(y.var(0))
     # Statistical error (4 s.e.) plus the O(dt) bias of Euler-Maruyama (stated: 1% relative).
     se_mean = np.sqrt(var / n)
-    np.testing.assert_array_less(np.abs(emp_mean - np.asarray(mean[0])), 4 * se_mean + 0.01 * np.abs(np.asarray(mean[0])) + 1e-3)
+    np.testing.assert_array_less(
+        np.abs(emp_mean - np.asarray(mean[0])), 4 * se_mean + 0.01 * np.abs(np.asarray(mean[0])) + 1e-3
+    )
     se_var = var * np.sqrt(2.0 / n)
     np.testing.assert_array_less(np.abs(emp_var - var), 4 * se_var + 0.01 * var)
 
@@ -72,7 +75,8 @@ def test_importance_density_normalised_and_sampler_matches(sde):
     assert s.min() >= 0.0 and s.max() <= 1.0
     grid = np.asarray(hi)
     cdf = float(jnp.trapezoid(q.density(lo), lo)) + np.concatenate(
-        [[0.0], np.cumsum(0.5 * np.diff(grid) * (np.asarray(q.density(hi))[1:] + np.asarray(q.density(hi))[:-1]))])
+        [[0.0], np.cumsum(0.5 * np.diff(grid) * (np.asarray(q.density(hi))[1:] + np.asarray(q.density(hi))[:-1]))]
+    )
     checkpoints = np.linspace(0, len(grid) - 1, 40).astype(int)
     for i in checkpoints:
         p = min(cdf[i], 1.0)
@@ -82,7 +86,8 @@ def test_importance_density_normalised_and_sampler_matches(sde):
 
 @pytest.mark.parametrize("sde", SDES, ids=lambda s: type(s).__name__)
 def test_truncated_importance_time(sde):
-    """q(t) = g^2 / (sigma^2 Z) on [t_eps, T] integrates to 1, and samples follow its CDF (lambda(t) - lambda(t_eps)) / Z."""
+    """q(t) = g^2 / (sigma^2 Z) on [t_eps, T] integrates to 1, and samples follow its CDF
+    (lambda(t) - lambda(t_eps)) / Z."""
     t_eps = 1e-3
     q = ImportanceTime(sde=sde, t_eps=t_eps, truncated=True)
     grid = jnp.exp(jnp.linspace(math.log(t_eps), math.log(sde.T), 20001))
@@ -105,11 +110,11 @@ def test_truncated_importance_time(sde):
 def test_uniform_density_and_sampler():
     q = time_proposal("uniform", VPSDE(T=2.0))
     t = q.sample(jax.random.PRNGKey(0), 10000)
-    assert 0 <= float(t.min()) and float(t.max()) <= 2.0
+    assert float(t.min()) >= 0 and float(t.max()) <= 2.0
     np.testing.assert_allclose(q.density(t), 0.5)
     q = UniformTime(T=2.0, t_min=0.4)
     t = q.sample(jax.random.PRNGKey(0), 10000)
-    assert 0.4 <= float(t.min()) and float(t.max()) <= 2.0
+    assert float(t.min()) >= 0.4 and float(t.max()) <= 2.0
     np.testing.assert_allclose(q.density(t), 1.0 / 1.6)
     assert abs(float(t.mean()) - 1.2) < 4 * 1.6 / math.sqrt(12 * 10000)
 
@@ -125,19 +130,22 @@ def test_sde_is_jittable_argument():
         assert sde.prior_sample(jax.random.PRNGKey(0), (3, 2)).shape == (3, 2)
 
 
-@pytest.mark.parametrize("make, match", [
-    (lambda: VPSDE(beta_min=20.0, beta_max=0.1), "beta_min"),
-    (lambda: VPSDE(beta_min=1.0, beta_max=1.0), "beta_min"),
-    (lambda: VPSDE(T=-1.0), "T"),
-    (lambda: SubVPSDE(beta_min=-0.1), "beta_min"),
-    (lambda: VESDE(sigma_min=5.0, sigma_max=1.0), "sigma_min"),
-    (lambda: VESDE(T=0.0), "T"),
-    (lambda: time_proposal("lognormal", VPSDE()), "name=.lognormal.*uniform.*importance"),
-    (lambda: ImportanceTime(sde=VPSDE(), t_eps=2.0), "t_eps"),
-    (lambda: ImportanceTime(sde=VPSDE(), t_eps=1e-3, truncated="yes"), "truncated.*bool"),
-    (lambda: UniformTime(T=1.0, t_min=1.0), r"t_min.*\[0, T=1.0\)"),
-    (lambda: UniformTime(T=1.0, t_min=-0.1), "t_min"),
-])
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: VPSDE(beta_min=20.0, beta_max=0.1), "beta_min"),
+        (lambda: VPSDE(beta_min=1.0, beta_max=1.0), "beta_min"),
+        (lambda: VPSDE(T=-1.0), "T"),
+        (lambda: SubVPSDE(beta_min=-0.1), "beta_min"),
+        (lambda: VESDE(sigma_min=5.0, sigma_max=1.0), "sigma_min"),
+        (lambda: VESDE(T=0.0), "T"),
+        (lambda: time_proposal("lognormal", VPSDE()), "name=.lognormal.*uniform.*importance"),
+        (lambda: ImportanceTime(sde=VPSDE(), t_eps=2.0), "t_eps"),
+        (lambda: ImportanceTime(sde=VPSDE(), t_eps=1e-3, truncated="yes"), "truncated.*bool"),
+        (lambda: UniformTime(T=1.0, t_min=1.0), r"t_min.*\[0, T=1.0\)"),
+        (lambda: UniformTime(T=1.0, t_min=-0.1), "t_min"),
+    ],
+)
 def test_invalid_arguments(make, match):
     with pytest.raises(ValueError, match=match):
         make()

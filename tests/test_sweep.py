@@ -6,6 +6,7 @@ The fake trainer follows the trainer's contract: status.json (running / finished
 a kind), metrics.jsonl, exit 0 on finish or SIGTERM, exit 1 with one `error: ...` line for a user error,
 resume from its own checkpoint file. Its config keys choose what it does (mode, sleep, num_steps).
 """
+
 import csv
 import json
 import math
@@ -17,15 +18,14 @@ import time
 
 import pytest
 
-from diffvar import config as config_lib
-from diffvar import sweep
-from diffvar.sweep import declarations, executors, store
+from diffvar import config as config_lib, sweep
 from diffvar.errors import ConfigError, OptionError
+from diffvar.sweep import declarations, executors, store
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP = (sys.executable, "-m", "diffvar.commands.sweep")  # what scripts/sweep.py runs
 
-FAKE_TRAINER = r'''
+FAKE_TRAINER = r"""
 import json, os, signal, sys, time
 args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
 workdir = args["--workdir"]
@@ -80,9 +80,9 @@ with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
     f.write(json.dumps({"step": num_steps, "test_nats": metric, "test_nats_stderr": 0.01}) + "\n")
 status("finished", num_steps, result={"test_nats": metric, "test_nats_stderr": 0.01})
 print("done")
-'''
+"""
 
-CONFIG = '''
+CONFIG = """
 import ml_collections
 
 
@@ -99,7 +99,7 @@ def get_config():
 
 def get_hyper(h, name=None):
     return h.named(name, {SWEEPS})
-'''
+"""
 
 
 def write_config(tmp_path, sweeps, filename="fake_config.py"):
@@ -116,8 +116,21 @@ def fake(tmp_path):
     return [sys.executable, str(path)]
 
 
-def run(config_path, workdir, fake, base=None, sweep_name=None, check_config=None, report=False, dry_run=False,
-        shard=None, retry_failed=False, executor="local", slurm=None, **kw):
+def run(
+    config_path,
+    workdir,
+    fake,
+    base=None,
+    sweep_name=None,
+    check_config=None,
+    report=False,
+    dry_run=False,
+    shard=None,
+    retry_failed=False,
+    executor="local",
+    slurm=None,
+    **kw,
+):
     """sweep.run (or sweep.report) in this process with the fake trainer; returns (rows, printed lines).
     kw: the LocalExecutor's parallel, gpus, max_retries (or the SlurmExecutor's max_retries)."""
     lines = []
@@ -128,16 +141,18 @@ def run(config_path, workdir, fake, base=None, sweep_name=None, check_config=Non
     else:
         executor = sweep.LocalExecutor(poll_s=0.05, **kw)
     config = declarations.apply(config_lib.load_file(config_path), base or {})
-    declared = sweep.load(config, config_path, str(workdir), name=sweep_name, base=base, check_config=check_config,
-                          trainer=fake)
-    rows = sweep.run(declared, executor, shard=sweep.parse_shard(shard), retry_failed=retry_failed,
-                     dry_run=dry_run, out=lines.append)
+    declared = sweep.load(
+        config, config_path, str(workdir), name=sweep_name, base=base, check_config=check_config, trainer=fake
+    )
+    rows = sweep.run(
+        declared, executor, shard=sweep.parse_shard(shard), retry_failed=retry_failed, dry_run=dry_run, out=lines.append
+    )
     return rows, lines
 
 
 def runs(workdir, name):
     path = os.path.join(workdir, name, "runs.jsonl")
-    return [json.loads(l) for l in open(path)] if os.path.exists(path) else []
+    return [json.loads(line) for line in open(path)] if os.path.exists(path) else []
 
 
 def read_csv(workdir):
@@ -160,8 +175,13 @@ def test_runs_resumes_and_adds_only_new_trials(tmp_path, fake):
     assert float(table[0]["test_nats_stderr"]) == 0.01 and float(table[0]["wall_s"]) > 0
     name = "lr=0.3,seed=1"
     assert open(wd / name / "command.txt").read().split()[2:] == [
-        f"--config={cfg}", f"--workdir={wd / name}", "--config.num_steps=3", "--config.lr=0.3", "--config.seed=1"]
-    assert any(l.startswith("sweep: 4/4 finished, 0 running, 0 failed, 0 left") for l in lines)
+        f"--config={cfg}",
+        f"--workdir={wd / name}",
+        "--config.num_steps=3",
+        "--config.lr=0.3",
+        "--config.seed=1",
+    ]
+    assert any(line.startswith("sweep: 4/4 finished, 0 running, 0 failed, 0 left") for line in lines)
     for f in ("results.csv", "results.md", "results.png", "sweep.json"):
         assert (wd / f).exists()
 
@@ -187,14 +207,16 @@ def test_failures_are_recorded_and_crashes_retried(tmp_path, fake):
     assert by["ok"]["status"] == "finished" and by["ok"]["metric"] == pytest.approx(3.0)
     assert (by["fail"]["status"], by["fail"]["kind"]) == ("failed", "error")
     assert by["fail"]["error"] == "lr=2.0 cannot work; choose lr < 1"
-    assert (by["nonfinite"]["kind"], by["nonfinite"]["error"]) == ("non_finite", "non-finite loss at step 1; try "
-                                                                   "a lower optim.lr")
+    assert (by["nonfinite"]["kind"], by["nonfinite"]["error"]) == (
+        "non_finite",
+        "non-finite loss at step 1; try a lower optim.lr",
+    )
     assert (by["crash"]["status"], by["crash"]["kind"]) == ("failed", "crash")
     assert "exit status 1: RuntimeError: boom at step" in by["crash"]["error"]
     assert [len(runs(wd, f"mode={m}")) for m in ("ok", "fail", "nonfinite", "crash")] == [1, 1, 1, 2]
     md = open(wd / "results.md").read()
     assert "non_finite: non-finite loss" in md and "crash: exit status 1" in md
-    assert any("retrying (1/1)" in l for l in lines)
+    assert any("retrying (1/1)" in line for line in lines)
 
     run(cfg, wd, fake, base={"lr": 2.0}, max_retries=0)  # a crash is re-run; deterministic failures are not
     assert [len(runs(wd, f"mode={m}")) for m in ("ok", "fail", "nonfinite", "crash")] == [1, 1, 1, 3]
@@ -219,7 +241,7 @@ def test_killed_trial_resumes_from_its_checkpoint(tmp_path, fake):
     assert [r["start"] for r in runs(wd, "mode=crash_once")][-1] == 1 and len(runs(wd, "mode=ok")) == 1
 
     # A runner killed outright leaves "running" with dead processes: the next run treats it as interrupted.
-    store.record(str(wd / "mode=ok"), status="running", runner_pid=2 ** 22 + 12345)
+    store.record(str(wd / "mode=ok"), status="running", runner_pid=2**22 + 12345)
     os.remove(wd / "mode=ok" / "status.json")
     assert store.read_trial(str(wd / "mode=ok"))["status"] == "interrupted"
 
@@ -227,10 +249,16 @@ def test_killed_trial_resumes_from_its_checkpoint(tmp_path, fake):
 def test_sigterm_reaches_trials_and_the_rerun_resumes(tmp_path, fake):
     cfg = write_config(tmp_path, 'None: h.sweep("seed", [0, 1])')
     wd = tmp_path / "sweep"
-    args = [f"--config={cfg}", f"--workdir={wd}", "--config.sleep=6.0", "--config.num_steps=60", "--parallel=2",
-            f"--trainer={' '.join(fake)}", "--novalidate"]
-    proc = subprocess.Popen([*SWEEP, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, cwd=REPO)
+    args = [
+        f"--config={cfg}",
+        f"--workdir={wd}",
+        "--config.sleep=6.0",
+        "--config.num_steps=60",
+        "--parallel=2",
+        f"--trainer={' '.join(fake)}",
+        "--novalidate",
+    ]
+    proc = subprocess.Popen([*SWEEP, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
     deadline = time.time() + 30
     while time.time() < deadline:
         steps = [(store.read_json(wd / f"seed={s}" / "status.json") or {}).get("step", 0) for s in (0, 1)]
@@ -279,7 +307,7 @@ def test_parallel_slots_pin_cores_and_gpus(tmp_path, fake):
     run(cfg, wd, fake, base={"sleep": 0.4}, parallel=2, gpus=["0", "1"])
     cores = sorted(os.sched_getaffinity(0))
     recs = [runs(wd, f"seed={s}")[0] for s in range(4)]
-    shares = [cores[:len(cores) // 2], cores[len(cores) // 2:]]
+    shares = [cores[: len(cores) // 2], cores[len(cores) // 2 :]]
     for rec in recs:
         assert rec["cpus"] in shares and rec["cuda"] == str(shares.index(rec["cpus"]))
         assert rec["omp"] == str(len(rec["cpus"]))
@@ -297,8 +325,14 @@ def test_report_tables_seeds_and_plot(tmp_path, fake):
     rows, lines = run(cfg, wd, fake, report=True)  # rebuilt from the trial workdirs
     assert lines[0].startswith("sweep: 6/6 finished")
     table = read_csv(wd)
-    assert [(r["lr"], r["seed"]) for r in table] == [("0.1", "0"), ("0.1", "1"), ("0.1", "2"), ("0.5", "0"),
-                                                      ("0.5", "1"), ("0.5", "2")]
+    assert [(r["lr"], r["seed"]) for r in table] == [
+        ("0.1", "0"),
+        ("0.1", "1"),
+        ("0.1", "2"),
+        ("0.5", "0"),
+        ("0.5", "1"),
+        ("0.5", "2"),
+    ]
     md = open(wd / "results.md").read()
     assert "## Mean ± std over seeds" in md
     assert "| 0.1 | 1.1100 ± 0.0100 | 3/3 |" in md and "| 0.5 | 1.5100 ± 0.0100 | 3/3 |" in md
@@ -325,6 +359,7 @@ def test_checks_before_anything_runs(tmp_path, fake):
     def lr_below_one(config):
         if config.lr >= 1:
             raise ConfigError(f"lr={config.lr} must be < 1")
+
     cfg = write_config(tmp_path, 'None: h.sweep("lr", [0.1, 2])')
     with pytest.raises(ConfigError, match=r"^trial lr=2: lr=2.0 must be < 1"):
         run(cfg, wd, fake, check_config=lr_below_one)
@@ -349,15 +384,17 @@ def test_cli_errors_are_one_line(tmp_path, fake):
     bare.write_text("import ml_collections\n\ndef get_config():\n    return ml_collections.ConfigDict({'seed': 0})\n")
     bad_key = write_config(tmp_path, 'None: h.sweep("optim.lr", [0.1])', "bad_key.py")
     wd = str(tmp_path / "sweep")
-    cases = [([f"--config={cfg}", f"--workdir={wd}", "--shard=2/2"], "--shard='2/2' must be i/n"),
-             ([f"--config={cfg}", f"--workdir={wd}", "--parallel=0"], "--parallel=0 must be an integer >= 1"),
-             ([f"--config={cfg}", f"--workdir={wd}", "--sweep=nope"], "unknown sweep 'nope'"),
-             ([f"--config={bad_key}", f"--workdir={wd}"], "unknown config key 'optim.lr'"),
-             ([f"--config={bare}", f"--workdir={wd}"], "declares no sweep"),
-             ([f"--config={cfg}", f"--workdir={wd}", "--executor=pbs"], "--executor='pbs' is not allowed"),
-             ([f"--workdir={wd}", "--report"], "holds no sweep (no sweep.json)"),
-             ([f"--config={cfg}", f"--workdir={wd}", "--config.lrr=1"], "lrr is not a config key (did you mean lr?)"),
-             ([f"--config={cfg}", f"--workdir={wd}", "--config.seed=x"], "flag --config.seed=x: invalid literal")]
+    cases = [
+        ([f"--config={cfg}", f"--workdir={wd}", "--shard=2/2"], "--shard='2/2' must be i/n"),
+        ([f"--config={cfg}", f"--workdir={wd}", "--parallel=0"], "--parallel=0 must be an integer >= 1"),
+        ([f"--config={cfg}", f"--workdir={wd}", "--sweep=nope"], "unknown sweep 'nope'"),
+        ([f"--config={bad_key}", f"--workdir={wd}"], "unknown config key 'optim.lr'"),
+        ([f"--config={bare}", f"--workdir={wd}"], "declares no sweep"),
+        ([f"--config={cfg}", f"--workdir={wd}", "--executor=pbs"], "--executor='pbs' is not allowed"),
+        ([f"--workdir={wd}", "--report"], "holds no sweep (no sweep.json)"),
+        ([f"--config={cfg}", f"--workdir={wd}", "--config.lrr=1"], "lrr is not a config key (did you mean lr?)"),
+        ([f"--config={cfg}", f"--workdir={wd}", "--config.seed=x"], "flag --config.seed=x: invalid literal"),
+    ]
     for args, message in cases:
         res = cli(*args, "--novalidate", f"--trainer={' '.join(fake)}")
         assert res.returncode == 1, res.stderr
@@ -371,8 +408,11 @@ def test_slurm_helpers():
     assert executors.first_node("node7,node8") == "node7" and executors.first_node("solo") == "solo"
     assert executors.first_node("rack[2-3]-n") == "rack2-n"
     env = {"SLURM_NTASKS": "4", "SLURM_PROCID": "2", "SLURM_JOB_NODELIST": "gpu[011-014]", "SLURM_JOB_ID": "123"}
-    assert executors.distributed_flags(env) == ["--coordinator_address=gpu011:20123", "--num_processes=4",
-                                            "--process_id=2"]
+    assert executors.distributed_flags(env) == [
+        "--coordinator_address=gpu011:20123",
+        "--num_processes=4",
+        "--process_id=2",
+    ]
     assert executors.distributed_flags({"SLURM_NTASKS": "1"}) == [] and executors.distributed_flags({}) == []
 
 
@@ -382,9 +422,15 @@ def test_slurm_executor_through_submitit_local(tmp_path, fake):
     wd = tmp_path / "sweep"
     # Jobs time out after 8 s (USR2 3 s before, time for the trial's checkpoint even on a loaded machine): the
     # trial (6 s of work) checkpoints, is requeued and resumes until done, after up to 30 timeouts.
-    rows, lines = run(cfg, wd, fake, base={"sleep": 6.0, "num_steps": 40}, executor="slurm",
-                      slurm={"cluster": "local", "timeout_min": 8 / 60, "signal_delay_s": 3, "max_num_timeout": 30})
-    assert any(l.startswith("sweep: submitted 2 jobs") for l in lines)
+    rows, lines = run(
+        cfg,
+        wd,
+        fake,
+        base={"sleep": 6.0, "num_steps": 40},
+        executor="slurm",
+        slurm={"cluster": "local", "timeout_min": 8 / 60, "signal_delay_s": 3, "max_num_timeout": 30},
+    )
+    assert any(line.startswith("sweep: submitted 2 jobs") for line in lines)
     assert {r["name"]: r["status"] for r in rows} == {"mode=ok": "finished", "mode=fail": "failed"}
     starts = [r["start"] for r in runs(wd, "mode=ok")]
     assert len(starts) >= 2 and starts[0] == 0 and all(b > a for a, b in zip(starts, starts[1:])), starts
@@ -396,7 +442,7 @@ def test_slurm_executor_through_submitit_local(tmp_path, fake):
 
 def test_trials_run_the_installed_trainer():
     """No path into a source tree: the trainer is the package's module, run by this python."""
-    assert sweep.TRAINER == (sys.executable, "-m", "diffvar.commands.train")
+    assert (sys.executable, "-m", "diffvar.commands.train") == sweep.TRAINER
 
 
 @pytest.mark.slow
@@ -404,12 +450,29 @@ def test_real_gmm2d_sweep_end_to_end(tmp_path):
     """Two trials of configs/gmm2d.py's default sweep (shard 0/2) through the package's sweep and trainer
     (python -m diffvar.commands.*), started outside the source tree."""
     wd = tmp_path / "sweep"
-    tiny = ["--config.model.hidden=16", "--config.training.num_steps=20", "--config.training.steps_per_call=10",
-            "--config.training.log_every=10", "--config.training.ckpt_every=10", "--config.eval.every=0",
-            "--config.eval.batch_size=256", "--config.eval.max_examples=256", "--config.eval.repeats=1",
-            "--config.sampling.num=16", "--config.sampling.steps=5", "--config.optim.warmup_steps=0"]
-    res = cli(f"--config={REPO}/configs/gmm2d.py", f"--workdir={wd}", "--shard=0/2", "--parallel=2", *tiny,
-              timeout=400, cwd=tmp_path)
+    tiny = [
+        "--config.model.hidden=16",
+        "--config.training.num_steps=20",
+        "--config.training.steps_per_call=10",
+        "--config.training.log_every=10",
+        "--config.training.ckpt_every=10",
+        "--config.eval.every=0",
+        "--config.eval.batch_size=256",
+        "--config.eval.max_examples=256",
+        "--config.eval.repeats=1",
+        "--config.sampling.num=16",
+        "--config.sampling.steps=5",
+        "--config.optim.warmup_steps=0",
+    ]
+    res = cli(
+        f"--config={REPO}/configs/gmm2d.py",
+        f"--workdir={wd}",
+        "--shard=0/2",
+        "--parallel=2",
+        *tiny,
+        timeout=400,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     table = read_csv(wd)
     done = [r for r in table if r["status"] == "finished"]

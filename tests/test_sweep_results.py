@@ -1,14 +1,27 @@
 """A sweep's tables and plot (diffvar/sweep/results.py) from trial rows as store.read_trial gives them: what the
 figure shows, read back from matplotlib's objects."""
+
 import pytest
 
 from diffvar.sweep import results
 
 
 def row(status="finished", metric=None, stderr=0.01, **overrides):
-    return {"name": ",".join(f"{k}={v}" for k, v in overrides.items()), "overrides": overrides, "status": status,
-            "unit": "nats", "metric": metric, "stderr": stderr if metric is not None else None, "step": 4,
-            "num_steps": 4, "wall_s": 1.0, "attempts": 1, "kind": None, "error": None, "host": "h"}
+    return {
+        "name": ",".join(f"{k}={v}" for k, v in overrides.items()),
+        "overrides": overrides,
+        "status": status,
+        "unit": "nats",
+        "metric": metric,
+        "stderr": stderr if metric is not None else None,
+        "step": 4,
+        "num_steps": 4,
+        "wall_s": 1.0,
+        "attempts": 1,
+        "kind": None,
+        "error": None,
+        "host": "h",
+    }
 
 
 def series(ax):
@@ -34,7 +47,7 @@ def test_the_metric_against_each_key_with_seeds_averaged():
     assert (ax_seed.get_xlabel(), ax_seed.get_title()) == ("seed", "test_nats vs seed (± 1 s.e.)")
     drawn = series(ax_seed)  # one series per lr, each trial's own standard error
     assert [label for label, *_ in drawn] == ["lr=0.1", "lr=0.5"]
-    for (label, xs, ys, errs), lr in zip(drawn, (0.1, 0.5)):
+    for (_, xs, ys, errs), lr in zip(drawn, (0.1, 0.5)):
         assert xs == [0, 1, 2] and ys == pytest.approx([1 + lr, 1.01 + lr, 1.02 + lr])
         assert errs == pytest.approx([0.01] * 3)
     assert [t.get_text() for t in ax_seed.get_legend().get_texts()] == ["lr=0.1", "lr=0.5"]
@@ -64,13 +77,22 @@ def test_tables_sort_by_the_metric_and_average_seeds(tmp_path):
     rows.append(row(status="failed", lr="0.3", seed="0"))
     rows[-1].update(kind="crash", error="exit status 1: boom")
     sorted_rows, _ = results.write(str(tmp_path), rows, ["lr", "seed"])
-    assert [r["name"] for r in sorted_rows] == ["lr=0.1,seed=0", "lr=0.1,seed=1", "lr=0.5,seed=0", "lr=0.5,seed=1",
-                                                "lr=0.3,seed=0"]
+    assert [r["name"] for r in sorted_rows] == [
+        "lr=0.1,seed=0",
+        "lr=0.1,seed=1",
+        "lr=0.5,seed=0",
+        "lr=0.5,seed=1",
+        "lr=0.3,seed=0",
+    ]
     csv_lines = (tmp_path / "results.csv").read_text().splitlines()
     assert csv_lines[0].startswith("trial,lr,seed,status,test_nats,test_nats_stderr")
     md = (tmp_path / "results.md").read_text()
     assert md.startswith("# Sweep results (5 trials: 4 finished, 1 failed)")
     assert "| 0.1 | 1.1050 ± 0.0071 | 2/2 |" in md and "crash: exit status 1: boom" in md
     seeds = [line.split(",")[:3] for line in (tmp_path / "results_seeds.csv").read_text().splitlines()]
-    assert seeds == [["lr", "test_nats_mean", "test_nats_std"], ["0.1", "1.105000", "0.007071"],
-                     ["0.5", "1.505000", "0.007071"], ["0.3", "", ""]]
+    assert seeds == [
+        ["lr", "test_nats_mean", "test_nats_std"],
+        ["0.1", "1.105000", "0.007071"],
+        ["0.5", "1.505000", "0.007071"],
+        ["0.3", "", ""],
+    ]

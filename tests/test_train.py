@@ -1,4 +1,5 @@
 """The trainer end to end on a tiny gmm2d run: outputs, exact resume, SIGTERM/SIGKILL, devices, bad configs."""
+
 import json
 import os
 import re
@@ -9,12 +10,18 @@ import jax
 import numpy as np
 import pytest
 
-from diffvar import checkpoints, data, experiment
-from diffvar import config as config_lib
-from diffvar import train as train_lib
+from diffvar import checkpoints, config as config_lib, data, experiment, train as train_lib
 from diffvar.errors import ConfigError, NonFiniteLossError
-from tests.helpers import (assert_one_error_line, assert_same_params, load_config, losses, params_at,
-                           start_training, tiny_config, train_script)
+from tests.helpers import (
+    assert_one_error_line,
+    assert_same_params,
+    load_config,
+    losses,
+    params_at,
+    start_training,
+    tiny_config,
+    train_script,
+)
 
 
 def run_script(workdir, *flags, env=None, wait=True):
@@ -61,7 +68,10 @@ def test_evaluations_do_not_add_compilations(tmp_path):
 
     counts = []
     jax.monitoring.register_event_duration_secs_listener(
-        lambda event, _secs, **kw: counts.append(event) if event == "/jax/core/compile/backend_compile_duration" else None)
+        lambda event, _secs, **kw: (
+            counts.append(event) if event == "/jax/core/compile/backend_compile_duration" else None
+        )
+    )
     compiles = {}
     for every in (40, 10):
         start = len(counts)
@@ -70,11 +80,14 @@ def test_evaluations_do_not_add_compilations(tmp_path):
     assert compiles[10] == compiles[40] > 0, compiles
 
 
-@pytest.mark.parametrize("flag, fragment", [
-    ("--config.model.ch=0", "model.ch=0 must be an integer >= 2"),
-    ("--config.objective.t_eps=1.5", "objective.t_eps=1.5 must be in (0, sde.T=1.0)"),
-    ("--config.data.name=mnist", "is not prepared in data_dir="),
-])
+@pytest.mark.parametrize(
+    "flag, fragment",
+    [
+        ("--config.model.ch=0", "model.ch=0 must be an integer >= 2"),
+        ("--config.objective.t_eps=1.5", "objective.t_eps=1.5 must be in (0, sde.T=1.0)"),
+        ("--config.data.name=mnist", "is not prepared in data_dir="),
+    ],
+)
 def test_bad_digits_values_and_missing_data_give_one_line_and_write_nothing(tmp_path, flag, fragment):
     workdir = tmp_path / "run"
     r = train_script(str(workdir), flag, f"--config.data.data_dir={tmp_path / 'data'}", config="digits")
@@ -115,8 +128,12 @@ def test_sigterm_during_the_final_evaluation_stops_it_with_the_checkpoint_kept(t
     """The checkpoint of the last step is written before the final evaluation, which prints progress lines
     with an ETA; SIGTERM during it ends the run within seconds (exit 0, status interrupted), keeping it."""
     workdir = str(tmp_path / "run")
-    proc = start_training(workdir, "--config.training.num_steps=20", "--config.eval.final_repeats=100000",
-                          until="ELBO: pass 1/100000, batch 1/1")
+    proc = start_training(
+        workdir,
+        "--config.training.num_steps=20",
+        "--config.eval.final_repeats=100000",
+        until="ELBO: pass 1/100000, batch 1/1",
+    )
     proc.send_signal(signal.SIGTERM)
     start = time.time()
     out, _ = proc.communicate(timeout=120)
@@ -130,8 +147,9 @@ def test_sigterm_during_the_final_evaluation_stops_it_with_the_checkpoint_kept(t
 def test_same_loss_curve_on_one_and_four_devices(tmp_path):
     one, four = str(tmp_path / "one"), str(tmp_path / "four")
     assert run_script(one, "--config.training.num_steps=50").returncode == 0
-    r = run_script(four, "--config.training.num_steps=50",
-                   env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    r = run_script(
+        four, "--config.training.num_steps=50", env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     a, b = losses(one), losses(four)
     assert a.keys() == b.keys()
@@ -146,11 +164,21 @@ def test_two_processes_on_localhost_agree_with_one(tmp_path):
     assert run_script(one, "--config.training.num_steps=30").returncode == 0
     two = str(tmp_path / "two")
     import socket
+
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    procs = [run_script(two, "--config.training.num_steps=30", f"--coordinator_address=localhost:{port}",
-                        "--num_processes=2", f"--process_id={i}", wait=False) for i in range(2)]
+    procs = [
+        run_script(
+            two,
+            "--config.training.num_steps=30",
+            f"--coordinator_address=localhost:{port}",
+            "--num_processes=2",
+            f"--process_id={i}",
+            wait=False,
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     a, b = losses(one), losses(two)
@@ -164,6 +192,7 @@ def test_non_finite_loss_stops_without_a_checkpoint(tmp_path, monkeypatch):
     def exploding(name, sde, *args, **kwargs):
         loss = real(name, sde, *args, **kwargs)
         return lambda score_fn, x, rng: loss(score_fn, x, rng) * jax.numpy.inf
+
     monkeypatch.setattr(experiment, "get_objective", exploding)
     workdir = str(tmp_path / "run")
     with pytest.raises(NonFiniteLossError, match="non-finite loss at step 0.*optim.lr"):
@@ -173,24 +202,30 @@ def test_non_finite_loss_stops_without_a_checkpoint(tmp_path, monkeypatch):
     assert status["status"] == "failed" and status["kind"] == "non_finite" and "optim.lr" in status["error"]
 
 
-@pytest.mark.parametrize("overrides, match", [
-    ({"data.name": "imagenet"}, r"data.name='imagenet'.*digits"),
-    ({"model.name": "transformer"}, r"model.name='transformer'.*unet"),
-    ({"objective.name": "vlb"}, r"objective.name='vlb'.*dsm_is"),
-    ({"optim.lr": -1e-3}, r"optim.lr=-0.001 must be a number > 0"),
-    ({"eval.split": "validation"}, r"eval.split='validation'.*test"),
-    ({"training.batch_size": 513}, r"training.batch_size=513 must be divisible by the number of devices \(2; on CPU"),
-    ({"training.ckpt_every": 15}, r"training.ckpt_every=15 must be a multiple of training.steps_per_call=10"),
-    ({"sampling.lam": 1.5}, r"sampling.lam=1.5 must be a number in \[0, 1\]"),
-    ({"model.ch": 0}, r"model.ch=0 must be an integer >= 2"),
-    ({"model.ch_mult": ()}, r"model.ch_mult=\(\) must be a non-empty sequence"),
-    ({"model.activation": "gelu"}, r"model.activation='gelu'.*softplus"),
-    ({"objective.t_eps": 2.0}, r"objective.t_eps=2.0 must be in \(0, sde.T=1.0\)"),
-    ({"objective.t_eps": 0.0}, r"objective.t_eps=0.0 must be a number > 0"),
-    ({"sde.beta_max": 0.05}, r"sde.beta_min=0.1 must be < sde.beta_max=0.05"),
-    ({"data.dequantization": "truncated_normal"}, r"data.dequantization='truncated_normal'.*uniform, none"),
-    ({"eval.dequantization": "none"}, r"eval.dequantization='none'.*auto, uniform, truncated_normal"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"data.name": "imagenet"}, r"data.name='imagenet'.*digits"),
+        ({"model.name": "transformer"}, r"model.name='transformer'.*unet"),
+        ({"objective.name": "vlb"}, r"objective.name='vlb'.*dsm_is"),
+        ({"optim.lr": -1e-3}, r"optim.lr=-0.001 must be a number > 0"),
+        ({"eval.split": "validation"}, r"eval.split='validation'.*test"),
+        (
+            {"training.batch_size": 513},
+            r"training.batch_size=513 must be divisible by the number of devices \(2; on CPU",
+        ),
+        ({"training.ckpt_every": 15}, r"training.ckpt_every=15 must be a multiple of training.steps_per_call=10"),
+        ({"sampling.lam": 1.5}, r"sampling.lam=1.5 must be a number in \[0, 1\]"),
+        ({"model.ch": 0}, r"model.ch=0 must be an integer >= 2"),
+        ({"model.ch_mult": ()}, r"model.ch_mult=\(\) must be a non-empty sequence"),
+        ({"model.activation": "gelu"}, r"model.activation='gelu'.*softplus"),
+        ({"objective.t_eps": 2.0}, r"objective.t_eps=2.0 must be in \(0, sde.T=1.0\)"),
+        ({"objective.t_eps": 0.0}, r"objective.t_eps=0.0 must be a number > 0"),
+        ({"sde.beta_max": 0.05}, r"sde.beta_min=0.1 must be < sde.beta_max=0.05"),
+        ({"data.dequantization": "truncated_normal"}, r"data.dequantization='truncated_normal'.*uniform, none"),
+        ({"eval.dequantization": "none"}, r"eval.dequantization='none'.*auto, uniform, truncated_normal"),
+    ],
+)
 def test_bad_config_values_fail_before_compilation(overrides, match):
     c = tiny_config()
     for key, value in overrides.items():
@@ -221,6 +256,7 @@ def test_the_ema_is_debiased():
     parameters, nothing of the initialisation (the undebiased EMA keeps decay^n of it). Through the train step:
     after one step the EMA is the parameters themselves."""
     import optax
+
     decay, rng = 0.9, np.random.default_rng(0)
     ps = [rng.normal(size=3).astype(np.float32) for _ in range(30)]
     ema, ref = np.full(3, 1e3, np.float32), optax.ema(decay, debias=True)

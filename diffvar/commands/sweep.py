@@ -9,6 +9,7 @@ same command skips finished trials and resumes the others from their checkpoints
 running trials (they checkpoint) and write the results. DIR/results.csv, results.md and results.png are
 rebuilt after every trial and by --report at any time. Errors print one line `error: ...` and exit 1.
 """
+
 from __future__ import annotations
 
 import ast
@@ -21,8 +22,9 @@ from ml_collections import config_flags
 from diffvar import cli
 from diffvar.errors import OptionError, check_choice
 
-config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py) declaring get_hyper.",
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/*.py) declaring get_hyper.", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "Sweep directory: one trial workdir each, results.csv/.md/.png.")
 flags.DEFINE_string("sweep", None, "Named sweep of the config's get_hyper(h, name) (default: the unnamed one).")
 flags.DEFINE_integer("parallel", 1, "Trials run at once, each pinned to its share of the cores (or its GPUs).")
@@ -35,8 +37,11 @@ flags.DEFINE_bool("retry_failed", False, "Also re-run trials recorded failed (e.
 flags.DEFINE_string("trainer", None, "Trainer command prefix (default: this python -m diffvar.commands.train).")
 flags.DEFINE_bool("validate", True, "Check each trial's full config with the trainer's validation first.")
 flags.DEFINE_string("slurm_partition", None, "Slurm: partition.")
-flags.DEFINE_integer("slurm_timeout_min", 24 * 60, "Slurm: time limit per job in minutes (preempted jobs "
-                     "requeue and resume from their checkpoints).")
+flags.DEFINE_integer(
+    "slurm_timeout_min",
+    24 * 60,
+    "Slurm: time limit per job in minutes (preempted jobs requeue and resume from their checkpoints).",
+)
 flags.DEFINE_integer("slurm_nodes", 1, "Slurm: nodes per trial (multi-host training).")
 flags.DEFINE_integer("slurm_gpus_per_node", 0, "Slurm: GPUs per node.")
 flags.DEFINE_integer("slurm_cpus_per_task", None, "Slurm: CPU cores per task.")
@@ -50,9 +55,14 @@ EXECUTORS = ("local", "slurm")
 
 def slurm_params() -> dict:
     """submitit's parameters from the --slurm_* flags."""
-    params = {"timeout_min": FLAGS.slurm_timeout_min, "nodes": FLAGS.slurm_nodes,
-              "gpus_per_node": FLAGS.slurm_gpus_per_node, "slurm_partition": FLAGS.slurm_partition,
-              "cpus_per_task": FLAGS.slurm_cpus_per_task, "mem_gb": FLAGS.slurm_mem_gb}
+    params = {
+        "timeout_min": FLAGS.slurm_timeout_min,
+        "nodes": FLAGS.slurm_nodes,
+        "gpus_per_node": FLAGS.slurm_gpus_per_node,
+        "slurm_partition": FLAGS.slurm_partition,
+        "cpus_per_task": FLAGS.slurm_cpus_per_task,
+        "mem_gb": FLAGS.slurm_mem_gb,
+    }
     params = {k: v for k, v in params.items() if v is not None}
     for item in FLAGS.slurm_args:
         key, sep, value = item.partition("=")
@@ -69,22 +79,29 @@ def main() -> None:
     if not FLAGS.workdir:
         raise OptionError("--workdir is required")
     from diffvar import sweep
+
     if FLAGS.report:
         sweep.report(FLAGS.workdir)
         return
     if FLAGS.config is None:
         raise OptionError("--config is required (a configs/*.py file declaring get_hyper)")
     from diffvar import config as config_lib
+
     check_choice("--executor", FLAGS.executor, EXECUTORS, error=OptionError)
     if FLAGS.executor == "slurm":
         executor = sweep.SlurmExecutor(slurm_params(), max_retries=FLAGS.max_retries)
     else:
         executor = sweep.LocalExecutor(FLAGS.parallel, max_retries=FLAGS.max_retries)
     shard = sweep.parse_shard(FLAGS.shard)
-    declared = sweep.load(FLAGS.config, config_flags.get_config_filename(FLAGS["config"]), FLAGS.workdir,
-                        name=FLAGS.sweep, base=config_flags.get_override_values(FLAGS["config"]),
-                        check_config=config_lib.validate if FLAGS.validate else None,
-                        trainer=shlex.split(FLAGS.trainer) if FLAGS.trainer else sweep.TRAINER)
+    declared = sweep.load(
+        FLAGS.config,
+        config_flags.get_config_filename(FLAGS["config"]),
+        FLAGS.workdir,
+        name=FLAGS.sweep,
+        base=config_flags.get_override_values(FLAGS["config"]),
+        check_config=config_lib.validate if FLAGS.validate else None,
+        trainer=shlex.split(FLAGS.trainer) if FLAGS.trainer else sweep.TRAINER,
+    )
     sweep.run(declared, executor, shard=shard, retry_failed=FLAGS.retry_failed, dry_run=FLAGS.dry_run)
     sys.stdout.flush()
 

@@ -6,6 +6,7 @@ Re-running on the same workdir resumes from its latest checkpoint. SIGTERM saves
 A bad config value or missing data: one `error: ...` line, exit status 1, nothing written.
 Multi-host: start one process per host with --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
 """
+
 from __future__ import annotations
 
 from absl import flags
@@ -24,16 +25,22 @@ def main() -> None:
     config = FLAGS.config
     cli.initialize(config.model.name, (config.training.batch_size, config.eval.batch_size))
     from diffvar import distributed, logs, train
+
     summary = train.train(config, FLAGS.workdir)
     if distributed.is_chief() and not summary.get("interrupted"):
         unit, key = summary["unit"], logs.metric_key(summary["unit"])
-        result = (f"test {unit} {summary[key]:.4f} +- {summary[f'{key}_stderr']:.4f}" if key in summary
-                  else "no evaluation")
+        result = (
+            f"test {unit} {summary[key]:.4f} +- {summary[f'{key}_stderr']:.4f}" if key in summary else "no evaluation"
+        )
         if "test_gap_nats" in summary:
-            result += (f" (gap to exact log p: {summary['test_gap_nats']:.4f} +- "
-                       f"{summary['test_gap_nats_stderr']:.4f} nats)")
-        print(f"done: step {summary['step']} in {summary['minutes']:.1f} min | {result} | "
-              f"samples {summary.get('samples')} | checkpoints {summary['checkpoints']}", flush=True)
+            result += (
+                f" (gap to exact log p: {summary['test_gap_nats']:.4f} +- {summary['test_gap_nats_stderr']:.4f} nats)"
+            )
+        print(
+            f"done: step {summary['step']} in {summary['minutes']:.1f} min | {result} | "
+            f"samples {summary.get('samples')} | checkpoints {summary['checkpoints']}",
+            flush=True,
+        )
 
 
 def start() -> None:

@@ -8,6 +8,7 @@
 
 `cfg` is the `data` ConfigDict: name (one of DATASETS), data_dir, random_flip.
 """
+
 from diffvar.data import builders, digits, prepare, toy
 from diffvar.data.pipeline import (
     DATASETS,

@@ -18,6 +18,7 @@ payload: a faithful re-compression verifies by content, a changed byte of data d
 records whether the files were the official ones ("verified"), their sha256, which digest each matched
 ("archive" or "payload") and where they came from ("origin").
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,14 +33,28 @@ from diffvar.data.formats import iter_png_tar, read_cifar10, read_idx_pair
 
 _MNIST_URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"
 _FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
-_IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+_IDX_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
 _CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 _CIFAR10_DIR = "cifar-10-batches-bin/"
 _CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 _IMAGENET_URL = "http://image-net.org/small/"
-_FASHION_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                  "Ankle boot")
+_FASHION_NAMES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 
 class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -88,8 +103,7 @@ class Source:
     @classmethod
     def downloaded(cls, paths: dict, files) -> Source:
         """Files fetched by TFDS's download manager, which checked their archive sha256."""
-        return cls(dict(paths), True, {f.name: f.sha256 for f in files}, {f.name: "archive" for f in files},
-                   "download")
+        return cls(dict(paths), True, {f.name: f.sha256 for f in files}, {f.name: "archive" for f in files}, "download")
 
 
 class OfficialFilesBuilder(Builder, skip_registration=True):
@@ -106,8 +120,10 @@ class OfficialFilesBuilder(Builder, skip_registration=True):
 
     def official_files(self) -> list[OfficialFile]:
         infos, payloads = type(self).url_infos, _payloads()
-        return [OfficialFile(infos[u].filename, u, int(infos[u].size), infos[u].checksum,
-                             *payloads.get(u, (None, None))) for u in self.urls()]
+        return [
+            OfficialFile(infos[u].filename, u, int(infos[u].size), infos[u].checksum, *payloads.get(u, (None, None)))
+            for u in self.urls()
+        ]
 
     def _files(self, dl_manager) -> dict:
         """{official name: path}; records in info.metadata where the files came from."""
@@ -116,8 +132,9 @@ class OfficialFilesBuilder(Builder, skip_registration=True):
             paths = dl_manager.download({f.name: f.url for f in files})
             self.source = Source.downloaded(paths, files)
         src = self.source
-        self.info.metadata.update(verified=src.verified, sha256=dict(src.sha256), matched=dict(src.matched),
-                                  origin=src.origin)
+        self.info.metadata.update(
+            verified=src.verified, sha256=dict(src.sha256), matched=dict(src.matched), origin=src.origin
+        )
         return {name: os.fspath(p) for name, p in self.source.paths.items()}
 
     def _tick(self, split, done, total):
@@ -141,15 +158,20 @@ class _IdxBuilder(OfficialFilesBuilder, skip_registration=True):
         return tuple(self.BASE_URL + name for name in _IDX_FILES)
 
     def _info(self):
-        label = (tfds.features.ClassLabel(names=list(self.CLASS_NAMES)) if self.CLASS_NAMES
-                 else tfds.features.ClassLabel(num_classes=10))
+        label = (
+            tfds.features.ClassLabel(names=list(self.CLASS_NAMES))
+            if self.CLASS_NAMES
+            else tfds.features.ClassLabel(num_classes=10)
+        )
         return tfds.core.DatasetInfo(
             builder=self,
             description=self.__doc__,
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8, encoding="bytes"),
-                "label": label,
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8, encoding="bytes"),
+                    "label": label,
+                }
+            ),
             supervised_keys=("image", "label"),
             homepage=self.HOMEPAGE,
             citation=self.CITATION,
@@ -158,9 +180,12 @@ class _IdxBuilder(OfficialFilesBuilder, skip_registration=True):
 
     def _split_generators(self, dl_manager):
         files = self._files(dl_manager)
-        return {split: self._generate_examples(files[f"{prefix}-images-idx3-ubyte.gz"],
-                                               files[f"{prefix}-labels-idx1-ubyte.gz"], split)
-                for split, prefix in (("train", "train"), ("test", "t10k"))}
+        return {
+            split: self._generate_examples(
+                files[f"{prefix}-images-idx3-ubyte.gz"], files[f"{prefix}-labels-idx1-ubyte.gz"], split
+            )
+            for split, prefix in (("train", "train"), ("test", "t10k"))
+        }
 
     def _generate_examples(self, images_path, labels_path, split):
         images, labels = read_idx_pair(images_path, labels_path, (28, 28))
@@ -198,8 +223,10 @@ class Cifar10(OfficialFilesBuilder):
     name = "diffvar_cifar10"
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release: TFDS cifar10's binary archive, keys and order, pixels as bytes."}
-    SPLIT_MEMBERS = {"train": tuple(f"{_CIFAR10_DIR}data_batch_{i}.bin" for i in range(1, 6)),
-                     "test": (f"{_CIFAR10_DIR}test_batch.bin",)}
+    SPLIT_MEMBERS = {
+        "train": tuple(f"{_CIFAR10_DIR}data_batch_{i}.bin" for i in range(1, 6)),
+        "test": (f"{_CIFAR10_DIR}test_batch.bin",),
+    }
 
     def urls(self):
         return (_CIFAR10_URL,)
@@ -208,10 +235,12 @@ class Cifar10(OfficialFilesBuilder):
         return tfds.core.DatasetInfo(
             builder=self,
             description=self.__doc__,
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Tensor(shape=(32, 32, 3), dtype=np.uint8, encoding="bytes"),
-                "label": tfds.features.ClassLabel(names=list(_CIFAR10_NAMES)),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Tensor(shape=(32, 32, 3), dtype=np.uint8, encoding="bytes"),
+                    "label": tfds.features.ClassLabel(names=list(_CIFAR10_NAMES)),
+                }
+            ),
             supervised_keys=("image", "label"),
             homepage="https://www.cs.toronto.edu/~kriz/cifar.html",
             citation="Krizhevsky, A. (2009). Learning Multiple Layers of Features from Tiny Images.",
@@ -245,8 +274,10 @@ class DownsampledImagenet(OfficialFilesBuilder):
 
     name = "diffvar_downsampled_imagenet"
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release: TFDS downsampled_imagenet 2.0.0's files, keys (tar member paths) "
-                              "and order; PNGs decoded to uint8 bytes."}
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release: TFDS downsampled_imagenet 2.0.0's files, keys (tar member paths) "
+        "and order; PNGs decoded to uint8 bytes."
+    }
     BUILDER_CONFIGS = [DownsampledImagenetConfig(size=s, description=f"{s}x{s} images") for s in (32, 64)]
     URLS_ALIVE = False  # image-net.org/small is gone (tensorflow/datasets#4662, google-research/vdm#8)
 
@@ -259,20 +290,24 @@ class DownsampledImagenet(OfficialFilesBuilder):
         return tfds.core.DatasetInfo(
             builder=self,
             description=self.__doc__.split("\n\n")[0],
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Tensor(shape=(s, s, 3), dtype=np.uint8, encoding="bytes"),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Tensor(shape=(s, s, 3), dtype=np.uint8, encoding="bytes"),
+                }
+            ),
             homepage="http://image-net.org/small/download.php",
             citation="van den Oord, A., Kalchbrenner, N. and Kavukcuoglu, K. (2016). Pixel Recurrent Neural "
-                     "Networks. ICML.",
+            "Networks. ICML.",
             metadata=self._metadata(),
         )
 
     def _split_generators(self, dl_manager):
         files = self._files(dl_manager)
         name = self.builder_config.name
-        return {"train": self._generate_examples(files[f"train_{name}.tar"], "train"),
-                "validation": self._generate_examples(files[f"valid_{name}.tar"], "validation")}
+        return {
+            "train": self._generate_examples(files[f"train_{name}.tar"], "train"),
+            "validation": self._generate_examples(files[f"valid_{name}.tar"], "validation"),
+        }
 
     def _generate_examples(self, path, split):
         total = os.path.getsize(path)

@@ -16,6 +16,7 @@ folder, which TFDS ignores). Record order is fixed by TFDS's hash of the example
 Prepare ahead of time (e.g. on a shared file system before a multi-host run) with
     python -c "from diffvar.data import digits; digits.prepare('DIR')"
 """
+
 from __future__ import annotations
 
 import os
@@ -89,9 +90,7 @@ def prepare(data_dir: str) -> SklearnDigits:
     if builder.is_prepared():
         return builder
     try:
-        builder.download_and_prepare(
-            file_format=FILE_FORMAT, download_dir=os.path.join(data_dir, "downloads")
-        )
+        builder.download_and_prepare(file_format=FILE_FORMAT, download_dir=os.path.join(data_dir, "downloads"))
     except OSError:
         # Lost a race: someone else renamed their finished folder into place first.
         builder = SklearnDigits(data_dir=data_dir)
@@ -99,4 +98,3 @@ def prepare(data_dir: str) -> SklearnDigits:
             raise
         return builder
     return SklearnDigits(data_dir=data_dir)
-

@@ -6,6 +6,7 @@
 
 A file that is not what its format says raises DataNotPreparedError, naming the file and what is wrong.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -35,10 +36,10 @@ def read_idx(path: str, shape: tuple) -> np.ndarray:
     ndim = 1 + len(shape)
     if len(data) < 4 + 4 * ndim or data[:3] != b"\x00\x00\x08" or data[3] != ndim:
         _fail(path, f"not an IDX file of unsigned bytes with {ndim} dimensions (header {data[:4].hex()})")
-    dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     if dims[1:] != tuple(shape):
         _fail(path, f"holds arrays of shape {dims[1:]}, expected {tuple(shape)}")
-    body = data[4 + 4 * ndim:]
+    body = data[4 + 4 * ndim :]
     if len(body) != int(np.prod(dims)):
         _fail(path, f"has {len(body)} bytes of data, its header {dims} says {int(np.prod(dims))}")
     return np.frombuffer(body, np.uint8).reshape(dims)

@@ -17,6 +17,7 @@ which would cap a 2-D toy run at ~150 steps/s for batch 512; the vectorised perm
 `cfg` is the `data` ConfigDict: name (one of DATASETS), data_dir (str, optional), random_flip
 (bool, optional).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -134,8 +135,9 @@ def load_builder(name: str, directory: str) -> tfds.core.DatasetBuilder:
     else:
         builder = builders.make(name, directory)  # offline: reads local metadata only
         if not builder.is_prepared():
-            hint = ("" if builder.URLS_ALIVE else
-                    f", FOLDER holding {', '.join(f.name for f in builder.official_files())}")
+            hint = (
+                "" if builder.URLS_ALIVE else f", FOLDER holding {', '.join(f.name for f in builder.official_files())}"
+            )
             raise DataNotPreparedError(
                 f"dataset {name!r} ({builder.name}) is not prepared in data_dir={directory!r} (looked for "
                 f"{builder.data_dir}) and is not downloaded at run time: run "
@@ -162,7 +164,7 @@ def _read_images(source) -> np.ndarray:
     images = np.empty((n, *first.shape), np.uint8)
     for i in range(0, n, _READ_CHUNK):
         chunk = source.__getitems__(list(range(i, min(n, i + _READ_CHUNK))))
-        images[i:i + len(chunk)] = np.stack([ex["image"] for ex in chunk])
+        images[i : i + len(chunk)] = np.stack([ex["image"] for ex in chunk])
     return images
 
 
@@ -200,13 +202,25 @@ def label(cfg, split: str) -> dict:
     _check_split(split)
     name = dataset_name(cfg)
     if name in toy.TOY_DATASETS:
-        return {"name": name, "builder": "toy", "version": toy.VERSION, "split": split,
-                "num_examples": {"train": toy.NUM_TRAIN, "test": toy.NUM_TEST}[split], "verified": True}
+        return {
+            "name": name,
+            "builder": "toy",
+            "version": toy.VERSION,
+            "split": split,
+            "num_examples": {"train": toy.NUM_TRAIN, "test": toy.NUM_TEST}[split],
+            "verified": True,
+        }
     builder = load_builder(name, data_dir(cfg))
     tfds_name = builder.name + (f"/{builder.builder_config.name}" if builder.builder_config else "")
-    return {"name": name, "builder": tfds_name, "version": str(builder.version), "split": tfds_split(name, split),
-            "num_examples": builder.info.splits[tfds_split(name, split)].num_examples,
-            "verified": name == "digits" or builders.verified(builder), **builders.provenance(builder)}
+    return {
+        "name": name,
+        "builder": tfds_name,
+        "version": str(builder.version),
+        "split": tfds_split(name, split),
+        "num_examples": builder.info.splits[tfds_split(name, split)].num_examples,
+        "verified": name == "digits" or builders.verified(builder),
+        **builders.provenance(builder),
+    }
 
 
 def load_split(cfg, split: str) -> np.ndarray:

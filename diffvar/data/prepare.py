@@ -13,6 +13,7 @@ into `<dataset>/incomplete.*` and renames it into place only when every split is
 preparation leaves nothing the trainer takes as prepared, and running again prepares from scratch. Bad files raise
 DataNotPreparedError with one line naming the file.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -65,7 +66,7 @@ def sha256(path: str, progress=None, decompress: bool = False) -> str:
     """The hex sha256 of a file (of its gzip payload if `decompress`), reporting progress in file bytes."""
     digest, total = hashlib.sha256(), os.path.getsize(path)
     what = f"sha256 {os.path.basename(path)}{' payload' if decompress else ''}"
-    with open(path, "rb") as raw, (gzip.open(raw) if decompress else raw) as f:
+    with open(path, "rb") as raw, gzip.open(raw) if decompress else raw as f:
         while chunk := f.read(_HASH_CHUNK):
             digest.update(chunk)
             if progress:
@@ -102,15 +103,18 @@ def _source_paths(name: str, files, source: str) -> dict:
     source = os.path.expanduser(source)
     if os.path.isfile(source):
         if len(files) != 1:
-            raise OptionError(f"--source={source} is a file, but {name} is {len(files)} files: place "
-                              f"{', '.join(f.name for f in files)} in a folder and pass --source=FOLDER")
+            raise OptionError(
+                f"--source={source} is a file, but {name} is {len(files)} files: place "
+                f"{', '.join(f.name for f in files)} in a folder and pass --source=FOLDER"
+            )
         return {files[0].name: source}
     if not os.path.isdir(source):
         raise OptionError(f"--source={source} does not exist; pass a folder holding {_describe(files)}")
     missing = [f for f in files if not os.path.isfile(os.path.join(source, f.name))]
     if missing:
-        raise DataNotPreparedError(f"--source={source} lacks {', '.join(f.name for f in missing)}; {name} "
-                                   f"needs {_describe(files)}")
+        raise DataNotPreparedError(
+            f"--source={source} lacks {', '.join(f.name for f in missing)}; {name} needs {_describe(files)}"
+        )
     return {f.name: os.path.join(source, f.name) for f in files}
 
 
@@ -122,11 +126,16 @@ def _check_digests(files, paths: dict, unverified: bool, progress, origin: str) 
     wrong = [f for f in files if matched[f.name] is None]
     if wrong and not unverified:
         f = wrong[0]
-        payload = (f" and its decompressed payload does not match the official payload's {f.payload_sha256}"
-                   if f.payload_sha256 else "")
-        raise DataNotPreparedError(f"{paths[f.name]}: sha256 {found[f.name]} does not match the official "
-                                   f"{f.name}'s {f.sha256}{payload} (--unverified accepts other files, and every "
-                                   f"number computed on them is marked unverified)")
+        payload = (
+            f" and its decompressed payload does not match the official payload's {f.payload_sha256}"
+            if f.payload_sha256
+            else ""
+        )
+        raise DataNotPreparedError(
+            f"{paths[f.name]}: sha256 {found[f.name]} does not match the official "
+            f"{f.name}'s {f.sha256}{payload} (--unverified accepts other files, and every "
+            f"number computed on them is marked unverified)"
+        )
     return builders.Source(paths, not wrong, found, matched, origin)
 
 
@@ -141,8 +150,12 @@ def _system_folder(builder, files):
 def _reachable(files, timeout: float) -> None:
     """Raises OSError unless a connection to every host of the files' URLs opens within `timeout` seconds (TFDS's
     download manager retries for minutes, silently, where there is no network)."""
-    for host, port in sorted({(u.hostname, u.port or (443 if u.scheme == "https" else 80))
-                              for u in (urllib.parse.urlsplit(f.url) for f in files)}):
+    for host, port in sorted(
+        {
+            (u.hostname, u.port or (443 if u.scheme == "https" else 80))
+            for u in (urllib.parse.urlsplit(f.url) for f in files)
+        }
+    ):
         socket.create_connection((host, port), timeout=timeout).close()
 
 
@@ -153,20 +166,23 @@ def _download(builder, name: str, files, data_dir: str, timeout: float = 10.0) -
         raise DataNotPreparedError(
             f"{name}'s files cannot be downloaded (their URLs, {', '.join(f.url for f in files)}, are dead: "
             f"tensorflow/datasets#4662): place {_describe(files)} in a folder FOLDER and run "
-            f"`{command(name, data_dir, 'FOLDER')}`")
+            f"`{command(name, data_dir, 'FOLDER')}`"
+        )
 
     def cannot_download(e, what=""):
         return DataNotPreparedError(
             f"could not download {name} ({what}{type(e).__name__}: {' '.join(str(e).split())[:300]}): {package}"
             f"download {_describe(files)} by hand into a folder FOLDER and run "
-            f"`{command(name, data_dir, 'FOLDER')}`")
+            f"`{command(name, data_dir, 'FOLDER')}`"
+        )
 
     try:
         _reachable(files, timeout)
     except OSError as e:
         raise cannot_download(e, f"cannot reach {urllib.parse.urlsplit(files[0].url).hostname}: ") from None
-    dl = tfds.download.DownloadManager(download_dir=os.path.join(data_dir, "downloads"), url_infos=builder.url_infos,
-                                       dataset_name=builder.name)
+    dl = tfds.download.DownloadManager(
+        download_dir=os.path.join(data_dir, "downloads"), url_infos=builder.url_infos, dataset_name=builder.name
+    )
     try:
         paths = dl.download({f.name: f.url for f in files})
     except download_manager.NonMatchingChecksumError as e:
@@ -195,8 +211,11 @@ def prepare(name: str, data_dir: str, source: str | None = None, unverified: boo
     else:
         builder.source = _download(builder, name, files, data_dir)
     builder.progress = Progress(out, unit=" examples")
-    print(f"preparing {name} ({builder.name}) in {data_dir}"
-          f"{'' if builder.source.verified else ' from UNVERIFIED files'}", file=out, flush=True)
+    print(
+        f"preparing {name} ({builder.name}) in {data_dir}{'' if builder.source.verified else ' from UNVERIFIED files'}",
+        file=out,
+        flush=True,
+    )
     builder.download_and_prepare(file_format=FILE_FORMAT, download_dir=os.path.join(data_dir, "downloads"))
     builder = builders.make(name, data_dir)
     counts = ", ".join(f"{s} {v.num_examples:,}" for s, v in builder.info.splits.items())

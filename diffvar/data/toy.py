@@ -9,6 +9,7 @@
 The last three follow FFJORD's `toy_data.py` conventions. Splits are finite datasets
 (`NUM_TRAIN` / `NUM_TEST` points) drawn from fixed seeds, different for train and test.
 """
+
 from __future__ import annotations
 
 import math

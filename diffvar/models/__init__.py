@@ -1,7 +1,8 @@
 """Score networks (MLP for toy data, DDPM U-Net for images) and output parameterisations.
 
-    model = make_model(config.model, data_shape)      # flax module: model.apply(params, y, t, train=...)
+model = make_model(config.model, data_shape)      # flax module: model.apply(params, y, t, train=...)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -75,6 +76,13 @@ def make_model(cfg: Mapping, data_shape: Sequence[int]) -> nn.Module:
 
 
 __all__ = [
-    "MODELS", "DTYPES", "MLP", "UNet", "make_model",
-    "PARAMETERISATIONS", "output_to_score", "score_to_output", "make_score_fn",
+    "MODELS",
+    "DTYPES",
+    "MLP",
+    "UNet",
+    "make_model",
+    "PARAMETERISATIONS",
+    "output_to_score",
+    "score_to_output",
+    "make_score_fn",
 ]

@@ -1,4 +1,5 @@
 """The sinusoidal time embedding shared by the score networks (DDPM's, as in the Transformer's positions)."""
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """MLP score network for low-dimensional (toy) data."""
+
 from __future__ import annotations
 
 import math
@@ -30,7 +31,7 @@ class MLP(nn.Module):
     activation: str = "softplus"
     time_embedding: str = "concat"
     time_scale: float = 1000.0
-    dtype: Any = jnp.float32   # computation dtype: float32 | bfloat16 (parameters stay float32)
+    dtype: Any = jnp.float32  # computation dtype: float32 | bfloat16 (parameters stay float32)
 
     @nn.compact
     def __call__(self, y: jax.Array, t: jax.Array, train: bool = False) -> jax.Array:

@@ -13,6 +13,7 @@ points. B_T is the parameter `log_end` (log B_T) when learned, else the referenc
 linear VP beta(s) = beta_min + (beta_max - beta_min) s / T, whose B_T is (beta_min + beta_max) T / 2; v starts
 small (1e-3 of the polynomial's scale) so the hidden units can move.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,8 @@ class NoiseSchedule(nn.Module):
     beta_min: float = 0.1
     beta_max: float = 20.0
     T: float = 1.0
-    features: int = 128        # sigmoid units of the monotone network
-    learn_end: bool = False    # learn B_T (by the ELBO's gradient), or keep the reference VP's
+    features: int = 128  # sigmoid units of the monotone network
+    learn_end: bool = False  # learn B_T (by the ELBO's gradient), or keep the reference VP's
 
     def end(self):
         """B_T, a scalar: learned (exp of `log_end`) or the reference VP's (beta_min + beta_max) T / 2."""

@@ -8,6 +8,7 @@ Shapes: out / score [B, ...], t [B]; `sde` is any diffvar.sde SDE (diffusion(t),
 Precision: out is float32 whatever model.dtype (the networks cast their output back at their edge), so these
 conversions, the SDE's coefficients and everything the ELBO sums from them run in float32.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -45,8 +46,9 @@ def score_to_output(score: jax.Array, t: jax.Array, sde: SDE, kind: str) -> jax.
     return score
 
 
-def make_score_fn(apply_fn: Callable[[Any, jax.Array, jax.Array], jax.Array], sde: SDE, kind: str
-                  ) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
+def make_score_fn(
+    apply_fn: Callable[[Any, jax.Array, jax.Array], jax.Array], sde: SDE, kind: str
+) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
     """score_fn(params, y, t) -> score, for a network apply_fn(params, y, t) with output `kind`."""
     _check(kind)
 

@@ -20,6 +20,7 @@ Parity: with time_scale=1 and the peer's weights copied in (benchmarks/quality.p
 matches benchmarks/torch_peer.py's UNet to 1e-5 relative (tests/test_peer.py, digits and mnist sizes).
 Initialisation uses flax's defaults (LeCun-normal kernels, zero biases), not torch's, apart from the zero conv_out.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -54,12 +55,16 @@ def check_unet_shape(height: int, width: int, ch: int, ch_mult: Sequence[int], n
     """Returns an error message (or None) for a (height, width) the U-Net cannot restore, or bad widths."""
     factor = 2 ** (len(ch_mult) - 1)
     if height % factor or width % factor:
-        return (f"image size {height}x{width} must be divisible by 2**(len(ch_mult)-1) = {factor} "
-                f"(ch_mult={tuple(ch_mult)}): a downsample of an odd size cannot be undone by 2x upsampling")
+        return (
+            f"image size {height}x{width} must be divisible by 2**(len(ch_mult)-1) = {factor} "
+            f"(ch_mult={tuple(ch_mult)}): a downsample of an odd size cannot be undone by 2x upsampling"
+        )
     bad = sorted({c for c in norm_channels(ch, ch_mult, num_res_blocks) if c > 32 and c % 32})
     if bad:
-        return (f"ch={ch} with ch_mult={tuple(ch_mult)} gives GroupNorm inputs of {bad} channels, "
-                f"not divisible by its 32 groups (use ch < 32 with small multipliers, or a multiple of 32)")
+        return (
+            f"ch={ch} with ch_mult={tuple(ch_mult)} gives GroupNorm inputs of {bad} channels, "
+            f"not divisible by its 32 groups (use ch < 32 with small multipliers, or a multiple of 32)"
+        )
     return None
 
 
@@ -76,7 +81,7 @@ class ResBlock(nn.Module):
 
     out_ch: int
     dropout: float = 0.0
-    dtype: Any = jnp.float32   # computation dtype (the module docstring's precision)
+    dtype: Any = jnp.float32  # computation dtype (the module docstring's precision)
 
     @nn.compact
     def __call__(self, x: jax.Array, temb: jax.Array, train: bool = False) -> jax.Array:
@@ -127,7 +132,7 @@ class UNet(nn.Module):
     attn_resolutions: Sequence[int] = (16,)
     dropout: float = 0.1
     time_scale: float = 1000.0
-    dtype: Any = jnp.float32   # computation dtype: float32 | bfloat16 (parameters stay float32)
+    dtype: Any = jnp.float32  # computation dtype: float32 | bfloat16 (parameters stay float32)
 
     @nn.compact
     def __call__(self, y: jax.Array, t: jax.Array, train: bool = False) -> jax.Array:

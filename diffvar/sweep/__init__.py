@@ -8,6 +8,7 @@ declarations is the `h` of get_hyper(h, name); runner plans and runs the trials 
 (LocalExecutor or SlurmExecutor); store reads and writes the trials' state; results makes results.csv, .md
 and .png from it.
 """
+
 from diffvar.sweep.executors import LocalExecutor, SlurmExecutor
 from diffvar.sweep.runner import TRAINER, load, parse_shard, report, run
 

@@ -27,6 +27,7 @@ Every error is a ConfigError naming the key, the value and what is allowed. load
 a config module's get_hyper and checks the result; cli_value / trial_name give a trial's command-line form
 and its directory name; apply(config, trial) is the trial's full config.
 """
+
 from __future__ import annotations
 
 import copy
@@ -47,7 +48,7 @@ def normalize_key(key):
     if not isinstance(key, str):
         raise ConfigError(f"a sweep key must be a string such as 'optim.lr', got {key!r}")
     if key.startswith("config."):
-        key = key[len("config."):]
+        key = key[len("config.") :]
     if not key or not all(part.isidentifier() for part in key.split(".")):
         raise ConfigError(f"sweep key {key!r} is not a dotted config path such as 'optim.lr'")
     return key
@@ -72,8 +73,10 @@ def _merge(what, trials):
     for trial in trials:
         for key, value in trial.items():
             if key in merged:
-                raise ConfigError(f"{what}: key {key!r} is set twice in one trial ({merged[key]!r} and {value!r}); "
-                                  "each key may come from one sweep only")
+                raise ConfigError(
+                    f"{what}: key {key!r} is set twice in one trial ({merged[key]!r} and {value!r}); "
+                    "each key may come from one sweep only"
+                )
             merged[key] = value
     return merged
 
@@ -105,8 +108,10 @@ def zipit(sweeps, *extra):
     sweeps = _sweeps("zipit", sweeps, extra)
     lengths = sorted({len(s) for s in sweeps} - {1})
     if len(lengths) > 1:
-        raise ConfigError(f"zipit of sweeps of unequal lengths {[len(s) for s in sweeps]}; "
-                          "lengths must be equal (a length-1 sweep repeats)")
+        raise ConfigError(
+            f"zipit of sweeps of unequal lengths {[len(s) for s in sweeps]}; "
+            "lengths must be equal (a length-1 sweep repeats)"
+        )
     n = lengths[0] if lengths else (1 if all(len(s) == 1 for s in sweeps) else 0)
     return [_merge("zipit", [s[0] if len(s) == 1 else s[i] for s in sweeps]) for i in range(n)]
 
@@ -147,8 +152,9 @@ def trial_name(overrides):
     if not overrides:
         return "base"
     exact = ",".join(f"{k}={cli_value(v)}" for k, v in overrides.items())
-    shown = ",".join(f"{k}={re.sub(r'[^A-Za-z0-9._+-]+', '-', cli_value(v)).strip('-') or '_'}"
-                     for k, v in overrides.items())
+    shown = ",".join(
+        f"{k}={re.sub(r'[^A-Za-z0-9._+-]+', '-', cli_value(v)).strip('-') or '_'}" for k, v in overrides.items()
+    )
     if shown == exact and len(shown) <= 100:
         return shown
     return f"{shown[:100]}-{hashlib.sha1(exact.encode()).hexdigest()[:8]}"
@@ -186,16 +192,21 @@ def check_value(config, key, value):
             group = ".".join(path) or "the config"
             near = difflib.get_close_matches(part, list(node.keys()), n=3)
             hint = f"; did you mean {', '.join('.'.join(path + [n]) for n in near)}?" if near else "."
-            raise ConfigError(f"unknown config key {key!r} (swept value {value!r}): {group} has no {part!r}{hint} "
-                              f"Keys of {group}: {', '.join(sorted(node.keys()))}")
+            raise ConfigError(
+                f"unknown config key {key!r} (swept value {value!r}): {group} has no {part!r}{hint} "
+                f"Keys of {group}: {', '.join(sorted(node.keys()))}"
+            )
         node, path = node[part], path + [part]
     if isinstance(node, ml_collections.ConfigDict):
-        raise ConfigError(f"config key {key!r} is a group, not a value; sweep one of its keys: "
-                          f"{', '.join(key + '.' + k for k in sorted(node.keys()))}")
+        raise ConfigError(
+            f"config key {key!r} is a group, not a value; sweep one of its keys: "
+            f"{', '.join(key + '.' + k for k in sorted(node.keys()))}"
+        )
     ok, allowed = _allowed(node)
     if not ok(value):
-        raise ConfigError(f"{key}={value!r} ({type(value).__name__}) has the wrong type: {key} takes {allowed} "
-                          f"(default {node!r})")
+        raise ConfigError(
+            f"{key}={value!r} ({type(value).__name__}) has the wrong type: {key} takes {allowed} (default {node!r})"
+        )
 
 
 def apply(config, overrides):
@@ -223,8 +234,9 @@ def check(config, trials):
             check_value(config, normalize_key(key), value)
         ident = repr(sorted((normalize_key(k), repr(v)) for k, v in trial.items()))
         if ident in seen:
-            raise ConfigError(f"trial {dict(trial)!r} is listed twice (trials {seen[ident]} and {i}); "
-                              "each trial must differ")
+            raise ConfigError(
+                f"trial {dict(trial)!r} is listed twice (trials {seen[ident]} and {i}); each trial must differ"
+            )
         seen[ident] = i
     return [{normalize_key(k): v for k, v in t.items()} for t in trials]
 
@@ -235,18 +247,22 @@ def load(module, config, name=None, source="the config"):
     module: the loaded config module; config: its base ConfigDict; source: the file, for messages."""
     get_hyper = getattr(module, "get_hyper", None)
     if get_hyper is None:
-        raise ConfigError(f"{source} declares no sweep: add `def get_hyper(h, name=None)` returning "
-                          "e.g. h.product([h.sweep('config.seed', [0, 1])])")
+        raise ConfigError(
+            f"{source} declares no sweep: add `def get_hyper(h, name=None)` returning "
+            "e.g. h.product([h.sweep('config.seed', [0, 1])])"
+        )
     try:
         trials = get_hyper(sys.modules[__name__]) if name is None else get_hyper(sys.modules[__name__], name=name)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
     except TypeError as e:
         if name is not None and "name" in str(e):
-            raise ConfigError(f"{source}: get_hyper(h) declares no named sweeps, so --sweep={name} is not "
-                              "allowed; declare get_hyper(h, name=None)") from None
+            raise ConfigError(
+                f"{source}: get_hyper(h) declares no named sweeps, so --sweep={name} is not "
+                "allowed; declare get_hyper(h, name=None)"
+            ) from None
         raise ConfigError(f"{source}: get_hyper raised TypeError: {e}") from None
-    except Exception as e:  # a bug in the user's get_hyper: one line, not a traceback
+    except Exception as e:  # noqa: BLE001 - a bug in the user's get_hyper: one line, not a traceback
         raise ConfigError(f"{source}: get_hyper(h, name={name!r}) raised {type(e).__name__}: {e}") from None
     if trials is None:
         raise ConfigError(f"{source}: get_hyper(h, name={name!r}) returned None (unknown sweep name?)")

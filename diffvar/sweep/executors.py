@@ -5,6 +5,7 @@ the cores (and GPUs). SlurmExecutor submits one submitit job per trial; the job 
 on the allocated nodes and, on preemption or timeout, has it checkpoint and requeues itself. Both record each
 attempt in the trial's trial.json, and both retry a crash (max_retries) but not a deterministic failure.
 """
+
 from __future__ import annotations
 
 import abc
@@ -100,18 +101,24 @@ class LocalExecutor(Executor):
         with open(log_path, "ab") as log:
             log.write(f"=== sweep attempt {number}: {time.ctime()} ===\n".encode())
             log.flush()
-            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=slot_env(slot, self.slots),
-                                    preexec_fn=processes.preexec(signal.SIGTERM, pinned),
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=slot_env(slot, self.slots),
+                preexec_fn=processes.preexec(signal.SIGTERM, pinned),
+                start_new_session=True,
+            )
         store.begin(trial.workdir, pid=proc.pid, cpus=slot["cpus"], gpus=slot["gpus"])
         return Attempt(trial, argv, proc, time.time(), offset)
 
     def forward(self, pool, stop, monitor):
         """The runner's first signal goes to the running trials as SIGTERM (they checkpoint); a second kills them."""
         if stop.count and not pool.forwarded:
-            monitor.out("sweep: stopping: SIGTERM to the running trials (they checkpoint); re-run the same "
-                        "command to resume")
+            monitor.out(
+                "sweep: stopping: SIGTERM to the running trials (they checkpoint); re-run the same command to resume"
+            )
             for attempt in pool.running.values():
                 attempt.proc.send_signal(signal.SIGTERM)
             pool.forwarded = 1
@@ -156,7 +163,7 @@ def detect_gpus():
         out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.SubprocessError):
         return []
-    return [str(i) for i, line in enumerate(l for l in out.splitlines() if l.startswith("GPU "))]
+    return [str(i) for i, line in enumerate(row for row in out.splitlines() if row.startswith("GPU "))]
 
 
 def slots_for(parallel, cpus, gpus):
@@ -165,11 +172,11 @@ def slots_for(parallel, cpus, gpus):
     slots = []
     for i in range(parallel):
         if len(cpus) >= parallel:
-            share = cpus[i * len(cpus) // parallel:(i + 1) * len(cpus) // parallel]
+            share = cpus[i * len(cpus) // parallel : (i + 1) * len(cpus) // parallel]
         else:
             share = [cpus[i % len(cpus)]]
         if len(gpus) >= parallel:
-            gshare = gpus[i * len(gpus) // parallel:(i + 1) * len(gpus) // parallel]
+            gshare = gpus[i * len(gpus) // parallel : (i + 1) * len(gpus) // parallel]
         else:
             gshare = [gpus[i % len(gpus)]] if len(gpus) > 1 else []
         slots.append({"cpus": share, "gpus": gshare})
@@ -269,6 +276,7 @@ class TrialJob:
                 self.proc.send_signal(signal.SIGTERM)
             if callable(previous):
                 previous(signum, frame)
+
         signal.signal(usr2, forward)
 
     def attempt(self, log_path, chief, last):
@@ -279,8 +287,9 @@ class TrialJob:
             job_id = os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID")
             store.begin(self.trial_dir, job_id=job_id)
         with open(log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.argv + distributed_flags(os.environ), stdout=log,
-                                         stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                self.argv + distributed_flags(os.environ), stdout=log, stderr=subprocess.STDOUT
+            )
             while self.proc.poll() is None:  # not wait(): the preemption handler must be able to wait
                 time.sleep(0.2)
         status, error, kind = store.outcome(self.trial_dir, self.proc.returncode, offset)
@@ -293,6 +302,7 @@ class TrialJob:
     def checkpoint(self, *args, **kwargs):
         """submitit's preemption hook: checkpoint the trainer (SIGTERM, wait) and resubmit this job."""
         import submitit
+
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait()
@@ -320,5 +330,8 @@ def distributed_flags(env):
     if ntasks <= 1:
         return []
     port = 20000 + int(re.sub(r"\D", "", env.get("SLURM_JOB_ID", "0")) or 0) % 20000
-    return [f"--coordinator_address={first_node(env['SLURM_JOB_NODELIST'])}:{port}",
-            f"--num_processes={ntasks}", f"--process_id={int(env.get('SLURM_PROCID', '0'))}"]
+    return [
+        f"--coordinator_address={first_node(env['SLURM_JOB_NODELIST'])}:{port}",
+        f"--num_processes={ntasks}",
+        f"--process_id={int(env.get('SLURM_PROCID', '0'))}",
+    ]

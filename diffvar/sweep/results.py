@@ -1,6 +1,7 @@
 """A sweep's results, rebuilt from its trials' state (store.collect) at any time: results.csv, results.md, and
 results.png (figure() draws it); results_seeds.csv when seeds are swept.
 """
+
 from __future__ import annotations
 
 import csv
@@ -19,8 +20,12 @@ from diffvar.sweep import store
 
 
 def _sort_key(row):
-    return (row["metric"] is None, row["metric"] if row["metric"] is not None else 0.0,
-            store.STATUSES.index(row["status"]) if row["status"] in store.STATUSES else 9, row["name"])
+    return (
+        row["metric"] is None,
+        row["metric"] if row["metric"] is not None else 0.0,
+        store.STATUSES.index(row["status"]) if row["status"] in store.STATUSES else 9,
+        row["name"],
+    )
 
 
 def seed_table(rows: list[dict], keys: list[str]) -> list[dict]:
@@ -35,9 +40,15 @@ def seed_table(rows: list[dict], keys: list[str]) -> list[dict]:
     table = []
     for setting, members in groups.items():
         values = np.array([r["metric"] for r in members if r["metric"] is not None])
-        table.append({"setting": dict(zip(others, setting)), "n": len(values), "total": len(members),
-                      "mean": float(values.mean()) if len(values) else None,
-                      "std": float(values.std(ddof=1)) if len(values) > 1 else None})
+        table.append(
+            {
+                "setting": dict(zip(others, setting)),
+                "n": len(values),
+                "total": len(members),
+                "mean": float(values.mean()) if len(values) else None,
+                "std": float(values.std(ddof=1)) if len(values) > 1 else None,
+            }
+        )
     table.sort(key=lambda t: (t["mean"] is None, t["mean"] or 0.0))
     return table
 
@@ -48,7 +59,7 @@ def _fmt(x, digits=4):
 
 def _cell(text, width=120):
     text = " ".join(str(text).split()).replace("|", "\\|")
-    return text if len(text) <= width else text[:width - 3] + "..."
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _write_text(path, text):
@@ -66,18 +77,50 @@ def _csv(header, rows):
 
 def trials_csv(rows: list[dict], keys: list[str], metric: str) -> str:
     """results.csv: one line per trial."""
-    header = ["trial", *keys, "status", metric, f"{metric}_stderr", "step", "num_steps", "wall_s", "attempts",
-              "kind", "error"]
-    return _csv(header, [[r["name"], *(r["overrides"].get(k, "") for k in keys), r["status"], _fmt(r["metric"], 6),
-                          _fmt(r["stderr"], 6), r["step"] if r["step"] is not None else "", r["num_steps"] or "",
-                          _fmt(r["wall_s"], 1), r["attempts"], r["kind"] or "", r["error"] or ""] for r in rows])
+    header = [
+        "trial",
+        *keys,
+        "status",
+        metric,
+        f"{metric}_stderr",
+        "step",
+        "num_steps",
+        "wall_s",
+        "attempts",
+        "kind",
+        "error",
+    ]
+    return _csv(
+        header,
+        [
+            [
+                r["name"],
+                *(r["overrides"].get(k, "") for k in keys),
+                r["status"],
+                _fmt(r["metric"], 6),
+                _fmt(r["stderr"], 6),
+                r["step"] if r["step"] is not None else "",
+                r["num_steps"] or "",
+                _fmt(r["wall_s"], 1),
+                r["attempts"],
+                r["kind"] or "",
+                r["error"] or "",
+            ]
+            for r in rows
+        ],
+    )
 
 
 def seeds_csv(seeds: list[dict], others: list[str], metric: str) -> str:
     """results_seeds.csv: one line per setting of the keys other than seed."""
     header = [*others, f"{metric}_mean", f"{metric}_std", "seeds_finished", "seeds_total"]
-    return _csv(header, [[*(t["setting"][k] for k in others), _fmt(t["mean"], 6), _fmt(t["std"], 6), t["n"],
-                          t["total"]] for t in seeds])
+    return _csv(
+        header,
+        [
+            [*(t["setting"][k] for k in others), _fmt(t["mean"], 6), _fmt(t["std"], 6), t["n"], t["total"]]
+            for t in seeds
+        ],
+    )
 
 
 def _markdown_row(cells):
@@ -87,32 +130,41 @@ def _markdown_row(cells):
 def trials_markdown(rows: list[dict], keys: list[str], metric: str) -> list[str]:
     """The lines of results.md's trial table, with a title counting the trials by status."""
     c = store.counts(rows)
-    lines = [f"# Sweep results ({len(rows)} trials: " + ", ".join(f"{n} {s}" for s, n in c.items() if n) + ")",
-             "", f"Sorted by {metric} (lower is better; ± one standard error).", "",
-             _markdown_row([*keys, "status", f"{metric} ± s.e.", "steps", "wall", "error"]),
-             "|" + "---|" * (len(keys) + 5)]
+    lines = [
+        f"# Sweep results ({len(rows)} trials: " + ", ".join(f"{n} {s}" for s, n in c.items() if n) + ")",
+        "",
+        f"Sorted by {metric} (lower is better; ± one standard error).",
+        "",
+        _markdown_row([*keys, "status", f"{metric} ± s.e.", "steps", "wall", "error"]),
+        "|" + "---|" * (len(keys) + 5),
+    ]
     for r in rows:
         value = f"{r['metric']:.4f} ± {_fmt(r['stderr'])}" if r["metric"] is not None else ""
         steps = f"{r['step'] or 0}/{r['num_steps']}" if r["num_steps"] else str(r["step"] or "")
         wall = f"{r['wall_s'] / 60:.1f} min" if r["wall_s"] else ""
         error = f"{r['kind']}: {_cell(r['error'])}" if r["status"] == "failed" else ""
-        lines.append(_markdown_row([*(_cell(r["overrides"].get(k, "")) for k in keys), r["status"], value, steps,
-                                    wall, error]))
+        lines.append(
+            _markdown_row([*(_cell(r["overrides"].get(k, "")) for k in keys), r["status"], value, steps, wall, error])
+        )
     return lines
 
 
 def seeds_markdown(seeds: list[dict], others: list[str], metric: str) -> list[str]:
     """The lines of results.md's table of means ± std over seeds."""
-    lines = ["", "## Mean ± std over seeds", "", _markdown_row([*others, f"{metric} mean ± std", "seeds finished"]),
-             "|" + "---|" * (len(others) + 2)]
+    lines = [
+        "",
+        "## Mean ± std over seeds",
+        "",
+        _markdown_row([*others, f"{metric} mean ± std", "seeds finished"]),
+        "|" + "---|" * (len(others) + 2),
+    ]
     for t in seeds:
         value = f"{t['mean']:.4f} ± {_fmt(t['std'])}" if t["std"] is not None else _fmt(t["mean"])
         lines.append(_markdown_row([*(t["setting"][k] for k in others), value, f"{t['n']}/{t['total']}"]))
     return lines
 
 
-def write(workdir: str, rows: list[dict] | None = None, keys: list[str] | None = None
-          ) -> tuple[list[dict], list[str]]:
+def write(workdir: str, rows: list[dict] | None = None, keys: list[str] | None = None) -> tuple[list[dict], list[str]]:
     """Writes results.csv, results.md and results.png (and results_seeds.csv when seeds are swept) in
     `workdir`, atomically; returns (rows, keys)."""
     if rows is None:
@@ -145,8 +197,14 @@ def figure(rows: list[dict], keys: list[str], metric: str = "metric") -> Figure:
     fig = Figure(figsize=(4.5 * max(1, len(varying)), 4))
     if not done or not varying:
         ax = fig.add_subplot(1, 1, 1)
-        ax.text(0.5, 0.5, "no finished trials yet" if not done else f"one trial: {metric} {done[0]['metric']:.4f}",
-                ha="center", va="center", transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            "no finished trials yet" if not done else f"one trial: {metric} {done[0]['metric']:.4f}",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
         ax.set_axis_off()
         return fig
     average_seeds = "seed" in varying and len({r["overrides"].get("seed") for r in done}) > 1
@@ -187,8 +245,16 @@ def panel(ax, done: list[dict], key: str, others: list[str], metric: str) -> Non
         xs = [values[xs_text.index(x)] + shift for x in points]
         ys, es = zip(*(_point(members) for members in points.values()))
         order = np.argsort(xs)
-        ax.errorbar(np.array(xs)[order], np.array(ys)[order], yerr=np.array(es)[order],
-                    fmt="o-" if numeric else "o", ms=4, capsize=3, lw=1, label=label or None)
+        ax.errorbar(
+            np.array(xs)[order],
+            np.array(ys)[order],
+            yerr=np.array(es)[order],
+            fmt="o-" if numeric else "o",
+            ms=4,
+            capsize=3,
+            lw=1,
+            label=label or None,
+        )
     _axis(ax, xs_text, values, numeric)
     ax.set_xlabel(key)
     ax.set_ylabel(metric)

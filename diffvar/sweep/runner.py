@@ -10,6 +10,7 @@ trainer reports through status.json; exit status 0 is finished or interrupted, 1
 deterministic failure (not retried), anything else a crash (retried up to max_retries times, then recorded
 failed with kind "crash").
 """
+
 from __future__ import annotations
 
 import collections
@@ -76,13 +77,15 @@ def load(config, config_path, workdir, name=None, base=None, check_config=None, 
     anything runs, for an unknown key, a wrong type, a trial that check_config rejects or two trials sharing
     a directory name."""
     from diffvar.config import load_module  # here: the Slurm jobs import this module and need no jax
+
     module = types.SimpleNamespace(**load_module(config_path))  # for get_hyper; get_config ran already
     overrides = declarations.load(module, config, name, source=config_path)
     for trial in overrides if check_config else ():
         _check_trial(check_config, declarations.apply(config, trial), declarations.trial_name(trial))
     workdir = os.path.abspath(workdir)
-    trials = tuple(Trial(declarations.trial_name(o), o, os.path.join(workdir, declarations.trial_name(o)))
-                   for o in overrides)
+    trials = tuple(
+        Trial(declarations.trial_name(o), o, os.path.join(workdir, declarations.trial_name(o))) for o in overrides
+    )
     if len({t.name for t in trials}) != len(trials):
         raise ConfigError("two trials map to the same directory name; make their values differ")
     base = {declarations.normalize_key(k): v for k, v in (base or {}).items()}
@@ -125,8 +128,10 @@ def plan(sweep: Sweep, shard: tuple[int, int] | None = None, retry_failed: bool 
         old = store.read_json(os.path.join(trial.workdir, store.TRIAL_FILE))
         if old and old.get("args") and old["args"] != sweep.args(trial):
             changed = sorted(set(old["args"]) ^ set(sweep.args(trial)))
-            raise OptionError(f"{trial.workdir} was run with a different command (differs in {' '.join(changed)}); "
-                              "use a new --workdir for a different base config")
+            raise OptionError(
+                f"{trial.workdir} was run with a different command (differs in {' '.join(changed)}); "
+                "use a new --workdir for a different base config"
+            )
         state = store.read_trial(trial.workdir, trial.name, trial.overrides_text)
         foreign = state["status"] == "running" and state["host"] != socket.gethostname()
         skip = state["status"] == "finished" or (state["status"] == "running" and not foreign)
@@ -141,8 +146,10 @@ def describe(sweep, planned, shard, commands=False):
     todo, skipped = [p for p in planned if p.run], [p.state for p in planned if not p.run]
     where = f" (shard {shard[0]}/{shard[1]}: {len(planned)} of {len(sweep.trials)})" if shard else ""
     why = ", ".join(f"{n} {s}" for s, n in store.counts(skipped).items() if n)
-    lines = [f"sweep {sweep.name or '(default)'} of {sweep.source}: {len(sweep.trials)} trials{where}, "
-             f"{len(todo)} to run" + (f", {len(skipped)} skipped ({why})" if skipped else "")]
+    lines = [
+        f"sweep {sweep.name or '(default)'} of {sweep.source}: {len(sweep.trials)} trials{where}, "
+        f"{len(todo)} to run" + (f", {len(skipped)} skipped ({why})" if skipped else "")
+    ]
     for p in planned:
         lines.append(f"  [{p.index}] {p.trial.workdir}: {'run' if p.run else 'skip (' + p.state['status'] + ')'}")
         if commands:
@@ -154,22 +161,40 @@ def prepare(sweep, todo, executor):
     """Writes sweep.json, and for each trial to run its command.txt and trial.json (status pending, or
     interrupted when it was recorded running by a runner that is gone)."""
     os.makedirs(sweep.workdir, exist_ok=True)
-    store.write_manifest(sweep.workdir, {
-        "config": sweep.config_path, "sweep": sweep.name,
-        "base_overrides": {k: declarations.cli_value(v) for k, v in sweep.base.items()},
-        "trials": [{"name": t.name, "overrides_text": t.overrides_text} for t in sweep.trials]})
+    store.write_manifest(
+        sweep.workdir,
+        {
+            "config": sweep.config_path,
+            "sweep": sweep.name,
+            "base_overrides": {k: declarations.cli_value(v) for k, v in sweep.base.items()},
+            "trials": [{"name": t.name, "overrides_text": t.overrides_text} for t in sweep.trials],
+        },
+    )
     for trial in todo:
         os.makedirs(trial.workdir, exist_ok=True)
         argv = sweep.command(trial)
         with atomic_path(os.path.join(trial.workdir, "command.txt")) as tmp, open(tmp, "w") as f:
             f.write(shlex.join(argv) + "\n")
         prior = (store.read_json(os.path.join(trial.workdir, store.TRIAL_FILE)) or {}).get("status", "pending")
-        store.record(trial.workdir, name=trial.name, overrides_text=trial.overrides_text, args=sweep.args(trial),
-                       argv=argv, status="interrupted" if prior == "running" else prior, executor=executor.name)
+        store.record(
+            trial.workdir,
+            name=trial.name,
+            overrides_text=trial.overrides_text,
+            args=sweep.args(trial),
+            argv=argv,
+            status="interrupted" if prior == "running" else prior,
+            executor=executor.name,
+        )
 
 
-def run(sweep: Sweep, executor, shard: tuple[int, int] | None = None, retry_failed: bool = False,
-        dry_run: bool = False, out: Callable[[str], None] = print) -> list[dict]:
+def run(
+    sweep: Sweep,
+    executor,
+    shard: tuple[int, int] | None = None,
+    retry_failed: bool = False,
+    dry_run: bool = False,
+    out: Callable[[str], None] = print,
+) -> list[dict]:
     """Runs (or resumes) this runner's trials of `sweep` with `executor` and writes the results; returns the
     result rows (dicts as store.read_trial). dry_run: only print the plan with each trial's command."""
     planned = plan(sweep, shard, retry_failed)

@@ -6,6 +6,7 @@ per trial with the runner's trial.json (status, attempts, wall time, error, kind
 status.json and metrics.jsonl. read_trial() merges them, at any time, also while the sweep runs; record(),
 begin() and end() update trial.json; outcome() says how an attempt ended.
 """
+
 from __future__ import annotations
 
 import json
@@ -75,13 +76,21 @@ def read_trial(trial_dir: str, name: str | None = None, overrides: dict | None =
     if step is None and os.path.exists(metrics):
         steps = [logs.finite_number(r.get("step")) for r in logs.read_metrics(metrics)]
         step = int(max([s for s in steps if s is not None], default=0)) or None
-    return {"name": name or tj.get("name") or os.path.basename(trial_dir),
-            "overrides": overrides if overrides is not None else tj.get("overrides_text", {}),
-            "status": status, "unit": unit, "metric": metric if status == "finished" else None,
-            "stderr": stderr if status == "finished" else None, "step": step,
-            "num_steps": (st or {}).get("num_steps"), "wall_s": tj.get("wall_s"), "attempts": tj.get("attempts", 0),
-            "kind": tj.get("kind") if status == "failed" else None,
-            "error": tj.get("error") if status == "failed" else None, "host": tj.get("host")}
+    return {
+        "name": name or tj.get("name") or os.path.basename(trial_dir),
+        "overrides": overrides if overrides is not None else tj.get("overrides_text", {}),
+        "status": status,
+        "unit": unit,
+        "metric": metric if status == "finished" else None,
+        "stderr": stderr if status == "finished" else None,
+        "step": step,
+        "num_steps": (st or {}).get("num_steps"),
+        "wall_s": tj.get("wall_s"),
+        "attempts": tj.get("attempts", 0),
+        "kind": tj.get("kind") if status == "failed" else None,
+        "error": tj.get("error") if status == "failed" else None,
+        "host": tj.get("host"),
+    }
 
 
 def _error_line(log_path, offset):
@@ -89,15 +98,16 @@ def _error_line(log_path, offset):
     try:
         with open(log_path, "rb") as f:
             f.seek(offset)
-            lines = [l.strip() for l in f.read().decode("utf-8", "replace").splitlines() if l.strip()]
+            lines = [row.strip() for row in f.read().decode("utf-8", "replace").splitlines() if row.strip()]
     except OSError:
         return None, None
-    errors = [l[len("error:"):].strip() for l in lines if l.startswith("error:")]
+    errors = [row[len("error:") :].strip() for row in lines if row.startswith("error:")]
     return (errors[-1] if errors else None), (lines[-1] if lines else None)
 
 
-def outcome(trial_dir: str, returncode: int | None, log_offset: int, signalled: bool = False
-            ) -> tuple[str, str | None, str | None]:
+def outcome(
+    trial_dir: str, returncode: int | None, log_offset: int, signalled: bool = False
+) -> tuple[str, str | None, str | None]:
     """(status, error, kind) of one finished attempt, from the exit status, status.json and the log:
     finished | interrupted | failed (deterministic: kind from the trainer) | crashed (kind "crash")."""
     st = read_json(os.path.join(trial_dir, STATUS_FILE)) or {}
@@ -130,8 +140,15 @@ def record(trial_dir: str, **fields) -> dict:
 def begin(trial_dir: str, **fields) -> dict:
     """Records the start of an attempt: running, attempts + 1, this host and runner process."""
     prior = read_json(os.path.join(trial_dir, TRIAL_FILE)) or {}
-    return record(trial_dir, status="running", attempts=prior.get("attempts", 0) + 1, host=socket.gethostname(),
-                  runner_pid=os.getpid(), started=time.time(), **fields)
+    return record(
+        trial_dir,
+        status="running",
+        attempts=prior.get("attempts", 0) + 1,
+        host=socket.gethostname(),
+        runner_pid=os.getpid(),
+        started=time.time(),
+        **fields,
+    )
 
 
 def end(trial_dir: str, t0: float, **fields) -> dict:
@@ -162,14 +179,19 @@ def counts(rows: list[dict]) -> dict[str, int]:
 
 
 def progress_line(rows: list[dict], t_start: float, parallel: int, durations: list[float]) -> str:
-    """"sweep: 3/8 finished, 2 running, 1 failed, 2 left | elapsed 0:01:10 | eta 0:02:05"."""
+    """ "sweep: 3/8 finished, 2 running, 1 failed, 2 left | elapsed 0:01:10 | eta 0:02:05"."""
     c = counts(rows)
     left = c["pending"] + c["interrupted"]
-    line = (f"sweep: {c['finished']}/{len(rows)} finished, {c['running']} running, {c['failed']} failed, "
-            f"{left} left | elapsed {logs.fmt_time(time.time() - t_start)}")
+    line = (
+        f"sweep: {c['finished']}/{len(rows)} finished, {c['running']} running, {c['failed']} failed, "
+        f"{left} left | elapsed {logs.fmt_time(time.time() - t_start)}"
+    )
     if durations and (left or c["running"]):
-        frac = [min(1.0, (r["step"] or 0) / r["num_steps"]) if r["num_steps"] else 0.5
-                for r in rows if r["status"] == "running"]
+        frac = [
+            min(1.0, (r["step"] or 0) / r["num_steps"]) if r["num_steps"] else 0.5
+            for r in rows
+            if r["status"] == "running"
+        ]
         eta = sum(durations) / len(durations) * (left + sum(1 - f for f in frac)) / max(1, parallel)
         line += f" | eta {logs.fmt_time(eta)}"
     return line
