@@ -45,7 +45,17 @@ import numpy as np
 from jax.extend.core import jaxprs_in_params
 from jax.sharding import PartitionSpec as P
 
-from diffvar import config as config_lib, data as data_lib, distributed, evaluator, experiment, ode as ode_lib, platform
+from diffvar import (
+    config as config_lib,
+    config_files,
+    data as data_lib,
+    distributed,
+    evaluator,
+    experiment,
+    ode as ode_lib,
+    passes,
+    platform,
+)
 from diffvar.models.unet import AttnBlock
 
 from timing import rate  # benchmarks/timing.py, shared with the peer
@@ -83,7 +93,7 @@ def workload_config(name, steps_per_call=0, settings=()):
     for setting in settings:
         key, value = setting.split("=", 1)
         overrides[key] = type(config_lib.defaults()[key.split(".")[0]][key.split(".")[1]])(value)
-    c = config_lib.load_file(os.path.join(ROOT, "configs", f"{file}.py"))
+    c = config_files.load_file(os.path.join(ROOT, "configs", f"{file}.py"))
     c.objective.name = "dsm"
     for key, value in overrides.items():
         section, field = key.split(".")
@@ -326,7 +336,7 @@ def measure_workload(name, seconds, steps_per_call=0, settings=(), flops_only=Fa
 
 def measure_ode(workdir="", train_steps=200, max_examples=0, rtol=1e-5, atol=1e-5):
     """Digits test-set ODE bpd wall time, through scripts/evaluate.py's code (evaluator.split_batches,
-    experiment.make_ode_fn, evaluator.ode_pass; the trace it picks for 'auto'): on the EMA parameters of the latest
+    experiment.make_ode_fn, passes.ode_pass; the trace it picks for 'auto'): on the EMA parameters of the latest
     checkpoint in `workdir` when given, else on configs/digits.py's model trained `train_steps` steps here (its NFE,
     and so its time, is then lower than a fully trained model's: pass a trained workdir for the real figure)."""
     platform.setup("unet")  # the digits U-Net, as scripts/evaluate.py does: before jax starts
@@ -337,7 +347,7 @@ def measure_ode(workdir="", train_steps=200, max_examples=0, rtol=1e-5, atol=1e-
         exp, params, step, _ = checkpoints.restore_params(workdir, "latest", mesh)
         model = f"checkpoint {workdir} step {step} (EMA parameters)"
     else:
-        config = config_lib.load_file(os.path.join(ROOT, "configs", "digits.py"))
+        config = config_files.load_file(os.path.join(ROOT, "configs", "digits.py"))
         exp = experiment.build(config)
         state = jax.device_put(experiment.init_state(exp, config.seed), distributed.replicated(mesh))
         it = data_lib.make_train_iter(config.data, config.training.batch_size, config.seed)
@@ -358,7 +368,7 @@ def measure_ode(workdir="", train_steps=200, max_examples=0, rtol=1e-5, atol=1e-
     key = evaluator.pass_key(exp.config.seed + 1, 0, "ode")
     fn = experiment.make_ode_fn(exp, ode_lib.OdeOptions(rtol, atol, divergence, e.ode_probe))
     compiled, compile_seconds = evaluator.compile_ahead(fn, params, batches[0][0], key)
-    est = evaluator.ode_pass(compiled, params, key, batches)
+    est = passes.ode_pass(compiled, params, key, batches)
     return {
         "model": model,
         "rtol": rtol,

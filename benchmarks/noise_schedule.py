@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffvar import checkpoints, data as data_lib, distributed, experiment
-from diffvar.evaluator import EvalSpec, Evaluator, paired_difference
+from diffvar.evaluator import EvalSpec, Evaluator
+from diffvar.passes import paired_difference
 
 
 def loss_variance(exp, params, batches=8):

@@ -149,7 +149,7 @@ def evaluate_both(diffvar_workdir, peer_weights):
     """Test-set ELBO (bpd) of diffvar's EMA parameters and of the peer's weights, same examples and keys."""
     import jax
 
-    from diffvar import checkpoints, distributed, evaluator, experiment
+    from diffvar import checkpoints, distributed, evaluator, experiment, passes
 
     mesh = distributed.make_mesh()
     exp, params, step, _ = checkpoints.restore_params(diffvar_workdir, "latest", mesh)
@@ -164,7 +164,7 @@ def evaluate_both(diffvar_workdir, peer_weights):
         name: evaluator.Evaluator(ex, mesh, spec).run(p, step, repeats)[e.form]
         for name, ex, p in (("diffvar", exp, params), ("peer", peer_exp, peer))
     }
-    d, se = evaluator.paired_difference(out["peer"]["values"], out["diffvar"]["values"])
+    d, se = passes.paired_difference(out["peer"]["values"], out["diffvar"]["values"])
     return {
         "diffvar_step": step,
         "form": e.form,
@@ -198,10 +198,10 @@ def cached(path, key, make):
 def one_seed(seed, workdir):
     """diffvar's run, the peer's run for as long, both evaluated; each run is recorded in workdir and reused by
     a later call with the same settings (an interrupted benchmark re-runs only what it had not finished)."""
-    from diffvar import config as config_lib, data as data_lib
+    from diffvar import config_files, data as data_lib
 
     config_path = os.path.join(ROOT, "configs", f"{FLAGS.config}.py")
-    config = config_lib.load_file(config_path)
+    config = config_files.load_file(config_path)
     wd = os.path.join(workdir, f"diffvar_seed{seed}")
     minutes = [f"--config.training.max_minutes={FLAGS.minutes}"] if FLAGS.minutes else []
     overrides = [f"--config.seed={seed}"] + [f"--config.{o}" for o in FLAGS.overrides] + minutes

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from diffvar import config as config_lib, distributed, experiment
+from diffvar import config_files, distributed, experiment
 from diffvar.errors import CheckpointError, ConfigError, DataNotPreparedError, OptionError, WorkdirError
 from diffvar.files import write_json_atomic
 
@@ -127,7 +127,7 @@ def resolve_step(mngr: ocp.CheckpointManager, spec: str | int, ckpt_dir: str) ->
 def load_experiment(workdir: str) -> tuple[experiment.Experiment, list]:
     """(Experiment, config keys filled with defaults) of a training workdir, built for one device (the run's
     batch sizes need not divide this machine's device count). WorkdirError when it cannot be built."""
-    config, filled = config_lib.from_workdir(workdir)
+    config, filled = config_files.from_workdir(workdir)
     try:
         exp = experiment.build(config, 1)
     except (ConfigError, DataNotPreparedError) as e:

@@ -71,16 +71,16 @@ def fail(message):
 def _parse_flags(argv):
     """absl's flag parsing, with every error as one `error:` line: the --config file and the keys of its
     --config.* overrides are checked first (diffvar.config), then absl parses (wrong value types)."""
-    from diffvar import config as config_lib
+    from diffvar import config_files
 
     try:
         paths = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
         if paths and "config" in flags.FLAGS:
-            base = config_lib.load_file(paths[-1])
+            base = config_files.load_file(paths[-1])
             for arg in argv[1:]:
                 if arg.startswith("--config.") or arg.startswith("--noconfig."):
                     key = arg.split("=", 1)[0].removeprefix("--no").removeprefix("--").removeprefix("config.")
-                    config_lib.check_key(base, key, arg)
+                    config_files.check_key(base, key, arg)
         return flags.FLAGS(argv)
     except DiffvarError as e:
         fail(e)

@@ -1,18 +1,14 @@
-"""The experiment config: documented defaults, one validate(), and a workdir's saved config.
+"""The experiment config: documented defaults and one validate() (config_files.py reads and writes configs).
 
 Every configs/<name>.py starts from defaults() and overrides a few values; every value is documented where
 it is defined, below. Override any of them on the command line:
     python scripts/train.py --config=configs/digits.py --workdir=runs/x --config.optim.lr=1e-3
 
 validate(config) checks every key before anything is compiled or written and raises ConfigError naming the
-key, the value and what is allowed. from_workdir(workdir) reads the config a run saved, with keys added to
-the defaults since then filled in (their defaults keep the old behaviour).
+key, the value and what is allowed.
 """
 
 from __future__ import annotations
-
-import json
-import os
 
 import ml_collections
 
@@ -21,7 +17,7 @@ from diffvar.data import DATASETS, SPLITS
 from diffvar.dequantization import TRAINING_DEQUANTIZATIONS, TRANSFORMS, DequantizationOptions
 from diffvar.divergence import PROBES
 from diffvar.elbo import ElboOptions
-from diffvar.errors import ConfigError, WorkdirError, check_choice, check_number
+from diffvar.errors import ConfigError, check_choice, check_number
 from diffvar.models import DTYPES, MODELS
 from diffvar.models.mlp import ACTIVATIONS, TIME_EMBEDDINGS
 from diffvar.models.param import PARAMETERISATIONS
@@ -31,39 +27,52 @@ from diffvar.schedule import SCHEDULES, check_objective
 
 
 def defaults():
-    """The documented defaults shared by every experiment (a fresh ConfigDict)."""
+    """The documented defaults shared by every experiment (a fresh ConfigDict), one section at a time."""
     c = ml_collections.ConfigDict()
     c.seed = 0  # seeds init, data order, noise; a run is a pure function of config + seed
+    c.data, c.sde, c.model, c.objective = _data(), _sde(), _model(), _objective()
+    c.optim, c.training, c.eval, c.sampling = _optim(), _training(), _eval(), _sampling()
+    return c
 
-    c.data = d = ml_collections.ConfigDict()
-    d.name = "digits"  # digits | mnist | fashion_mnist | cifar10 | imagenet32 | imagenet64 |
-    # gmm2d | swissroll | moons | checkerboard
+
+def _data():
+    d = ml_collections.ConfigDict()
+    # digits | mnist | fashion_mnist | cifar10 | imagenet32 | imagenet64 | gmm2d | swissroll | moons | checkerboard
+    d.name = "digits"
     d.data_dir = ""  # TFDS data_dir; "" = $DIFFVAR_DATA_DIR or ~/tensorflow_datasets
     d.random_flip = False  # random horizontal flips of training images
     d.transform = "logit"  # images: logit (y = logit(a + (1-2a) z)) | scale (y = 2z - 1)
     d.logit_alpha = 0.05  # a in the logit transform (sdeflow-light: 0.05)
-    d.dequantization = "uniform"  # images, training data: uniform (z = (x + u) / L) | none (the bin centres
-    # (x + 1/2) / L, i-DODE's: matched by the truncated normal at objective.t_eps)
+    # images, training data: uniform (z = (x + u) / L) | none (the bin centres (x + 1/2) / L, i-DODE's:
+    # matched by the truncated normal at eval.truncated_normal_t)
+    d.dequantization = "uniform"
+    return d
 
-    c.sde = s = ml_collections.ConfigDict()
-    s.name = "vp"  # vp | subvp | ve | learned_vp (VDM's learned schedule, initialised at vp:
-    # the network sees gamma(s); the interior minimises the loss's variance;
-    # objectives dsm_is, dsm_lw, elbo; truncations at fixed gamma)
+
+def _sde():
+    s = ml_collections.ConfigDict()
+    # vp | subvp | ve | learned_vp (VDM's learned schedule, initialised at vp: the network sees gamma(s); the
+    # interior minimises the loss's variance; objectives dsm_is, dsm_lw, elbo; truncations at fixed gamma)
+    s.name = "vp"
     s.beta_min = 0.1  # vp/subvp: beta(0); learned_vp: its initial (and reference) linear VP
     s.beta_max = 20.0  # vp/subvp: beta(T); learned_vp: likewise
-    s.learn_end = False  # learned_vp: learn B(T) by the ELBO's gradient (objective elbo); else
-    # keep the linear VP's B(T) = (beta_min + beta_max) T / 2
+    # learned_vp: learn B(T) by the ELBO's gradient (objective elbo); else keep the linear VP's (b0 + b1) T / 2
+    s.learn_end = False
     s.schedule_features = 128  # learned_vp: sigmoid units of the monotone network (models/noise_schedule.py)
     s.schedule_lr_scale = 1.0  # learned_vp: the schedule's Adam runs at this times optim's learning rate
     s.schedule_grad_clip = 0.0  # learned_vp: global-norm clipping of the schedule's gradients; 0 = none
     s.sigma_min = 0.01  # ve: S(0)
     s.sigma_max = 50.0  # ve: S(T), also the prior's std
     s.T = 1.0  # time horizon
+    return s
 
-    c.model = m = ml_collections.ConfigDict()
+
+def _model():
+    m = ml_collections.ConfigDict()
     m.name = "unet"  # unet | mlp
-    m.parameterization = "drift"  # network outputs: drift (a = g * score, the paper) | score | eps;
-    # learned_vp: g, sigma those of sde.beta_* at the same gamma
+    # network outputs: drift (a = g * score, the paper) | score | eps; learned_vp: g, sigma those of the
+    # reference VP at the same gamma
+    m.parameterization = "drift"
     m.ch = 32  # unet: base channels
     m.ch_mult = (1, 2)  # unet: channel multiplier per resolution
     m.num_res_blocks = 2  # unet: residual blocks per resolution
@@ -74,17 +83,24 @@ def defaults():
     m.activation = "softplus"  # mlp: softplus | silu | relu | tanh
     m.time_embedding = "concat"  # mlp: concat (raw t) | sinusoidal
     m.time_scale = 1000.0  # t is embedded as t * time_scale
-    m.dtype = "float32"  # float32 | bfloat16: the network's matmuls, convolutions and activations
-    # (parameters, optimizer state, the network's output, the SDE and the
-    # ELBO's sums stay float32; models/unet.py says where each cast happens)
+    # float32 | bfloat16: the network's matmuls, convolutions and activations (parameters, optimizer state,
+    # the network's output, the SDE and the ELBO's sums stay float32; models/unet.py says where each cast is)
+    m.dtype = "float32"
+    return m
 
-    c.objective = o = ml_collections.ConfigDict()
+
+def _objective():
+    o = ml_collections.ConfigDict()
     o.name = "dsm_is"  # dsm (eps-loss) | dsm_is (ELBO, importance time) | dsm_lw | elbo | ssm
-    o.t_eps = 1e-3  # training times are drawn from [t_eps, T] (elbo: [0, T]); learned_vp:
-    # from the time of the linear VP's gamma(t_eps) (sde.truncation_time)
+    # training times are drawn from [t_eps, T] (elbo: [0, T]); learned_vp: from the time of the linear VP's
+    # gamma(t_eps) (sde.truncation_time)
+    o.t_eps = 1e-3
     o.probe = "rademacher"  # Hutchinson probe for elbo / ssm: rademacher | gaussian
+    return o
 
-    c.optim = p = ml_collections.ConfigDict()
+
+def _optim():
+    p = ml_collections.ConfigDict()
     p.name = "adam"  # adam | adamw
     p.lr = 2e-4  # peak learning rate
     p.b1 = 0.9
@@ -94,20 +110,26 @@ def defaults():
     p.warmup_steps = 0  # linear warm-up from 0 to lr
     p.schedule = "constant"  # constant | cosine (decay to 0 at training.num_steps)
     p.grad_clip = 1.0  # global-norm clipping; 0 disables
+    return p
 
-    c.training = t = ml_collections.ConfigDict()
+
+def _training():
+    t = ml_collections.ConfigDict()
     t.batch_size = 64  # global batch, split over all devices of all processes
     t.num_steps = 10000  # optimizer steps
     t.max_minutes = 0.0  # stop (and checkpoint) after this wall time; 0 = no limit
-    t.steps_per_call = 1  # optimizer steps per compiled call (lax.scan); >1 amortizes dispatch on
-    # accelerators. Keep 1 for U-Nets on CPU: XLA:CPU runs convolution
-    # gradients inside loops ~10x slower (measured, jax 0.10.2)
+    # optimizer steps per compiled call (lax.scan); > 1 amortizes dispatch on accelerators. Keep 1 for U-Nets on
+    # CPU: XLA:CPU runs convolution gradients inside loops ~10x slower (measured, jax 0.10.2)
+    t.steps_per_call = 1
     t.ema_decay = 0.999  # EMA of parameters, debiased, used for eval and samples; 0 disables
     t.log_every = 100  # steps between metrics.jsonl lines / progress lines
     t.ckpt_every = 1000  # steps between checkpoints (also at the end and on SIGTERM)
     t.keep = 3  # latest checkpoints kept (the best by test metric is kept too)
+    return t
 
-    c.eval = e = ml_collections.ConfigDict()
+
+def _eval():
+    e = ml_collections.ConfigDict()
     e.every = 1000  # steps between evaluations (also at the end); 0 = only at the end
     e.split = "test"  # split evaluated
     e.batch_size = 256  # examples per evaluation batch (global)
@@ -119,15 +141,19 @@ def defaults():
     # second of draws = 1 on digits, docs/performance.md, "The ELBO's noise"), eval.ode_<name> for
     # ode.OdeOptions (scripts/evaluate.py's ODE) and eval.<name> for dequantization.DequantizationOptions.
     e.update(estimator_defaults())
+    return e
 
-    c.sampling = sm = ml_collections.ConfigDict()
+
+def _sampling():
+    sm = ml_collections.ConfigDict()
     sm.every = 0  # steps between sample grids; 0 = only at the end
     sm.num = 64  # samples per grid
     sm.steps = 500  # Euler-Maruyama steps
     sm.lam = 0.0  # 0 = reverse SDE ... 1 = probability-flow ODE
-    sm.t_min = 1e-3  # the samplers' stop time, a reference time (sde.truncation_time): they
-    # sample the model's marginal there, where the score of data is finite
-    return c
+    # the samplers' stop time, a reference time (sde.truncation_time): they sample the model's marginal there,
+    # where the score of data is finite
+    sm.t_min = 1e-3
+    return sm
 
 
 # ----------------------------------------------------------------------------------------------
@@ -268,130 +294,3 @@ def validate(config, num_devices=1):
     for key in ("training.num_steps", "training.log_every", "training.ckpt_every", "eval.every", "sampling.every"):
         if get(config, key) % k:
             raise ConfigError(f"{key}={get(config, key)} must be a multiple of training.steps_per_call={k}")
-
-
-# ----------------------------------------------------------------------------------------------
-# A workdir's config.
-
-
-# What a checkpoint's meaning depends on: resuming a workdir with other values of these is refused. (The
-# schedule, evaluation, sampling, logging and training length may change between runs of a workdir.)
-IDENTITY = (
-    "seed",
-    "data.name",
-    "data.transform",
-    "data.logit_alpha",
-    "data.dequantization",
-    "sde",
-    "model",
-    "training.batch_size",
-)
-
-
-def identity_changes(saved, config):
-    """["key: saved -> new", ...] for the IDENTITY keys (and the keys under them) that differ."""
-
-    def flat(c, prefix=""):
-        out = {}
-        for k, v in c.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, ml_collections.ConfigDict) else {f"{prefix}{k}": v})
-        return out
-
-    a, b = flat(saved), flat(config)
-    keys = [k for k in sorted(set(a) | set(b)) if any(k == i or k.startswith(i + ".") for i in IDENTITY)]
-    norm = lambda v: list(v) if isinstance(v, (tuple, list)) else v
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if norm(a.get(k)) != norm(b.get(k))]
-
-
-def to_json(config):
-    """The resolved config as a JSON-ready dict (what a run saves as workdir/config.json)."""
-    return json.loads(config.to_json_best_effort())
-
-
-def from_workdir(workdir):
-    """(config, keys filled with defaults) from workdir/config.json; WorkdirError when missing or unreadable.
-
-    A run's config.json holds the keys of the code that trained it; a key introduced later takes its current
-    default (which, for a new feature, means the old behaviour). Saved-only keys are kept.
-    """
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isdir(workdir):
-        raise WorkdirError(f"workdir {workdir!r} does not exist")
-    if not os.path.exists(path):
-        raise WorkdirError(f"no config.json in workdir {workdir!r}: is it a diffvar training workdir?")
-    try:
-        with open(path) as f:
-            saved = ml_collections.ConfigDict(json.load(f))
-    except ValueError as e:
-        raise WorkdirError(f"{path} is not valid JSON: {e}") from None
-    merged, filled = defaults(), []
-
-    def walk(base, old, prefix):
-        for key in base:
-            if key not in old:
-                filled.append(prefix + key)
-            elif isinstance(base[key], ml_collections.ConfigDict) and isinstance(old[key], ml_collections.ConfigDict):
-                walk(base[key], old[key], prefix + key + ".")
-
-    walk(merged, saved, "")
-    merged.update(saved)  # recursive: every saved value wins
-    for key in SEQUENCES:  # JSON turns tuples into lists
-        section, name = key.split(".")
-        merged[section][name] = tuple(merged[section][name])
-    return merged, filled
-
-
-# ----------------------------------------------------------------------------------------------
-# A config file and --config.* overrides, checked before absl's config_flags loads them (so that a broken
-# file or a misspelt key is one clear line, not a traceback from inside the flag parser).
-
-
-def load_module(path):
-    """The globals of the config file at `path` (get_config, and get_hyper where a sweep is declared);
-    ConfigError (one line) when the file is missing or does not import."""
-    import runpy
-
-    path = path.split(":")[0]  # config_flags' "file.py:arg" form passes arg to get_config
-    if not os.path.isfile(path):
-        raise ConfigError(f"--config={path}: no such file")
-    try:
-        return runpy.run_path(path)
-    except SyntaxError as e:
-        raise ConfigError(f"--config={path}: syntax error at line {e.lineno}: {e.msg}") from None
-    except Exception as e:  # noqa: BLE001 - whatever the file raises while importing
-        raise ConfigError(f"--config={path} does not import: {type(e).__name__}: {e}") from None
-
-
-def load_file(path):
-    """get_config() of the config file at `path`; ConfigError (one line) when the file is missing, does not
-    import, has no get_config, or returns something other than a ConfigDict."""
-    path = path.split(":")[0]
-    module = load_module(path)
-    if not callable(module.get("get_config")):
-        raise ConfigError(
-            f"--config={path} defines no get_config() (a config file is a get_config() returning "
-            f"an ml_collections.ConfigDict, e.g. built on diffvar.config.defaults())"
-        )
-    try:
-        config = module["get_config"]()
-    except Exception as e:  # noqa: BLE001
-        raise ConfigError(f"--config={path}: get_config() raised {type(e).__name__}: {e}") from None
-    if not isinstance(config, ml_collections.ConfigDict):
-        raise ConfigError(
-            f"--config={path}: get_config() returned {type(config).__name__}, not an ml_collections.ConfigDict"
-        )
-    return config
-
-
-def check_key(config, key, where):
-    """Raises ConfigError unless the dotted `key` exists in config (suggesting the closest key)."""
-    import difflib
-
-    node, done = config, []
-    for part in key.split("."):
-        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            keys = [".".join(done + [k]) for k in node] if isinstance(node, ml_collections.ConfigDict) else []
-            close = difflib.get_close_matches(".".join(done + [part]), keys, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise ConfigError(f"{where}: {key} is not a config key{hint}")
-        node, done = node[part], done + [part]

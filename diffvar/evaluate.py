@@ -28,8 +28,9 @@ from diffvar import checkpoints, config as config_lib, distributed, logs, option
 from diffvar.data import SPLITS
 from diffvar.elbo import FORMS
 from diffvar.errors import OptionError, check_choice, check_number
-from diffvar.evaluator import EvalSpec, Evaluator, paired_difference
+from diffvar.evaluator import EvalSpec, Evaluator
 from diffvar.files import write_json_atomic
+from diffvar.passes import paired_difference
 
 LOOP_FLAGS = dict(
     split=None, repeats=None, target_stderr=0.0, max_repeats=1000, max_examples=0, batch_size=None, seed=None
@@ -237,78 +238,58 @@ def describe(label):
     )
 
 
-def format_table(res):
-    """The result as a plain-text table: estimator, value +- s.e., NFE / repeats, wall time."""
+def _table_rows(res):
+    """(header, rows) of the result's table: estimator, value, s.e., repeats or NFE, seconds, K, bound."""
     unit = "bpd" if res["unit"] == "bpd" else "nats"
-    rows = [("estimator", f"{unit} (lower is better)", "s.e.", "repeats/NFE", "seconds", "K", "bound")]
     label = lambda est, key: est.get("label", {}).get(key, "?")
     yes = lambda est: {True: "yes", False: "NO (an estimate)"}.get(label(est, "bound"), "?")
-    for form in FORMS:
-        if f"elbo_{form}" in res:
-            est = res[f"elbo_{form}"]
-            rows.append(
-                (
-                    f"ELBO, {form.upper()} form ({label(est, 'time_sampling')} t)",
-                    f"{est['mean']:.5f}",
-                    f"{est['stderr']:.5f}",
-                    f"{est['repeats']} rep",
-                    f"{est['seconds']:.1f}",
-                    str(label(est, "importance_samples")),
-                    yes(est),
-                )
-            )
+
+    def row(name, est, work):
+        k = str(label(est, "importance_samples"))
+        return (name, f"{est['mean']:.5f}", f"{est['stderr']:.5f}", work, f"{est['seconds']:.1f}", k, yes(est))
+
+    rows = [("estimator", f"{unit} (lower is better)", "s.e.", "repeats/NFE", "seconds", "K", "bound")]
+    for form in (f for f in FORMS if f"elbo_{f}" in res):
+        est = res[f"elbo_{form}"]
+        rows.append(row(f"ELBO, {form.upper()} form ({label(est, 'time_sampling')} t)", est, f"{est['repeats']} rep"))
     if "ode" in res:
         est = res["ode"]
-        rows.append(
-            (
-                f"ODE ({label(est, 'divergence')} trace)",
-                f"{est['mean']:.5f}",
-                f"{est['stderr']:.5f}",
-                f"{est['nfe']:.0f} NFE",
-                f"{est['seconds']:.1f}",
-                str(label(est, "importance_samples")),
-                yes(est),
-            )
-        )
+        rows.append(row(f"ODE ({label(est, 'divergence')} trace)", est, f"{est['nfe']:.0f} NFE"))
     if "exact_nll_nats" in res:
-        rows.append(
-            (
-                "exact -log p(x) (data)",
-                f"{res['exact_nll_nats']:.5f}",
-                f"{res['exact_nll_nats_stderr']:.5f}",
-                "",
-                "",
-                "",
-                "exact",
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-    d = res["dataset"]
-    files = "official files" if d["verified"] else "UNVERIFIED files (not the official ones)"
-    out = [
-        f"{d['name']} ({d['builder']} {d['version']}, {files}), {d['split']} split: {res['num_examples']} of "
-        f"{d['num_examples']} examples; step {res['step']}; {res['unit']}",
-        line(rows[0]),
-        "  ".join("-" * w for w in widths),
-    ] + [line(r) for r in rows[1:]]
-    labelled = [
-        (n, res[k]["label"])
-        for n, k in (("ISM", "elbo_ism"), ("DSM", "elbo_dsm"), ("ODE", "ode"))
-        if k in res and "label" in res[k]
-    ]
+        nll, se = res["exact_nll_nats"], res["exact_nll_nats_stderr"]
+        rows.append(("exact -log p(x) (data)", f"{nll:.5f}", f"{se:.5f}", "", "", "", "exact"))
+    return rows
+
+
+def _notes(res):
+    """The lines under the table: how each number was computed, and the paired differences."""
+    out, names = [], (("ISM", "elbo_ism"), ("DSM", "elbo_dsm"), ("ODE", "ode"))
+    labelled = [(n, res[k]["label"]) for n, k in names if k in res and "label" in res[k]]
     if labelled:
         out.append("how each number was computed:")
         out += [f"  {n}: {describe(lab)}" for n, lab in labelled]
         if labelled[0][1]["levels"] is not None:
             out.append(f"  bits/dim: {labelled[0][1]['bpd_constant']}")
     if res.get("differences"):
-        out.append(
-            "differences on the same examples, with paired s.e."
-            + (" (EXACT: the data's -log p(x)):" if "exact_nll_nats" in res else ":")
-        )
+        exact = " (EXACT: the data's -log p(x)):" if "exact_nll_nats" in res else ":"
+        out.append("differences on the same examples, with paired s.e." + exact)
         for key, v in res["differences"].items():
             a, b = key.upper().split("-")
             z = f" ({abs(v['mean']) / v['stderr']:.1f} s.e.)" if v["stderr"] > 0 else ""
             out.append(f"  {a} - {b}: {v['mean']:+.5f} +- {v['stderr']:.5f}{z}")
-    return "\n".join(out)
+    return out
+
+
+def format_table(res):
+    """The result as a plain-text table (estimator, value +- s.e., NFE / repeats, wall time), then its notes."""
+    rows = _table_rows(res)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    d = res["dataset"]
+    files = "official files" if d["verified"] else "UNVERIFIED files (not the official ones)"
+    head = (
+        f"{d['name']} ({d['builder']} {d['version']}, {files}), {d['split']} split: {res['num_examples']} of "
+        f"{d['num_examples']} examples; step {res['step']}; {res['unit']}"
+    )
+    table = [head, line(rows[0]), "  ".join("-" * w for w in widths)] + [line(r) for r in rows[1:]]
+    return "\n".join(table + _notes(res))

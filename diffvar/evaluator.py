@@ -8,31 +8,25 @@ plus its own settings. The trainer's periodic evaluation and scripts/evaluate.py
 number logged during training and the number reported later come from one piece of code; each estimator is
 compiled once, at its first run, and reused (a training run evaluates many times).
 
-Every estimate is the mean over the examples of a per-example value (in the experiment's unit). Its standard
-error is the standard deviation of the per-example values over sqrt(number of examples): it counts both the
-spread of the test set and the Monte-Carlo noise. Two estimators are compared through their paired difference
-on the same examples, in which that spread cancels.
-
-Random draws: batch i, repeat r of a pass uses fold_in(fold_in(key, i), r), key = pass_key(seed, step, name).
-A pass prints a progress line with its ETA (when given a logs.Progress) and checks `stop()` after every batch:
-Interrupted ends it there (the trainer's SIGTERM).
+Each estimate is the mean over the examples of a per-example value (in the experiment's unit), by the passes
+of passes.py (their random draws, standard errors and stopping rules).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffvar import config as config_lib, data as data_lib, distributed, experiment, logs, options
+from diffvar import config as config_lib, data as data_lib, distributed, experiment, options
 from diffvar.dequantization import DequantizationOptions
 from diffvar.elbo import ElboOptions
-from diffvar.errors import OptionError, SolverError
+from diffvar.errors import OptionError
 from diffvar.ode import OdeOptions, trace_estimator
+from diffvar.passes import elbo_pass, mean_stderr, ode_pass
 
 PASSES = ("ism", "dsm", "ode")
 
@@ -65,145 +59,6 @@ def split_batches(exp, mesh, split, batch_size, max_examples=0):
         if max_examples and seen >= max_examples:
             break
     return out
-
-
-def mean_stderr(values):
-    """(mean, standard error of the mean) of per-example values np [N] (s.e. NaN for N < 2)."""
-    values = np.asarray(values, np.float64)
-    n = values.size
-    return float(values.mean()), float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
-
-
-def paired_difference(a, b):
-    """(mean, s.e.) of a - b over the same examples (per-example values [N] each)."""
-    return mean_stderr(np.asarray(a, np.float64) - np.asarray(b, np.float64))
-
-
-def _stats(total, total_sq, repeats):
-    """Mean and s.e. of the per-example averages, the Monte-Carlo part of that s.e., and the floor no number of
-    repeats goes below (the spread of the examples themselves); from per-example sums over repeats."""
-    means = total / repeats
-    mean, se = mean_stderr(means)
-    out = {"mean": mean, "stderr": se}
-    if repeats > 1:
-        n = means.size
-        within = np.maximum(total_sq - repeats * means**2, 0.0) / (repeats - 1)  # per-example MC variance
-        mc_var = within.mean() / repeats
-        out["mc_stderr"] = float(math.sqrt(mc_var / n))
-        out["floor_stderr"] = float(math.sqrt(max(se**2 - mc_var / n, 0.0))) if n > 1 else math.nan
-    return out
-
-
-def _stop_reason(st, repeats, target_stderr, max_repeats):
-    """Why repeats stop after `repeats` passes with statistics `st`, or None to continue."""
-    if st["stderr"] <= target_stderr:
-        return "target reached"
-    if repeats >= max_repeats:
-        return f"max_repeats={max_repeats} reached"
-    if repeats >= 2 and st["floor_stderr"] >= target_stderr:
-        return (
-            f"the examples' own spread puts the standard error's floor at {st['floor_stderr']:.4g} > target "
-            f"{target_stderr:.4g}: more repeats cannot reach it (evaluate more examples)"
-        )
-    return None
-
-
-class Interrupted(Exception):
-    """A pass stopped because `stop()` said so (the trainer's SIGTERM)."""
-
-
-def _tick(progress, stop, start, done, total, fmt, *args):
-    """After each batch: a progress line (rate-limited by `progress`) ending in the pass's ETA from `done` of
-    `total` batches, then Interrupted if `stop()`."""
-    if progress:
-        eta = (time.time() - start) * (total - done) / done
-        progress.say(fmt + ", %.1f s, ETA %s", *args, time.time() - start, logs.fmt_time(eta))
-    if stop and stop():
-        raise Interrupted()
-
-
-def elbo_pass(compiled, params, key, batches, repeats=1, target_stderr=0.0, max_repeats=1000, progress=None, stop=None):
-    """Negative ELBO over `batches` with `compiled` (experiment.make_elbo_fn, compiled): dict with mean, stderr,
-    mc_stderr and floor_stderr (repeats >= 2), repeats, num_examples, seconds and values (per-example
-    averages, np [N]).
-
-    Every example gets `repeats` independent draws. With target_stderr > 0, whole passes continue until the
-    s.e. is at most target_stderr, or max_repeats is reached, or the target is below the floor set by the
-    spread of the examples themselves; the dict says which (target_reached, stop_reason).
-    """
-    start = time.time()
-    total = [np.zeros(int(m.sum())) for _, m in batches]
-    total_sq = [np.zeros(int(m.sum())) for _, m in batches]
-    r, stop_reason = 0, None
-    while True:
-        for i, (x, mask) in enumerate(batches):
-            k = jax.random.fold_in(jax.random.fold_in(key, i), r)
-            v = np.asarray(distributed.gather(compiled(params, x, k)), np.float64)[mask]
-            total[i] += v
-            total_sq[i] += v * v
-            _tick(
-                progress,
-                stop,
-                start,
-                r * len(batches) + i + 1,
-                max(repeats, r + 1) * len(batches),
-                "ELBO: pass %d/%d, batch %d/%d",
-                r + 1,
-                max(repeats, r + 1),
-                i + 1,
-                len(batches),
-            )
-        r += 1
-        st = _stats(np.concatenate(total), np.concatenate(total_sq), r)
-        if r < repeats:
-            continue
-        stop_reason = _stop_reason(st, r, target_stderr, max_repeats) if target_stderr else "repeats done"
-        if stop_reason:
-            break
-        if progress:
-            progress.say(
-                "ELBO: %d repeats, s.e. %.4g > target %.4g: another pass", r, st["stderr"], target_stderr, force=True
-            )
-    out = dict(
-        st,
-        repeats=r,
-        num_examples=int(sum(t.size for t in total)),
-        seconds=time.time() - start,
-        values=np.concatenate(total) / r,
-    )
-    if target_stderr:
-        out.update(
-            target_stderr=float(target_stderr), target_reached=st["stderr"] <= target_stderr, stop_reason=stop_reason
-        )
-    return out
-
-
-def ode_pass(compiled, params, key, batches, progress=None, max_steps=4096, stop=None):
-    """Probability-flow ODE -log p over `batches` with `compiled` (experiment.make_ode_fn, compiled): dict with
-    mean, stderr, nfe (mean over batches of the solver's drift evaluations), nfe_max, num_examples, seconds,
-    values (per example, np [N])."""
-    start = time.time()
-    values, nfes = [], []
-    for i, (x, mask) in enumerate(batches):
-        v, nfe = compiled(params, x, jax.random.fold_in(key, i))
-        if int(nfe) < 0:  # ode.ode_logp's mark of a solve that ran out of steps
-            raise SolverError(
-                f"the ODE solver needed more than {max_steps} steps at this tolerance; loosen --ode_rtol/--ode_atol"
-            )
-        values.append(np.asarray(distributed.gather(v), np.float64)[mask])
-        nfes.append(int(nfe))
-        _tick(progress, stop, start, i + 1, len(batches), "ODE: batch %d/%d, NFE %d", i + 1, len(batches), nfes[-1])
-    values = np.concatenate(values)
-    mean, se = mean_stderr(values)
-    return {
-        "mean": mean,
-        "stderr": se,
-        "nfe": float(np.mean(nfes)),
-        "nfe_max": int(max(nfes)),
-        "num_examples": int(values.size),
-        "seconds": time.time() - start,
-        "values": values,
-    }
 
 
 def exact_nll(exp, batches):

@@ -21,7 +21,7 @@ from jax.sharding import PartitionSpec as P
 
 from diffvar import (
     checkpoints,
-    config as config_lib,
+    config_files,
     data as data_lib,
     distributed,
     experiment,
@@ -31,7 +31,8 @@ from diffvar import (
     processes,
 )
 from diffvar.errors import ConfigError, DiffvarError, NonFiniteLossError, StorageError
-from diffvar.evaluator import EvalSpec, Evaluator, Interrupted, paired_difference
+from diffvar.evaluator import EvalSpec, Evaluator
+from diffvar.passes import Interrupted, paired_difference
 
 
 def due(step, every, final=False):
@@ -56,7 +57,7 @@ def open_workdir(exp, workdir):
     experiment; writes config.json."""
     mngr = checkpoints.manager(workdir, exp.config.training.keep)
     if mngr.latest_step() is not None and os.path.exists(os.path.join(workdir, "config.json")):
-        changes = config_lib.identity_changes(config_lib.from_workdir(workdir)[0], exp.config)
+        changes = config_files.identity_changes(config_files.from_workdir(workdir)[0], exp.config)
         if changes:
             raise ConfigError(
                 f"workdir {workdir} holds checkpoints of another experiment ({'; '.join(changes)}): "
@@ -64,7 +65,7 @@ def open_workdir(exp, workdir):
             )
     os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
     if distributed.is_chief():
-        files.write_json_atomic(os.path.join(workdir, "config.json"), config_lib.to_json(exp.config))
+        files.write_json_atomic(os.path.join(workdir, "config.json"), config_files.to_json(exp.config))
     return mngr
 
 
@@ -87,7 +88,7 @@ def initial_state(exp, mesh, mngr, workdir):
 
 def evaluate(evaluator, params, step, repeats, stop):
     """The periodic test-set evaluation as a metrics.jsonl record (metric, its s.e., and the gap to the exact
-    -log p for gmm2d), with progress lines every 30 s; evaluator.Interrupted when `stop.requested`."""
+    -log p for gmm2d), with progress lines every 30 s; passes.Interrupted when `stop.requested`."""
     key = logs.metric_key(evaluator.exp.unit)
     logs.say(
         "step %d | evaluating on %d test examples, %d pass(es)",

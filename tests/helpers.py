@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from diffvar import config as config_lib
+from diffvar import config as config_lib, config_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,7 +24,7 @@ def load_benchmark(name):
 
 def load_config(name):
     """configs/<name>.py's get_config(), loaded by path as scripts/train.py's --config does."""
-    return config_lib.load_file(os.path.join(ROOT, "configs", f"{name}.py"))
+    return config_files.load_file(os.path.join(ROOT, "configs", f"{name}.py"))
 
 
 def tiny_config(**overrides):

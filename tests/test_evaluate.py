@@ -15,11 +15,12 @@ import pytest
 
 from diffvar import (
     checkpoints,
-    config as config_lib,
+    config_files,
     distributed,
     evaluate as ev,
     evaluator,
     experiment,
+    passes,
     train as train_lib,
 )
 from diffvar.data import toy
@@ -149,7 +150,7 @@ def test_exact_score_through_the_evaluation_path_gives_the_exact_density(run):
     exact = evaluator.exact_nll(exp, batches)
     fn = experiment.make_ode_fn(exp, OdeOptions(rtol=1e-5, atol=1e-5), score=score)
     key = jax.random.PRNGKey(0)
-    ode = evaluator.ode_pass(evaluator.compile_ahead(fn, params, batches[0][0], key)[0], params, key, batches)
+    ode = passes.ode_pass(evaluator.compile_ahead(fn, params, batches[0][0], key)[0], params, key, batches)
     err = ode["values"] - exact["values"]
     assert np.max(np.abs(err)) < 0.01 and abs(err.mean()) < 1e-3, (np.max(np.abs(err)), err.mean())
     before = listing(run)
@@ -235,7 +236,7 @@ def test_old_configs_get_new_keys_from_the_defaults(run, tmp_path):
     exp, filled = checkpoints.load_experiment(str(old))
     cfg = exp.config
     assert filled == ["sampling.every"] and cfg.sampling.every == 0 and cfg.model.hidden == 32
-    assert config_lib.from_workdir(str(old))[1] == filled
+    assert config_files.from_workdir(str(old))[1] == filled
 
 
 def test_sample_writes_a_scatter_and_npz_and_rejects_bad_flags(run, tmp_path):

@@ -14,9 +14,9 @@ from diffvar import distributed, evaluator, experiment
 from diffvar.data import toy
 from diffvar.elbo import ElboOptions, elbo_draws
 from diffvar.errors import SolverError
-from diffvar.evaluator import elbo_pass
 from diffvar.mixture import GaussianMixture, random_mixture, score_fn_for
 from diffvar.ode import OdeOptions
+from diffvar.passes import elbo_pass, ode_pass
 from diffvar.sde import VPSDE
 from tests.helpers import tiny_config
 
@@ -82,7 +82,7 @@ def test_reported_stderr_matches_the_spread_of_repeated_evaluations(fresh_exampl
 
 def test_an_ode_solve_that_runs_out_of_steps_is_one_solver_error():
     """ode.ode_logp marks a solve past max_steps with NFE -1 (no host callback inside the program);
-    evaluator.ode_pass turns it into a SolverError, the one line scripts/evaluate.py prints. (The gmm2d
+    passes.ode_pass turns it into a SolverError, the one line scripts/evaluate.py prints. (The gmm2d
     experiment with its data's exact score: the solve itself is well behaved.)"""
     exp = experiment.build(tiny_config())
     params = experiment.init_state(exp, 0).ema_params
@@ -96,9 +96,9 @@ def test_an_ode_solve_that_runs_out_of_steps_is_one_solver_error():
     )[0]
     assert int(fn(params, batches[0][0], key)[1]) == -1
     with pytest.raises(SolverError, match="more than 3 steps"):
-        evaluator.ode_pass(fn, params, key, batches, max_steps=3)
+        ode_pass(fn, params, key, batches, max_steps=3)
     ok = evaluator.compile_ahead(experiment.make_ode_fn(exp, score=score), params, batches[0][0], key)[0]
-    assert evaluator.ode_pass(ok, params, key, batches)["nfe"] > 6 * 3 + 1
+    assert ode_pass(ok, params, key, batches)["nfe"] > 6 * 3 + 1
 
 
 def test_eval_spec_takes_each_estimators_options_from_the_config():

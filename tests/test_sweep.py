@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from diffvar import config as config_lib, sweep
+from diffvar import config_files, sweep
 from diffvar.errors import ConfigError, OptionError
 from diffvar.sweep import declarations, executors, store
 
@@ -140,7 +140,7 @@ def run(
         executor = sweep.SlurmExecutor(slurm, poll_s=0.05, **kw)
     else:
         executor = sweep.LocalExecutor(poll_s=0.05, **kw)
-    config = declarations.apply(config_lib.load_file(config_path), base or {})
+    config = declarations.apply(config_files.load_file(config_path), base or {})
     declared = sweep.load(
         config, config_path, str(workdir), name=sweep_name, base=base, check_config=check_config, trainer=fake
     )
