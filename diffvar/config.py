@@ -26,7 +26,7 @@ from diffvar.ode import OdeOptions
 from diffvar.schedule import SCHEDULES, check_objective
 
 
-def defaults():
+def defaults() -> ml_collections.ConfigDict:
     """The documented defaults shared by every experiment (a fresh ConfigDict), one section at a time."""
     c = ml_collections.ConfigDict()
     c.seed = 0  # seeds init, data order, noise; a run is a pure function of config + seed
@@ -167,7 +167,7 @@ ESTIMATORS = (
 )
 
 
-def estimator_defaults():
+def estimator_defaults() -> dict:
     """{key: default} of the estimators' options in config.eval (ESTIMATORS)."""
     out = {}
     for cls, prefix, overrides in ESTIMATORS:
@@ -242,7 +242,7 @@ NUMBERS = {
 SEQUENCES = ("model.ch_mult", "model.attn_resolutions")
 
 
-def get(config, key):
+def get(config: ml_collections.ConfigDict, key: str) -> object:
     """config["a.b"] for a dotted key."""
     value = config
     for part in key.split("."):
@@ -250,7 +250,7 @@ def get(config, key):
     return value
 
 
-def validate(config, num_devices=1):
+def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     """Checks every value the engine relies on; raises ConfigError naming the key and what is allowed."""
     for key, allowed in CHOICES.items():
         check_choice(key, get(config, key), allowed)

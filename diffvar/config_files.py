@@ -36,7 +36,7 @@ IDENTITY = (
 )
 
 
-def identity_changes(saved, config):
+def identity_changes(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> list:
     """["key: saved -> new", ...] for the IDENTITY keys (and the keys under them) that differ."""
 
     def flat(c, prefix=""):
@@ -51,12 +51,12 @@ def identity_changes(saved, config):
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if norm(a.get(k)) != norm(b.get(k))]
 
 
-def to_json(config):
+def to_json(config: ml_collections.ConfigDict) -> dict:
     """The resolved config as a JSON-ready dict (what a run saves as workdir/config.json)."""
     return json.loads(config.to_json_best_effort())
 
 
-def from_workdir(workdir):
+def from_workdir(workdir: str) -> tuple[ml_collections.ConfigDict, list]:
     """(config, keys filled with defaults) from workdir/config.json; WorkdirError when missing or unreadable.
 
     A run's config.json holds the keys of the code that trained it; a key introduced later takes its current
@@ -94,7 +94,7 @@ def from_workdir(workdir):
 # file or a misspelt key is one clear line, not a traceback from inside the flag parser).
 
 
-def load_module(path):
+def load_module(path: str) -> object:
     """The globals of the config file at `path` (get_config, and get_hyper where a sweep is declared);
     ConfigError (one line) when the file is missing or does not import."""
     import runpy
@@ -110,7 +110,7 @@ def load_module(path):
         raise ConfigError(f"--config={path} does not import: {type(e).__name__}: {e}") from None
 
 
-def load_file(path):
+def load_file(path: str) -> ml_collections.ConfigDict:
     """get_config() of the config file at `path`; ConfigError (one line) when the file is missing, does not
     import, has no get_config, or returns something other than a ConfigDict."""
     path = path.split(":")[0]
@@ -131,7 +131,7 @@ def load_file(path):
     return config
 
 
-def check_key(config, key, where):
+def check_key(config: ml_collections.ConfigDict, key: str, where: str) -> None:
     """Raises ConfigError unless the dotted `key` exists in config (suggesting the closest key)."""
     import difflib
 

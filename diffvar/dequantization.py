@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from diffvar.divergence import check_x, per_example_sum
 from diffvar.errors import check_choice
 from diffvar.options import Options, option
-from diffvar.sde import bcast
+from diffvar.sde import SDE, bcast
 
 TRANSFORMS = ("logit", "scale")
 # How training data are made continuous: uniform noise in the bin (z = (x + u) / K; its matched bound is uniform
@@ -108,7 +108,7 @@ def to_model_space(
     return forward_transform(z, transform, alpha)
 
 
-def bin_box(x: jax.Array, levels: int, transform: str = "logit", alpha: float = 0.05):
+def bin_box(x: jax.Array, levels: int, transform: str = "logit", alpha: float = 0.05) -> tuple[jax.Array, jax.Array]:
     """(lo, hi, centre), each the shape of x: x's bin [x/L, (x+1)/L) in model space, [h(x/L), h((x+1)/L)), and
     the image of its centre h((x + 1/2)/L). x: integer levels in {0..L-1} as floats [B, ...]."""
     h = lambda z: forward_transform(z, transform, alpha)[0]
@@ -150,7 +150,7 @@ def dequantize(
     x: jax.Array,
     levels: int,
     dequantization: str = "uniform",
-    sde=None,
+    sde: SDE | None = None,
     t: float = 1e-3,
     transform: str = "logit",
     alpha: float = 0.05,
@@ -182,11 +182,11 @@ def importance_weighted_bound(
     levels: int,
     dequantization: str = "uniform",
     importance_samples: int = 1,
-    sde=None,
+    sde: SDE | None = None,
     t: float = 1e-3,
     transform: str = "logit",
     alpha: float = 0.05,
-):
+) -> tuple[jax.Array, object]:
     """(bound [B], aux): a lower bound on the discrete log P(x) in nats for x [B, ...] integer levels,
 
         bound = log (1/K) sum_k exp(log p(y_k) - log q(y_k | x)),   y_k ~ q iid,   K = importance_samples

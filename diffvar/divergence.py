@@ -58,7 +58,7 @@ def value_and_divergence(
     probe_kind: str = "rademacher",
     v: jax.Array | None = None,
     probes: int = 1,
-):
+) -> tuple[jax.Array, jax.Array]:
     """(fn(y), div_y fn(y)) for a per-example map fn: [B, ...] -> [B, ...]; divergence [B].
 
     hutchinson: v . (J v) with one probe v (one JVP), drawn from `rng` or, if given, the fixed probe `v`

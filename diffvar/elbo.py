@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from diffvar.divergence import DIVERGENCES, PROBES, check_x, per_example_sum, value_and_divergence
 from diffvar.options import Options, option
-from diffvar.sde import TIME_SAMPLINGS, bcast, time_proposal
+from diffvar.sde import SDE, TIME_SAMPLINGS, bcast, time_proposal
 
 FORMS = ("ism", "dsm")
 
@@ -53,7 +53,16 @@ class ElboOptions(Options):
     )
 
 
-def ism_integrand(score_fn, sde, y, t, rng=None, divergence="hutchinson", probe_kind="rademacher", probes=1):
+def ism_integrand(
+    score_fn: Callable,
+    sde: SDE,
+    y: jax.Array,
+    t: jax.Array,
+    rng: jax.Array | None = None,
+    divergence: str = "hutchinson",
+    probe_kind: str = "rademacher",
+    probes: int = 1,
+) -> jax.Array:
     """|a|^2 / 2 + div(g a - f) at (y, t) with a = g score, [B]; the divergence by `probes` Hutchinson probes."""
     g2 = sde.g2(t)
     d = math.prod(y.shape[1:])
@@ -61,13 +70,15 @@ def ism_integrand(score_fn, sde, y, t, rng=None, divergence="hutchinson", probe_
     return 0.5 * g2 * per_example_sum(score**2) + g2 * div - sde.div_drift(t, d)
 
 
-def score_residual(score_fn, sde, y, eps, t):
+def score_residual(score_fn: Callable, sde: SDE, y: jax.Array, eps: jax.Array, t: jax.Array) -> jax.Array:
     """score(y, t) + eps / sigma(t) = score - grad_y log q_t(y | x), shape of y; eps is the noise that made y."""
     _, sigma = sde.alpha_sigma(t)
     return score_fn(y, t) + eps / bcast(sigma, eps)
 
 
-def dsm_integrand(score_fn, sde, y, eps, t, sigma=None):
+def dsm_integrand(
+    score_fn: Callable, sde: SDE, y: jax.Array, eps: jax.Array, t: jax.Array, sigma: jax.Array | None = None
+) -> jax.Array:
     """g^2 |score + eps / sigma|^2 / 2 - g^2 d / (2 sigma^2) - div f, [B]; eps is the noise that made y.
 
     sigma [B]: the std of the kernel that made y = mean + sigma eps; default sigma(t), the kernel from s = 0
@@ -83,7 +94,9 @@ def dsm_integrand(score_fn, sde, y, eps, t, sigma=None):
     return 0.5 * g2 * per_example_sum(resid**2) - 0.5 * g2 * d / sigma2 - sde.div_drift(t, d)
 
 
-def perturb_from(sde, rng, y0, t0, t):
+def perturb_from(
+    sde: SDE, rng: jax.Array, y0: jax.Array, t0: float | jax.Array, t: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     """(y, eps, s): a draw y = a y0 + s eps of Y_t | Y_{t0} = y0, eps ~ N(0, I) (shape of y0), s [B].
 
     a = alpha(t) / alpha(t0), s^2 = sigma(t)^2 - a^2 sigma(t0)^2 (the linear SDE's transition from t0 to t);
@@ -109,10 +122,10 @@ class StratifiedTime:
     stratum: jax.Array
     num_strata: int
 
-    def sample(self, rng, n):
+    def sample(self, rng: jax.Array, n: int) -> jax.Array:
         return self.q.quantile((self.stratum + jax.random.uniform(rng, (n,))) / self.num_strata)
 
-    def density(self, t):
+    def density(self, t: jax.Array) -> jax.Array:
         return self.q.density(t)
 
 
@@ -140,7 +153,7 @@ def _elbo_once(score_fn, sde, x, rng, form, divergence, probe_kind, q, t_eps, t_
     return sde.prior_logp(y_T) - integrand / q.density(t)
 
 
-def elbo_draws(score_fn: Callable, sde, x: jax.Array, rng: jax.Array, t_min: float = 0.0, **options) -> jax.Array:
+def elbo_draws(score_fn: Callable, sde: SDE, x: jax.Array, rng: jax.Array, t_min: float = 0.0, **options) -> jax.Array:
     """`draws` ELBO draws at x [B, ...] -> [draws, B] nats; options: ElboOptions' fields.
 
     Each draw is an unbiased estimate of a lower bound on log p_{t0}(x), the model's density of Y at
@@ -176,7 +189,7 @@ def elbo_draws(score_fn: Callable, sde, x: jax.Array, rng: jax.Array, t_min: flo
     return jnp.reshape(values, (n, b))
 
 
-def elbo(score_fn: Callable, sde, x: jax.Array, rng: jax.Array, t_min: float = 0.0, **options) -> jax.Array:
+def elbo(score_fn: Callable, sde: SDE, x: jax.Array, rng: jax.Array, t_min: float = 0.0, **options) -> jax.Array:
     """The ELBO of the plug-in reverse SDE at x [B, ...] -> [B] nats: the mean of elbo_draws (options:
     ElboOptions' fields, e.g. draws=4, form="dsm", time_sampling="importance")."""
     return jnp.mean(elbo_draws(score_fn, sde, x, rng, t_min, **options), axis=0)

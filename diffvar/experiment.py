@@ -76,19 +76,19 @@ class Experiment:
         fn = make_score_fn(lambda p, y, r: self.apply(p, y, r, rng), reference, self.config.model.parameterization)
         return lambda y, t: fn(params, y, sde.network_time(t))
 
-    def to_model_space(self, rng, x):
+    def to_model_space(self, rng: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Data x [B, ...] -> (y [B, ...], log|dy/dz| [B]): dequantized (and transformed) for images, x for toys."""
         d = self.config.data
         return dequantization.to_model_space(rng, x, self.info.levels, d.transform, d.logit_alpha, d.dequantization)
 
-    def to_data_space(self, y):
+    def to_data_space(self, y: jax.Array) -> jax.Array:
         """Model-space samples -> [0, 1] images (or the 2-D points themselves)."""
         if self.info.levels is None:
             return y
         return dequantization.inverse_transform(y, self.config.data.transform, self.config.data.logit_alpha)
 
     @property
-    def ode_t_min(self):
+    def ode_t_min(self) -> float:
         """0 for drift/score networks; 1e-5 for eps networks, whose score -eps / sigma is infinite at t = 0."""
         return 1e-5 if self.config.model.parameterization == "eps" else 0.0
 

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from diffvar.divergence import DIVERGENCES, PROBES, check_x, draw_probe, value_and_divergence
 from diffvar.options import Options, option
 from diffvar.sampling import probability_flow_drift, solve_adaptive
+from diffvar.sde import SDE
 
 STEP_SIZES = ("batch", "per_example")
 EXACT_TRACE_MAX_DIM = 16  # divergence "auto": the exact trace (d JVPs) up to this many dimensions
@@ -51,7 +52,7 @@ def trace_estimator(divergence: str, dim: int, importance_samples: int = 1) -> s
     return "exact" if dim <= EXACT_TRACE_MAX_DIM or importance_samples > 1 else "hutchinson"
 
 
-def vmap_over_examples(fn: Callable, *args):
+def vmap_over_examples(fn: Callable, *args: jax.Array):
     """jax.vmap of fn over the batch axis of args, fn seeing each example as a batch of one: fn's outputs on
     [1, ...] inputs, stacked into leaves [B, ...].
 
@@ -65,7 +66,7 @@ def vmap_over_examples(fn: Callable, *args):
 
 def ode_logp(
     score_fn: Callable,
-    sde,
+    sde: SDE,
     x: jax.Array,
     rng: jax.Array,
     t_min: float = 0.0,

@@ -16,12 +16,14 @@ diffvar.ode.ode_logp.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import diffrax
 import jax
 import jax.numpy as jnp
 
 from diffvar.errors import check_number
-from diffvar.sde import bcast
+from diffvar.sde import SDE, bcast
 
 
 def _check_static(lam=0.0, steps=1, t_min=0.0, T=1.0, rtol=1.0, atol=1.0):
@@ -47,7 +49,7 @@ def _check_shape(shape):
 # The family's drift and the adaptive ODE solve (shared with diffvar.ode.ode_logp).
 
 
-def lambda_drift(score_fn, sde, y, t, lam):
+def lambda_drift(score_fn: Callable, sde: SDE, y: jax.Array, t: jax.Array, lam: float) -> jax.Array:
     """f(y, t) - (1 - lam/2) g(t)^2 score(y, t): the lam-family's drift dy/ds in forward time s, shape of y.
 
     The samplers move along its negative in reversed time t' = T - s; y [B, ...], t [B].
@@ -55,12 +57,21 @@ def lambda_drift(score_fn, sde, y, t, lam):
     return sde.drift(y, t) - bcast((1.0 - 0.5 * lam) * sde.g2(t), y) * score_fn(y, t)
 
 
-def probability_flow_drift(score_fn, sde, y, t):
+def probability_flow_drift(score_fn: Callable, sde: SDE, y: jax.Array, t: jax.Array) -> jax.Array:
     """dy/ds = f(y, t) - g(t)^2 score(y, t) / 2 (lam = 1), the probability-flow ODE, shape of y."""
     return lambda_drift(score_fn, sde, y, t, 1.0)
 
 
-def solve_adaptive(vector_field, y0, t0, t1, rtol, atol, max_steps=4096, throw=True):
+def solve_adaptive(
+    vector_field: Callable,
+    y0: jax.Array,
+    t0: float | jax.Array,
+    t1: float | jax.Array,
+    rtol: float,
+    atol: float,
+    max_steps: int = 4096,
+    throw: bool = True,
+) -> tuple[jax.Array, jax.Array]:
     """Solves dy/ds = vector_field(s, y) from s = t0 to t1 (either direction), y any pytree of arrays.
 
     Tsit5 with a PID step-size controller (diffrax), the whole pytree as one system (one error norm over all
@@ -89,7 +100,15 @@ def solve_adaptive(vector_field, y0, t0, t1, rtol, atol, max_steps=4096, throw=T
 # The samplers.
 
 
-def sample_lambda(score_fn, sde, rng, shape, lam=0.0, steps=1000, t_min=1e-3):
+def sample_lambda(
+    score_fn: Callable,
+    sde: SDE,
+    rng: jax.Array,
+    shape: tuple[int, ...],
+    lam: float = 0.0,
+    steps: int = 1000,
+    t_min: float = 1e-3,
+) -> jax.Array:
     """Samples [shape] from the lam-family plug-in reverse SDE by Euler-Maruyama.
 
     Uniform grid s_i = T - i (T - t_min) / steps, i = 0..steps, starting from x ~ prior at s_0 = T. Step i:
@@ -133,7 +152,16 @@ def sample_lambda(score_fn, sde, rng, shape, lam=0.0, steps=1000, t_min=1e-3):
     return mean
 
 
-def sample_ode(score_fn, sde, rng, shape, rtol=1e-5, atol=1e-5, t_min=1e-3, max_steps=4096):
+def sample_ode(
+    score_fn: Callable,
+    sde: SDE,
+    rng: jax.Array,
+    shape: tuple[int, ...],
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    t_min: float = 1e-3,
+    max_steps: int = 4096,
+) -> tuple[jax.Array, jax.Array]:
     """Samples [shape] by solving the probability-flow ODE dy/ds = f - g^2 score / 2 from s = T down to t_min.
 
     Starts from y ~ prior at s = T (the same draw as `sample_lambda` makes with the same `rng`, so the two are
