@@ -119,7 +119,7 @@ def _training():
     t.num_steps = 10000  # optimizer steps
     t.max_minutes = 0.0  # stop (and checkpoint) after this wall time; 0 = no limit
     # optimizer steps per compiled call (lax.scan); > 1 amortizes dispatch on accelerators. Keep 1 for U-Nets on
-    # CPU: XLA:CPU runs convolution gradients inside loops ~10x slower (measured, jax 0.10.2)
+    # CPU: XLA:CPU runs convolutions inside loops ~10x slower (measured, jax 0.10.2; jax-ml/jax#12868)
     t.steps_per_call = 1
     t.ema_decay = 0.999  # EMA of parameters, debiased, used for eval and samples; 0 disables
     t.log_every = 100  # steps between metrics.jsonl lines / progress lines

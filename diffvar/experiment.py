@@ -206,8 +206,8 @@ def make_train_step(exp: Experiment) -> Callable:
 
     def train_call(state, batches):
         """K = batches.shape[0] steps: the step itself for K = 1 (as flax's examples jit it), else a lax.scan
-        (which amortises dispatch on accelerators; XLA:CPU runs convolution gradients inside any loop on a
-        naive kernel, 30x slower for the digits U-Net, so keep K = 1 there)."""
+        (which amortises dispatch on accelerators; XLA:CPU runs convolutions inside any loop on a naive kernel,
+        30x slower for the digits U-Net, jax-ml/jax#12868, open: so keep K = 1 there)."""
         if batches.shape[0] == 1:
             state, value = one_step(state, batches[0])
             return state, value[None]
