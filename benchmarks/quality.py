@@ -157,7 +157,8 @@ def evaluate_both(diffvar_workdir, peer_weights):
     peer_config = config.copy_and_resolve_references()
     peer_config.model.time_scale = 1.0
     peer_exp = experiment.build(peer_config)
-    peer = jax.device_put(peer_params(peer_weights, peer_exp.model, exp.info.shape), distributed.replicated(mesh))
+    network = peer_params(peer_weights, peer_exp.model, exp.info.shape)
+    peer = jax.device_put({"network": network, "schedule": {}}, distributed.replicated(mesh))  # a fixed schedule
     e = config.eval  # the trainer's final evaluation, key included: diffvar's bpd is the one its run printed
     spec, repeats = evaluator.EvalSpec.from_config(config), e.final_repeats or e.repeats
     out = {

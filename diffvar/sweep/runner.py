@@ -76,7 +76,7 @@ def load(config, config_path, workdir, name=None, base=None, check_config=None, 
     applied; check_config: optional callable validating each trial's full config. Raises ConfigError, before
     anything runs, for an unknown key, a wrong type, a trial that check_config rejects or two trials sharing
     a directory name."""
-    from diffvar.config import load_module  # here: the Slurm jobs import this module and need no jax
+    from diffvar.config_files import load_module  # here: the Slurm jobs import this module and need no jax
 
     module = types.SimpleNamespace(**load_module(config_path))  # for get_hyper; get_config ran already
     overrides = declarations.load(module, config, name, source=config_path)
