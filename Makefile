@@ -32,11 +32,11 @@ lint: install
 # Then one pytest worker per core (pytest-xdist); each test file runs on one worker, so its module fixtures are
 # built once. Tests that need torch skip without it (make bench-test runs them).
 test: lint
-	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n auto --dist loadfile tests
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n auto --dist loadfile --durations=15 tests
 
 # The peer's tests and the benchmarks' smoke runs, torch installed.
 bench-test: $(BENCH_STAMP)
-	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n auto --dist loadfile tests/test_peer.py tests/test_bench.py
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n auto --dist loadfile --durations=15 tests/test_peer.py tests/test_bench.py
 
 train: install
 	JAX_PLATFORMS=cpu MALLOC_ARENA_MAX=1 MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=4294967296 \
