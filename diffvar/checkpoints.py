@@ -249,7 +249,7 @@ def _listed(workdir, mngr=None):
                 mngr.reload()
             mngr.all_steps()
             return mngr
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # orbax's stat of a step, or its exists() then is_dir()
             time.sleep(0.02)
     raise CheckpointError(
         f"cannot list the checkpoints in {directory(workdir)}: steps keep disappearing while they are listed"

@@ -280,6 +280,54 @@ def test_evaluation_while_training_reads_complete_checkpoints_and_leaves_the_run
     assert not any("warning" in line for line in out.splitlines())
 
 
+@pytest.mark.parametrize("moment", ["after_listing", "between_exists_and_is_dir"])
+def test_a_step_removed_while_it_is_listed_is_listed_again(tmp_path, monkeypatch, reference, moment):
+    """What a trainer's cleanup does to a reader: the newest step's directory vanishes after orbax listed it (its
+    metadata read then fails with FileNotFoundError), or between orbax's exists() and is_dir() of it
+    (NotADirectoryError). restore_params lists again and uses the step before it."""
+    import shutil
+
+    import orbax.checkpoint as ocp
+    from etils import epath
+
+    workdir = str(tmp_path / "run")
+    shutil.copytree(reference, workdir)
+    steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+    victim, removed = os.path.join(workdir, "checkpoints", str(steps[-1])), []
+
+    def remove_once():
+        if not removed:
+            removed.append(victim)
+            shutil.rmtree(victim)
+
+    if moment == "after_listing":
+        cls, name = type(ocp.step.standard_name_format()), "find_all"
+        real = cls.find_all
+
+        def patched(self, base_path):
+            found = list(real(self, base_path))
+            remove_once()
+            return iter(found)
+    else:
+        cls, name = type(epath.Path(victim)), "is_dir"
+        real, real_exists, seen = cls.is_dir, cls.exists, []
+
+        def exists(self):
+            seen.append(os.fspath(self))
+            return real_exists(self)
+
+        def patched(self):
+            if seen and seen[-1] == os.fspath(self) == victim:
+                remove_once()
+            return real(self)
+
+        monkeypatch.setattr(cls, "exists", exists)
+
+    monkeypatch.setattr(cls, name, patched)
+    _, _, step, _ = checkpoints.restore_params(workdir)
+    assert removed == [victim] and step == steps[-2]
+
+
 def test_public_api_rejects_bad_data_by_name():
     import jax.numpy as jnp
 
