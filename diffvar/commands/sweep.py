@@ -1,6 +1,6 @@
 """Run a hyperparameter sweep declared in a config file (get_hyper), one trainer process per trial.
 
-    python -m diffvar.commands.sweep --config=configs/gmm2d.py --workdir=runs/sweep [--sweep=NAME]
+    diffvar-sweep --config=configs/gmm2d.py --workdir=runs/sweep [--sweep=NAME]
         [--config.key=value ...] [--parallel=N] [--shard=i/n] [--dry_run] [--report]
         [--executor=local|slurm] [--max_retries=2] [--retry_failed]
 

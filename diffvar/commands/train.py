@@ -1,6 +1,6 @@
 """Train a diffusion model as a likelihood model.
 
-    python -m diffvar.commands.train --config=configs/digits.py --workdir=runs/digits [--config.optim.lr=1e-3 ...]
+    diffvar-train --config=configs/digits.py --workdir=runs/digits [--config.optim.lr=1e-3 ...]
 
 Re-running on the same workdir resumes from its latest checkpoint. SIGTERM saves a checkpoint and exits 0.
 A bad config value or missing data: one `error: ...` line, exit status 1, nothing written.
