@@ -147,8 +147,13 @@ class TrainState:
 
 
 def init_state(exp: Experiment, seed: int) -> TrainState:
-    """The initial TrainState (parameters from PRNGKey(seed))."""
-    k_init, k_state = jax.random.split(jax.random.PRNGKey(seed))
+    """The initial TrainState (parameters from PRNGKey(seed)), built by one compiled program (op by op, each of
+    init's operations would be compiled on its own: seconds for a U-Net; the values are the same)."""
+    return jax.jit(functools.partial(_init_state, exp))(jax.random.PRNGKey(seed))
+
+
+def _init_state(exp: Experiment, key: jax.Array) -> TrainState:
+    k_init, k_state = jax.random.split(key)
     network = exp.model.init(k_init, jnp.zeros((2,) + exp.info.shape), jnp.ones((2,)))["params"]
     params = {"network": network, "schedule": exp.schedule.init(jax.random.fold_in(k_init, 1))}
     return TrainState(

@@ -72,18 +72,17 @@ def open_workdir(exp, workdir):
 def initial_state(exp, mesh, mngr, workdir):
     """(TrainState, training iterator): restored from the newest usable checkpoint, or fresh."""
     config = exp.config
-    state = jax.device_put(experiment.init_state(exp, config.seed), distributed.replicated(mesh))
     train_iter = data_lib.make_train_iter(
         config.data, config.training.batch_size, config.seed, jax.process_index(), jax.process_count()
     )
     restored = checkpoints.restore_latest(
         mngr, experiment.abstract_state(exp, distributed.replicated(mesh)), warn=logs.say
     )
-    if restored is not None:
-        state = restored["state"]
-        train_iter.set_state(restored["data"])
-        logs.say("resumed from step %d in %s", int(state.step), workdir)
-    return state, train_iter
+    if restored is None:
+        return jax.device_put(experiment.init_state(exp, config.seed), distributed.replicated(mesh)), train_iter
+    train_iter.set_state(restored["data"])
+    logs.say("resumed from step %d in %s", int(restored["state"].step), workdir)
+    return restored["state"], train_iter
 
 
 def evaluate(evaluator, params, step, repeats, stop):

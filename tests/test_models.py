@@ -110,16 +110,12 @@ def test_mlp_flattens_trailing_dims():
     np.testing.assert_allclose(out.reshape(3, 4), model.apply(params, y.reshape(3, 4), t), atol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def mnist_init():
-    model, shape = WORKLOADS["mnist"]
-    y = jax.random.normal(jax.random.PRNGKey(0), (2,) + shape)
+def test_unet_zero_init():
+    """A U-Net with every kind of block (two resolutions, attention, a middle block) at a small width."""
+    model = UNet(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,))
+    y = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 1))
     t = jax.random.uniform(jax.random.PRNGKey(1), (2,))
-    return model, jax.jit(model.init)(jax.random.PRNGKey(2), y, t), y, t
-
-
-def test_unet_zero_init(mnist_init):
-    model, params, y, t = mnist_init
+    params = jax.jit(model.init)(jax.random.PRNGKey(2), y, t)
     apply = jax.jit(model.apply)
     out = apply(params, y, t)
     assert out.shape == y.shape
@@ -179,7 +175,7 @@ def test_unet_dropout_only_in_train():
     y = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 1))
     t = jnp.array([0.3, 0.7])
     params = _random_params(model, y, t)
-    apply = model.apply
+    apply = jax.jit(model.apply, static_argnames="train")
     ev1 = apply(params, y, t)  # no 'dropout' rng needed when train=False
     ev2 = apply(params, y, t, train=False)
     np.testing.assert_array_equal(ev1, ev2)
@@ -190,7 +186,9 @@ def test_unet_dropout_only_in_train():
     assert not np.allclose(tr1, ev1) and not np.allclose(tr1, tr2)
     # rate 0: train and eval agree
     model0 = model.clone(dropout=0.0)
-    tr0 = model0.apply(params, y, t, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
+    tr0 = jax.jit(model0.apply, static_argnames="train")(
+        params, y, t, train=True, rngs={"dropout": jax.random.PRNGKey(1)}
+    )
     np.testing.assert_allclose(tr0, ev1, atol=1e-6)
 
 

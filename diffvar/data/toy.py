@@ -44,6 +44,7 @@ def gmm2d_mixture(dtype=jnp.float32):
     return GaussianMixture.create(GMM2D_WEIGHTS, GMM2D_MEANS, GMM2D_COVS, dtype=dtype)
 
 
+@jax.jit
 def gmm_logp_jax(x):
     """log p(x) of gmm2d, jnp (jit/grad-traceable, in x's float dtype, float32 for integer x); x [B, 2] -> [B] nats."""
     x = jnp.asarray(x)
