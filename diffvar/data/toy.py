@@ -46,7 +46,7 @@ def gmm2d_mixture(dtype=jnp.float32):
 
 @jax.jit
 def gmm_logp_jax(x):
-    """log p(x) of gmm2d, jnp (jit/grad-traceable, in x's float dtype, float32 for integer x); x [B, 2] -> [B] nats."""
+    """log p(x) of gmm2d, compiled (grad-traceable; in x's float dtype, float32 for integer x); x [B, 2] -> [B] nats."""
     x = jnp.asarray(x)
     dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
     return gmm2d_mixture(dtype).logp(x.astype(dtype))
