@@ -1,4 +1,5 @@
-"""Shared test helpers: tiny configs, running a script as a user would, and the one statistical assertion."""
+"""Shared test helpers: tiny configs, running a script as a user would, the one statistical assertion, and the
+exact prior of a Gaussian mixture."""
 
 import functools
 import os
@@ -147,3 +148,10 @@ def losses(workdir):
 
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
+
+
+def exact_prior(mix, sde):
+    """log p_T of the mixture's own marginal at T (no prior mismatch), as ode_logp's prior_logp; z [B, ...] -> [B]."""
+    import jax.numpy as jnp
+
+    return lambda z: mix.marginal_logp(sde, z.reshape(z.shape[0], -1), jnp.full((z.shape[0],), sde.T))

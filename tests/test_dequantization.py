@@ -29,6 +29,7 @@ from diffvar.elbo import elbo
 from diffvar.mixture import GaussianMixture, score_fn_for
 from diffvar.ode import ode_logp
 from diffvar.sde import VPSDE
+from tests.helpers import exact_prior
 
 T_EPS = 1e-3
 LEVELS = 8
@@ -246,9 +247,10 @@ def test_elbo_and_ode_from_t_eps_give_the_density_at_t_eps():
         )
         m, se = mean_se(np.asarray(mean, np.float64) - exact)
         assert abs(m) < 4 * se + PRIOR_TOL and se < 0.1, (kw, m, se)  # an error of 0.4 nats is caught
-    exact_pT = lambda z: mix.marginal_logp(sde, z, jnp.full((z.shape[0],), sde.T))
     logp, _ = jax.jit(
-        lambda y: ode_logp(score, sde, y, jax.random.PRNGKey(0), rtol=1e-6, atol=1e-6, t_min=T_EPS, prior_logp=exact_pT)
+        lambda y: ode_logp(
+            score, sde, y, jax.random.PRNGKey(0), rtol=1e-6, atol=1e-6, t_min=T_EPS, prior_logp=exact_prior(mix, sde)
+        )
     )(y)
     np.testing.assert_allclose(logp, exact, atol=5e-3)
 
@@ -278,9 +280,8 @@ def test_exact_trace_ode_importance_weighted_bound_lies_below_log_p_and_rises_wi
     sde, transform = VPSDE(), "scale"
     mix, x = data(transform, n=300)
     score = score_fn_for(mix, sde)
-    exact_pT = lambda z: mix.marginal_logp(sde, z, jnp.full((z.shape[0],), sde.T))
     ode = lambda rng, y: ode_logp(
-        score, sde, y, rng, rtol=1e-5, atol=1e-5, divergence="exact", t_min=T_EPS, prior_logp=exact_pT
+        score, sde, y, rng, rtol=1e-5, atol=1e-5, divergence="exact", t_min=T_EPS, prior_logp=exact_prior(mix, sde)
     )[0]
     gaps = iw_gaps(mix, x, "truncated_normal", transform, sde, (1, 8), ode)
     for k, g in gaps.items():

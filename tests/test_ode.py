@@ -12,6 +12,22 @@ import pytest
 from diffvar.mixture import random_mixture, score_fn_for
 from diffvar.ode import ode_logp, trace_estimator
 from diffvar.sde import VPSDE
+from tests.helpers import exact_prior
+
+
+def exact_ode_logp(mix, sde, x, divergence, **kwargs):
+    """ode_logp with the mixture's exact score and prior, solved to 1e-6: what must equal mix.logp(x)."""
+    return ode_logp(
+        score_fn_for(mix, sde),
+        sde,
+        x,
+        jax.random.PRNGKey(0),
+        rtol=1e-6,
+        atol=1e-6,
+        divergence=divergence,
+        prior_logp=exact_prior(mix, sde),
+        **kwargs,
+    )
 
 
 @pytest.mark.parametrize("dim, divergence", [(2, "exact"), (16, "exact")])
@@ -19,19 +35,7 @@ def test_ode_logp_with_exact_score_equals_log_density(dim, divergence):
     sde = VPSDE()
     mix = random_mixture(jax.random.PRNGKey(dim), dim)
     x = mix.sample(jax.random.PRNGKey(1), 64)
-    exact_pT = lambda z: mix.marginal_logp(sde, z, jnp.full((z.shape[0],), sde.T))
-    logp, nfe = jax.jit(
-        lambda x: ode_logp(
-            score_fn_for(mix, sde),
-            sde,
-            x,
-            jax.random.PRNGKey(0),
-            rtol=1e-6,
-            atol=1e-6,
-            divergence=divergence,
-            prior_logp=exact_pT,
-        )
-    )(x)
+    logp, nfe = jax.jit(lambda x: exact_ode_logp(mix, sde, x, divergence))(x)
     np.testing.assert_allclose(logp, mix.logp(x), atol=2e-3 * math.sqrt(dim))
     assert 20 < int(nfe) < 4096 * 6
     # With the default N(0, I) prior the answer moves by at most the prior mismatch.
@@ -44,9 +48,13 @@ def test_ode_logp_hutchinson_is_unbiased_on_images():
     mix = random_mixture(jax.random.PRNGKey(16), 16)
     x = mix.sample(jax.random.PRNGKey(1), 4)
     xs = jnp.tile(jnp.reshape(x, (4, 4, 4, 1)), (64, 1, 1, 1))
-    exact_pT = lambda z: mix.marginal_logp(sde, z.reshape(z.shape[0], -1), jnp.full((z.shape[0],), sde.T))
     logp, _ = ode_logp(
-        score_fn_for(mix, sde), sde, xs, jax.random.PRNGKey(3), divergence="hutchinson", prior_logp=exact_pT
+        score_fn_for(mix, sde),
+        sde,
+        xs,
+        jax.random.PRNGKey(3),
+        divergence="hutchinson",
+        prior_logp=exact_prior(mix, sde),
     )
     est = np.asarray(logp).reshape(64, 4)
     se = est.std(0, ddof=1) / 8
@@ -58,18 +66,7 @@ def test_per_example_step_size_gives_the_exact_density_and_the_batch_solve(diver
     sde, dim = VPSDE(), 16
     mix = random_mixture(jax.random.PRNGKey(dim), dim)
     x = jnp.reshape(mix.sample(jax.random.PRNGKey(1), 24), (24, 4, 4, 1))
-    exact_pT = lambda z: mix.marginal_logp(sde, z.reshape(z.shape[0], -1), jnp.full((z.shape[0],), sde.T))
-    solve = lambda x, mode: ode_logp(
-        score_fn_for(mix, sde),
-        sde,
-        x,
-        jax.random.PRNGKey(0),
-        rtol=1e-6,
-        atol=1e-6,
-        divergence=divergence,
-        prior_logp=exact_pT,
-        step_size=mode,
-    )
+    solve = lambda x, mode: exact_ode_logp(mix, sde, x, divergence, step_size=mode)
     per_example, nfe = jax.jit(lambda x: solve(x, "per_example"))(x)
     batch, _ = jax.jit(lambda x: solve(x, "batch"))(x)
     assert 20 < int(nfe) < 4096 * 6

@@ -369,6 +369,7 @@ def test_public_api_rejects_bad_data_by_name():
 def test_sweep_runner_killed_mid_sweep_and_a_deleted_trial_workdir(tmp_path):
     """SIGKILL to the runner: its trials stop too (nothing keeps running unowned), and the same command
     resumes them from their checkpoints; a trial whose workdir was deleted is simply run again."""
+    from diffvar.sweep import store
     from tests.test_sweep import FAKE_TRAINER, SWEEP, runs, write_config
 
     fake = tmp_path / "fake_trainer.py"
@@ -386,9 +387,7 @@ def test_sweep_runner_killed_mid_sweep_and_a_deleted_trial_workdir(tmp_path):
         "--novalidate",
     ]
     runner = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-    status = lambda s: (
-        json.load(open(wd / f"seed={s}" / "status.json")) if (wd / f"seed={s}" / "status.json").exists() else {}
-    )
+    status = lambda s: store.read_json(wd / f"seed={s}" / "status.json") or {}
     deadline = time.time() + 30
     while time.time() < deadline and min(status(s).get("step", 0) for s in (0, 1)) < 2:
         time.sleep(0.1)

@@ -17,7 +17,7 @@ from diffvar.objectives import get_objective
 from diffvar.ode import ode_logp
 from diffvar.schedule import LearnedVPSDE
 from diffvar.sde import VPSDE
-from tests.helpers import run_script, tiny_config, train_script, within
+from tests.helpers import exact_prior, run_script, tiny_config, train_script, within
 
 REFERENCE = VPSDE()
 SCHEDULE = NoiseSchedule(features=16)
@@ -106,7 +106,6 @@ def test_ode_with_exact_score_under_a_learned_schedule_equals_log_density():
     sde = learned_sde(module, params)
     mix = random_mixture(jax.random.PRNGKey(9), 2)
     x = mix.sample(jax.random.PRNGKey(10), 256)
-    exact_pT = lambda z: mix.marginal_logp(sde, z, jnp.full((z.shape[0],), sde.T))  # no prior mismatch
     logp, _ = jax.jit(
         lambda x: ode_logp(
             score_fn_for(mix, sde),
@@ -116,7 +115,7 @@ def test_ode_with_exact_score_under_a_learned_schedule_equals_log_density():
             divergence="exact",
             rtol=1e-6,
             atol=1e-6,
-            prior_logp=exact_pT,
+            prior_logp=exact_prior(mix, sde),
         )
     )(x)
     np.testing.assert_allclose(logp, mix.logp(x), atol=3e-3)
